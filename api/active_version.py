@@ -1,0 +1,73 @@
+"""Keeps each API process's idea of the active dataset version fresh.
+
+A Redis pub/sub message makes a switch visible within milliseconds; a poll of the pointer
+document every ``pointer_poll_seconds`` (<= 1 s) bounds staleness when a message is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from shared.datasets import ActiveDataset, read_active
+from shared.mongo import UNAVAILABLE_ERRORS
+from shared.pointer_channel import ACTIVE_VERSION_CHANNEL
+
+log = logging.getLogger(__name__)
+
+
+class ActiveVersionWatcher:
+    def __init__(self, db: AsyncDatabase[Any], redis: Redis, poll_s: float) -> None:
+        self.db = db
+        self.redis = redis
+        self.poll_s = poll_s
+        self.current: ActiveDataset | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def refresh(self) -> ActiveDataset | None:
+        try:
+            active = await read_active(self.db)
+        except UNAVAILABLE_ERRORS as exc:
+            log.warning("could not read the active dataset pointer: %s", exc)
+            return self.current
+        if active != self.current:
+            log.info("active dataset version is now %s", active.version if active else None)
+            self.current = active
+        return active
+
+    async def start(self) -> None:
+        await self.refresh()
+        self._tasks = [
+            asyncio.create_task(self._poll(), name="pointer-poll"),
+            asyncio.create_task(self._listen(), name="pointer-listen"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_s)
+            await self.refresh()
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async with self.redis.pubsub() as pubsub:
+                    await pubsub.subscribe(ACTIVE_VERSION_CHANNEL)
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            await self.refresh()
+            except (RedisError, OSError) as exc:
+                log.debug("pointer channel unavailable (%s); relying on polling", exc)
+                await asyncio.sleep(1.0)

@@ -1,0 +1,80 @@
+"""The HTTP API: lookups, health, datasets, and (for writers) uploads and jobs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from redis.asyncio import Redis
+
+from api.active_version import ActiveVersionWatcher
+from api.errors import install_error_handlers
+from api.job_queue import JobQueue
+from api.routes import datasets, health, jobs, promotions, uploads
+from api.services import Services
+from shared.cache import PromotionCache
+from shared.logging_setup import configure_logging
+from shared.mongo import async_client
+from shared.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+def build_services(settings: Settings) -> Services:
+    mongo = async_client(settings)
+    redis = Redis.from_url(
+        settings.redis_url.get_secret_value(),
+        socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+        max_connections=512,
+    )
+    db = mongo[settings.mongo_db]
+    return Services(
+        settings=settings,
+        mongo=mongo,
+        db=db,
+        redis=redis,
+        cache=PromotionCache(
+            redis, settings.cache_ttl_seconds, settings.negative_cache_ttl_seconds
+        ),
+        watcher=ActiveVersionWatcher(db, redis, settings.pointer_poll_seconds),
+        queue=JobQueue(settings),
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings.log_level)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = build_services(settings)
+        app.state.services = services
+        log.info("starting API with %s", settings.safe_summary())
+        await services.watcher.start()
+        try:
+            yield
+        finally:
+            await services.watcher.stop()
+            services.queue.close()
+            await services.redis.aclose()
+            await services.mongo.close()
+
+    app = FastAPI(
+        title="Promotions service",
+        version="1.0.0",
+        description="Look promotions up by id; upload partner CSV files that replace the dataset.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(promotions.router)
+    app.include_router(uploads.router)
+    app.include_router(jobs.router)
+    app.include_router(datasets.router)
+    app.include_router(health.router)
+    return app
+
+
+app = create_app()

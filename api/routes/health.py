@@ -1,0 +1,57 @@
+"""Liveness and readiness, as load balancers and orchestrators expect them."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import Response
+from redis.exceptions import RedisError
+
+from api.responses import json_response
+from api.schemas import Health, Readiness
+from api.services import Services, get_services
+from shared.mongo import UNAVAILABLE_ERRORS
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health, summary="The process is alive")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+async def _check_store(services: Services) -> str:
+    try:
+        await asyncio.wait_for(services.db.command("ping"), timeout=2)
+    except (TimeoutError, *UNAVAILABLE_ERRORS) as exc:
+        return f"unavailable: {type(exc).__name__}"
+    return "ok"
+
+
+async def _check_cache(services: Services) -> str:
+    try:
+        await asyncio.wait_for(services.redis.ping(), timeout=1)
+    except (TimeoutError, RedisError, OSError) as exc:
+        return f"unavailable: {type(exc).__name__}"
+    return "ok"
+
+
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "Store or cache unreachable"}},
+    summary="Store and cache are reachable",
+)
+async def readyz(services: Services = Depends(get_services)) -> Response:
+    store, cache = await asyncio.gather(_check_store(services), _check_cache(services))
+    checks = {"store": store, "cache": cache}
+    if store != "ok":
+        status = "unavailable"
+    elif cache != "ok":
+        status = "degraded"  # lookups still answer, from the store
+    else:
+        status = "ready"
+    return json_response(
+        {"status": status, "checks": checks}, status_code=200 if status == "ready" else 503
+    )

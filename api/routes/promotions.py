@@ -1,0 +1,51 @@
+"""GET /promotions/{id}: Redis read-through cache in front of the active dataset."""
+
+from __future__ import annotations
+
+import orjson
+from fastapi import APIRouter, Depends, Path
+from fastapi.responses import Response
+
+from api.responses import json_response
+from api.schemas import Problem, Promotion
+from api.services import Services, get_services
+from shared.cache import NEGATIVE
+from shared.datasets import find_promotion
+from shared.promotion_rows import ID_PATTERN, MAX_ID_LENGTH
+
+router = APIRouter(tags=["promotions"])
+
+NO_DATASET = "no promotions dataset has been loaded yet"
+
+
+@router.get(
+    "/promotions/{promotion_id}",
+    response_model=Promotion,
+    responses={
+        404: {"model": Problem, "description": "No promotion with this id (or no dataset yet)"},
+        422: {"model": Problem, "description": "The id cannot be a promotion id"},
+        503: {"model": Problem, "description": "The store is unreachable"},
+    },
+    summary="Look a promotion up by id (case-insensitive)",
+)
+async def get_promotion(
+    promotion_id: str = Path(
+        min_length=1,
+        max_length=MAX_ID_LENGTH,
+        pattern=f"^{ID_PATTERN}$",
+        examples=["d018ef0b-dbd9-48f1-ac1a-eb4d90e57118"],
+    ),
+    services: Services = Depends(get_services),
+) -> Response:
+    active = services.watcher.current
+    if active is None:
+        return json_response({"detail": NO_DATASET}, status_code=404)
+    key = promotion_id.lower()
+    body = await services.cache.get(active.version, key)
+    if body is None:
+        doc = await find_promotion(services.db, active.version, key)
+        body = orjson.dumps(doc) if doc else NEGATIVE
+        await services.cache.put(active.version, key, body)
+    if body == NEGATIVE:
+        return json_response({"detail": f"promotion {promotion_id} not found"}, status_code=404)
+    return Response(body, media_type="application/json")

@@ -1,0 +1,130 @@
+"""Uploads: store the file on the shared volume, record a job, hand it to the worker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from api.auth import require_writer
+from api.job_queue import QueueUnavailable
+from api.responses import json_response
+from api.schemas import JobAccepted, Problem
+from api.services import Services, get_services
+from api.upload_stream import UploadError, receive_upload
+from shared import datasets, job_records
+from shared.mongo import UNAVAILABLE_ERRORS
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["ingestion"])
+
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "CSV rows id,price,expiration_date (optionally gzipped)",
+                        }
+                    },
+                }
+            },
+            "text/csv": {"schema": {"type": "string", "format": "binary"}},
+            "application/gzip": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+UPLOAD_RESPONSES: dict[int | str, dict[str, object]] = {
+    202: {"model": JobAccepted, "description": "Stored and queued; poll status_url"},
+    400: {"model": Problem, "description": "Empty file, corrupt gzip or malformed body"},
+    401: {"model": Problem},
+    403: {"model": Problem},
+    413: {"model": Problem, "description": "Larger than the configured limit"},
+    415: {"model": Problem, "description": "Not multipart/form-data nor a raw CSV body"},
+    422: {"model": Problem, "description": "No multipart field named 'file'"},
+    503: {"model": Problem, "description": "Queue or store unavailable; nothing was kept"},
+}
+
+
+async def accept_upload(request: Request, services: Services, source: str) -> Response:
+    settings = services.settings
+    job_id = uuid.uuid4().hex
+    file_name = f"{job_id}.csv"
+    final_path = settings.uploads_dir / file_name
+    try:
+        stored = await receive_upload(
+            request,
+            settings.uploads_dir,
+            final_path,
+            settings.max_upload_bytes,
+            settings.max_decompressed_bytes,
+        )
+    except UploadError as exc:
+        return json_response({"detail": exc.detail}, status_code=exc.status_code)
+    job_created = False
+    try:
+        version = await datasets.allocate_version(services.db)
+        doc = job_records.new_job(job_id, version, file_name, stored.bytes_stored, source)
+        await job_records.create_job(services.db, doc)
+        job_created = True
+        await asyncio.to_thread(services.queue.enqueue_plan, job_id)
+    except (QueueUnavailable, *UNAVAILABLE_ERRORS) as exc:
+        final_path.unlink(missing_ok=True)
+        what = "job queue" if isinstance(exc, QueueUnavailable) else "store"
+        log.warning("upload %s dropped: %s unavailable (%s)", job_id, what, exc)
+        if job_created:
+            try:
+                await job_records.delete_job(services.db, job_id)
+            except UNAVAILABLE_ERRORS:
+                log.error("could not remove job record %s after a queue failure", job_id)
+        return json_response(
+            {"detail": f"the {what} is unavailable; the upload was not kept, retry shortly"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+    log.info(
+        "job %s queued: %d bytes stored%s, version %d",
+        job_id,
+        stored.bytes_stored,
+        " (gunzipped)" if stored.compressed else "",
+        version,
+    )
+    status_url = f"/jobs/{job_id}"
+    return json_response(
+        {"job_id": job_id, "status": "queued", "status_url": status_url},
+        status_code=202,
+        headers={"Location": status_url},
+    )
+
+
+@router.post(
+    "/add-promotions/",
+    status_code=202,
+    responses=UPLOAD_RESPONSES,
+    openapi_extra=UPLOAD_BODY,
+    dependencies=[Depends(require_writer)],
+    summary="Upload a promotions CSV that replaces the whole dataset once loaded",
+)
+async def add_promotions(request: Request, services: Services = Depends(get_services)) -> Response:
+    return await accept_upload(request, services, source="upload")
+
+
+@router.post(
+    "/uploadfile/",
+    status_code=202,
+    responses=UPLOAD_RESPONSES,
+    openapi_extra=UPLOAD_BODY,
+    dependencies=[Depends(require_writer)],
+    summary="Same as /add-promotions/ (older name)",
+)
+async def upload_file(request: Request, services: Services = Depends(get_services)) -> Response:
+    return await accept_upload(request, services, source="upload")

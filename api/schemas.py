@@ -1,0 +1,129 @@
+"""Response models: they document the API (OpenAPI at /docs) with examples."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Promotion(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118",
+                    "price": 60.683466,
+                    "expiration_date": "2018-08-04 05:32:31 +0200 CEST",
+                }
+            ]
+        }
+    )
+    id: str
+    price: float
+    expiration_date: str = Field(description="Exactly as written in the file")
+
+
+class Problem(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"detail": "a clear sentence"}]})
+    detail: Any
+
+
+class ActiveDatasetOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "version": 7,
+                    "rows": 1000000,
+                    "job_id": "5f0c2a3e9b8d4c1f8e7a6b5c4d3e2f10",
+                    "activated_at": "2026-11-25T14:00:00Z",
+                }
+            ]
+        }
+    )
+    version: int
+    rows: int
+    job_id: str | None
+    activated_at: str | None
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"status": "ready", "checks": {"store": "ok", "cache": "ok"}}]
+        }
+    )
+    status: str
+    checks: dict[str, str]
+
+
+class JobAccepted(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "job_id": "5f0c2a3e9b8d4c1f8e7a6b5c4d3e2f10",
+                    "status": "queued",
+                    "status_url": "/jobs/5f0c2a3e9b8d4c1f8e7a6b5c4d3e2f10",
+                }
+            ]
+        }
+    )
+    job_id: str
+    status: str
+    status_url: str
+
+
+class Reject(BaseModel):
+    line: int
+    reason: str
+
+
+class JobStatus(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "job_id": "5f0c2a3e9b8d4c1f8e7a6b5c4d3e2f10",
+                    "status": "succeeded",
+                    "phase": "done",
+                    "source": "upload",
+                    "bytes_total": 2060000,
+                    "chunks_total": 1,
+                    "chunks_done": 1,
+                    "rows_loaded": 20000,
+                    "rows_rejected": 1,
+                    "duplicates": 0,
+                    "rejects": [{"line": 7, "reason": "price '-1' is negative"}],
+                    "dataset_version": 3,
+                    "superseded": False,
+                    "error": None,
+                    "created_at": "2026-11-25T14:00:00Z",
+                    "started_at": "2026-11-25T14:00:01Z",
+                    "finished_at": "2026-11-25T14:00:04Z",
+                }
+            ]
+        }
+    )
+    job_id: str
+    status: str = Field(description="queued | running | succeeded | failed")
+    phase: str = Field(description="queued | splitting | loading | activating | done")
+    source: str | None = None
+    bytes_total: int | None = None
+    chunks_total: int | None = None
+    chunks_done: int = 0
+    rows_loaded: int = Field(0, description="Valid rows read (including overridden duplicates)")
+    rows_rejected: int = 0
+    duplicates: int = Field(0, description="Rows overridden by a later row with the same id")
+    rejects: list[Reject] | None = Field(None, description="First 100 invalid rows")
+    dataset_version: int | None = None
+    superseded: bool = Field(False, description="Loaded, but a newer upload was already live")
+    error: str | None = None
+    created_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None

@@ -1,0 +1,32 @@
+"""Connections one API process holds for its lifetime (one pool each, made at start-up)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+from redis.asyncio import Redis
+
+from api.active_version import ActiveVersionWatcher
+from api.job_queue import JobQueue
+from shared.cache import PromotionCache
+from shared.settings import Settings
+
+
+@dataclass
+class Services:
+    settings: Settings
+    mongo: AsyncMongoClient[Any]
+    db: AsyncDatabase[Any]
+    redis: Redis
+    cache: PromotionCache
+    watcher: ActiveVersionWatcher
+    queue: JobQueue
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services

@@ -1,0 +1,181 @@
+"""Start and stop the stack's processes: the local run command and the test fixtures use the
+same commands, so tests exercise what developers run."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _tool(name: str) -> str:
+    local = BIN / name
+    return str(local) if local.exists() else (shutil.which(name) or name)
+
+
+def mongo_command(port: int, storage: str) -> list[str]:
+    """secantusd: the MongoDB-wire-compatible dev/test server (never used in production)."""
+    return [
+        _tool("secantusd-py"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--storage-path",
+        storage,
+        "--log-level",
+        "WARNING",
+    ]
+
+
+def redis_command(port: int, directory: str) -> list[str]:
+    return [
+        _tool("redis-server"),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        directory,
+    ]
+
+
+def worker_command(concurrency: int, name: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app",
+        "worker",
+        "-E",
+        "--loglevel",
+        "INFO",
+        "--concurrency",
+        str(concurrency),
+        "--hostname",
+        f"{name}@%h",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+
+
+def flower_command(port: int) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "flower", f"--port={port}"]
+
+
+def api_command(host: str, port: int, workers: int = 1) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "api.main:app",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--no-access-log",
+    ]
+
+
+class Service:
+    """A child process in its own process group, stopped with SIGTERM then SIGKILL."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        port: int | None = None,
+        log_path: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.env = {**os.environ, **(env or {})}
+        self.port = port
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, stdout: int | None = None) -> Service:
+        out = stdout
+        if out is None and self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            out = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self.proc = subprocess.Popen(
+            self.argv,
+            cwd=ROOT,
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT if out is not None else None,
+            start_new_session=True,
+        )
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> Service:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}{self._tail()}")
+            if self.port is None or port_open("127.0.0.1", self.port):
+                return self
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} did not listen on {self.port} in {timeout}s{self._tail()}")
+
+    def _tail(self) -> str:
+        if self.log_path and self.log_path.exists():
+            return "\n" + "\n".join(self.log_path.read_text(errors="replace").splitlines()[-30:])
+        return ""
+
+    def signal_group(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc is None:
+            return
+        self.signal_group(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.signal_group(signal.SIGKILL)
+            self.proc.wait(5)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None

@@ -1,0 +1,45 @@
+"""Split a file into byte ranges that start right after a newline, without copying it.
+
+Workers on other hosts read their range from the shared volume, so a plan is just a list of
+``(start, end)`` offsets. A line longer than the chunk size makes its chunk longer; no line is
+ever cut.
+"""
+
+from __future__ import annotations
+
+from typing import BinaryIO
+
+_SCAN = 64 * 1024
+
+
+def _next_line_start(f: BinaryIO, pos: int, size: int) -> int:
+    """The first offset >= pos that starts a line (or ``size``)."""
+    if pos >= size:
+        return size
+    f.seek(pos - 1)
+    base = pos - 1
+    while True:
+        block = f.read(_SCAN)
+        if not block:
+            return size
+        nl = block.find(b"\n")
+        if nl >= 0:
+            return min(base + nl + 1, size)
+        base += len(block)
+
+
+def plan_chunks(f: BinaryIO, size: int, chunk_size: int) -> list[tuple[int, int]]:
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be positive")
+    chunks: list[tuple[int, int]] = []
+    start = 0
+    while start < size:
+        end = _next_line_start(f, start + chunk_size, size)
+        chunks.append((start, end))
+        start = end
+    return chunks
+
+
+def read_range(f: BinaryIO, start: int, end: int) -> bytes:
+    f.seek(start)
+    return f.read(end - start)

@@ -1,0 +1,213 @@
+"""Versioned datasets: one collection per loaded file and one pointer document naming the
+live one.
+
+Going live is a single-document update of the pointer, which every MongoDB deployment
+(replica set or sharded) applies atomically; ``renameCollection`` is never used. The pointer
+also keeps ``high_water``, the newest version ever activated by a job, so that a job
+submitted earlier that finishes later cannot replace a newer dataset, while a manual
+rollback (which leaves ``high_water`` alone) still can.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pymongo import ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
+
+from shared.timeutil import now
+
+META_COLLECTION = "datasets"
+ACTIVE_ID = "active"
+COUNTER_ID = "version_counter"
+COLLECTION_PREFIX = "promotions_v"
+
+# Version states; the active one is whichever the pointer names.
+BUILDING, READY, FAILED, DROPPED = "building", "ready", "failed", "dropped"
+
+LOOKUP_PROJECTION = {"_id": 1, "id": 1, "price": 1, "expiration_date": 1}
+
+
+def collection_name(version: int) -> str:
+    return f"{COLLECTION_PREFIX}{version}"
+
+
+def version_doc_id(version: int) -> str:
+    return f"v{version}"
+
+
+@dataclass(frozen=True)
+class ActiveDataset:
+    version: int
+    rows: int
+    job_id: str | None
+    activated_at: datetime | None
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> ActiveDataset:
+        return cls(
+            version=int(doc["version"]),
+            rows=int(doc.get("rows", 0)),
+            job_id=doc.get("job_id"),
+            activated_at=doc.get("activated_at"),
+        )
+
+
+def promotion_from_doc(doc: dict[str, Any]) -> dict[str, Any]:
+    """The public shape of a stored row: the id as written in the file."""
+    return {
+        "id": doc.get("id", doc["_id"]),
+        "price": doc["price"],
+        "expiration_date": doc["expiration_date"],
+    }
+
+
+# --- async side (API) -----------------------------------------------------------------
+
+
+async def allocate_version(db: AsyncDatabase[Any]) -> int:
+    """Versions follow submission order; the newest submitted upload wins."""
+    doc = await db[META_COLLECTION].find_one_and_update(
+        {"_id": COUNTER_ID}, {"$inc": {"n": 1}}, upsert=True, return_document=ReturnDocument.AFTER
+    )
+    assert doc is not None  # upsert with AFTER always returns the document
+    return int(doc["n"])
+
+
+async def read_active(db: AsyncDatabase[Any]) -> ActiveDataset | None:
+    doc = await db[META_COLLECTION].find_one({"_id": ACTIVE_ID})
+    return ActiveDataset.from_doc(doc) if doc else None
+
+
+async def find_promotion(db: AsyncDatabase[Any], version: int, key: str) -> dict[str, Any] | None:
+    doc = await db[collection_name(version)].find_one({"_id": key}, LOOKUP_PROJECTION)
+    return promotion_from_doc(doc) if doc else None
+
+
+async def list_versions_async(db: AsyncDatabase[Any]) -> list[dict[str, Any]]:
+    cursor = db[META_COLLECTION].find({"version": {"$exists": True}}).sort("version", -1)
+    return [doc async for doc in cursor]
+
+
+# --- sync side (worker) ---------------------------------------------------------------
+
+
+def register_version(db: Database[Any], version: int, job_id: str) -> None:
+    """Idempotent: a redelivered planning task finds the record already there."""
+    db[META_COLLECTION].update_one(
+        {"_id": version_doc_id(version)},
+        {
+            "$setOnInsert": {
+                "version": version,
+                "collection": collection_name(version),
+                "job_id": job_id,
+                "state": BUILDING,
+                "created_at": now(),
+            }
+        },
+        upsert=True,
+    )
+
+
+def set_version_state(db: Database[Any], version: int, state: str, **fields: Any) -> None:
+    db[META_COLLECTION].update_one(
+        {"_id": version_doc_id(version)}, {"$set": {"state": state, **fields}}
+    )
+
+
+def get_version(db: Database[Any], version: int) -> dict[str, Any] | None:
+    return db[META_COLLECTION].find_one({"_id": version_doc_id(version)})
+
+
+def read_active_sync(db: Database[Any]) -> ActiveDataset | None:
+    doc = db[META_COLLECTION].find_one({"_id": ACTIVE_ID})
+    return ActiveDataset.from_doc(doc) if doc else None
+
+
+def activate_if_newest(db: Database[Any], version: int, rows: int, job_id: str) -> bool:
+    """Point readers at ``version`` unless a newer submission already went live."""
+    at = now()
+    try:
+        db[META_COLLECTION].update_one(
+            {"_id": ACTIVE_ID, "high_water": {"$lt": version}},
+            {
+                "$set": {
+                    "version": version,
+                    "high_water": version,
+                    "rows": rows,
+                    "job_id": job_id,
+                    "activated_at": at,
+                }
+            },
+            upsert=True,
+        )
+    except DuplicateKeyError:
+        return False  # the pointer exists with high_water >= version
+    set_version_state(db, version, READY, activated_at=at)
+    return True
+
+
+def activate_version(db: Database[Any], version: int) -> ActiveDataset:
+    """Manual switch (rollback) to a kept version; raises LookupError if it is not kept."""
+    doc = get_version(db, version)
+    if doc is None or doc.get("state") != READY:
+        raise LookupError(f"version {version} is not a kept, complete dataset")
+    at = now()
+    pointer = db[META_COLLECTION].find_one_and_update(
+        {"_id": ACTIVE_ID},
+        {
+            "$set": {
+                "version": version,
+                "rows": doc.get("rows", 0),
+                "job_id": doc.get("job_id"),
+                "activated_at": at,
+            },
+            "$max": {"high_water": version},
+        },
+        upsert=True,
+        return_document=ReturnDocument.AFTER,
+    )
+    assert pointer is not None  # upsert with AFTER always returns the document
+    set_version_state(db, version, READY, activated_at=at)
+    return ActiveDataset.from_doc(pointer)
+
+
+def versions_to_drop(db: Database[Any], keep: int) -> list[int]:
+    """Complete versions beyond the newest ``keep`` (the active one always stays; failed
+    ones need no decision, their collections are orphans)."""
+    active = read_active_sync(db)
+    active_version = active.version if active else None
+    ready = (
+        db[META_COLLECTION].find({"version": {"$exists": True}, "state": READY}).sort("version", -1)
+    )
+    drop: list[int] = []
+    kept = 1 if active_version is not None else 0
+    for doc in ready:
+        version = int(doc["version"])
+        if version == active_version:
+            continue
+        if kept < keep:
+            kept += 1
+        else:
+            drop.append(version)
+    return drop
+
+
+def orphan_collections(db: Database[Any]) -> list[str]:
+    """Version collections with no live record (e.g. re-created by a late insert)."""
+    live = {
+        doc["collection"]
+        for doc in db[META_COLLECTION].find(
+            {"version": {"$exists": True}, "state": {"$in": [BUILDING, READY]}},
+            {"collection": 1},
+        )
+    }
+    return [
+        name
+        for name in db.list_collection_names()
+        if name.startswith(COLLECTION_PREFIX) and name not in live
+    ]

@@ -1,0 +1,208 @@
+"""Job records: one MongoDB document per ingestion job, plus one result document per chunk.
+
+Counters on the job document move by atomic ``$inc`` guarded by ``$addToSet`` of the chunk
+index, so a redelivered chunk is counted once; pollers read one document instead of asking
+Celery about every chunk. The per-chunk documents are the exact accounting the finalizer
+checks the totals against.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pymongo import DESCENDING, ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.database import Database
+
+from shared.promotion_rows import MAX_REJECTS_KEPT, ChunkStats
+from shared.timeutil import iso, now
+
+JOBS = "jobs"
+CHUNKS = "job_chunks"
+
+QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
+FINISHED = (SUCCEEDED, FAILED)
+
+PUBLIC_FIELDS = (
+    "status",
+    "phase",
+    "source",
+    "bytes_total",
+    "chunks_total",
+    "chunks_done",
+    "rows_loaded",
+    "rows_rejected",
+    "duplicates",
+    "rejects",
+    "dataset_version",
+    "superseded",
+    "error",
+    "created_at",
+    "started_at",
+    "finished_at",
+)
+
+
+def new_job(
+    job_id: str, version: int, file_name: str, bytes_total: int, source: str
+) -> dict[str, Any]:
+    return {
+        "_id": job_id,
+        "status": QUEUED,
+        "phase": "queued",
+        "source": source,
+        "file": file_name,
+        "version": version,
+        "bytes_total": bytes_total,
+        "chunks_total": None,
+        "chunks_done": 0,
+        "done_chunks": [],
+        "rows_loaded": 0,
+        "rows_rejected": 0,
+        "duplicates": 0,
+        "rejects": [],
+        "dataset_version": None,
+        "superseded": False,
+        "error": None,
+        "created_at": now(),
+        "started_at": None,
+        "finished_at": None,
+        "updated_at": now(),
+    }
+
+
+def public_job(doc: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"job_id": doc["_id"]}
+    for key in PUBLIC_FIELDS:
+        out[key] = iso(doc.get(key))
+    return out
+
+
+# --- async side (API) -----------------------------------------------------------------
+
+
+async def create_job(db: AsyncDatabase[Any], doc: dict[str, Any]) -> None:
+    await db[JOBS].insert_one(doc)
+
+
+async def delete_job(db: AsyncDatabase[Any], job_id: str) -> None:
+    await db[JOBS].delete_one({"_id": job_id})
+
+
+async def get_job(db: AsyncDatabase[Any], job_id: str) -> dict[str, Any] | None:
+    return await db[JOBS].find_one({"_id": job_id}, {"done_chunks": 0})
+
+
+async def list_jobs(db: AsyncDatabase[Any], limit: int) -> list[dict[str, Any]]:
+    cursor = db[JOBS].find({}, {"done_chunks": 0, "rejects": 0}).sort("created_at", DESCENDING)
+    return [doc async for doc in cursor.limit(limit)]
+
+
+# --- sync side (worker) ---------------------------------------------------------------
+
+
+def load_job(db: Database[Any], job_id: str) -> dict[str, Any] | None:
+    return db[JOBS].find_one({"_id": job_id}, {"done_chunks": 0})
+
+
+def start_job(db: Database[Any], job_id: str, phase: str) -> dict[str, Any] | None:
+    """Move a queued or running job to ``phase``; None if it already finished."""
+    db[JOBS].update_one({"_id": job_id, "started_at": None}, {"$set": {"started_at": now()}})
+    return db[JOBS].find_one_and_update(
+        {"_id": job_id, "status": {"$nin": list(FINISHED)}},
+        {"$set": {"status": RUNNING, "phase": phase, "updated_at": now()}},
+        projection={"done_chunks": 0},
+        return_document=ReturnDocument.AFTER,
+    )
+
+
+def set_plan(db: Database[Any], job_id: str, chunks_total: int) -> None:
+    db[JOBS].update_one(
+        {"_id": job_id, "status": RUNNING},
+        {"$set": {"chunks_total": chunks_total, "phase": "loading", "updated_at": now()}},
+    )
+
+
+def save_chunk_result(
+    db: Database[Any], job_id: str, index: int, start: int, end: int, stats: ChunkStats
+) -> None:
+    db[CHUNKS].replace_one(
+        {"_id": f"{job_id}:{index}"},
+        {
+            "job_id": job_id,
+            "index": index,
+            "start": start,
+            "end": end,
+            "lines": stats.lines,
+            "rows_read": stats.rows_read,
+            "rows_valid": stats.rows_valid,
+            "rows_rejected": stats.rows_rejected,
+            "rejects": [list(r) for r in stats.rejects],
+        },
+        upsert=True,
+    )
+
+
+def count_chunk_done(
+    db: Database[Any], job_id: str, index: int, stats: ChunkStats
+) -> dict[str, Any] | None:
+    """Count a finished chunk once; returns the job after the update (None if already counted
+    or the job is no longer running)."""
+    return db[JOBS].find_one_and_update(
+        {"_id": job_id, "status": RUNNING, "done_chunks": {"$ne": index}},
+        {
+            "$addToSet": {"done_chunks": index},
+            "$inc": {
+                "chunks_done": 1,
+                "rows_loaded": stats.rows_valid,
+                "rows_rejected": stats.rows_rejected,
+            },
+            "$set": {"updated_at": now()},
+        },
+        projection={"done_chunks": 0, "rejects": 0},
+        return_document=ReturnDocument.AFTER,
+    )
+
+
+def chunk_results(db: Database[Any], job_id: str) -> list[dict[str, Any]]:
+    return list(db[CHUNKS].find({"job_id": job_id}).sort("index", 1))
+
+
+def global_rejects(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Turn per-chunk line numbers into file line numbers (chunks must be in file order)."""
+    out: list[dict[str, Any]] = []
+    lines_before = 0
+    for chunk in chunks:
+        for line, reason in chunk["rejects"]:
+            if len(out) >= MAX_REJECTS_KEPT:
+                return out
+            out.append({"line": lines_before + line, "reason": reason})
+        lines_before += chunk["lines"]
+    return out
+
+
+def set_phase(db: Database[Any], job_id: str, phase: str) -> None:
+    db[JOBS].update_one(
+        {"_id": job_id, "status": RUNNING}, {"$set": {"phase": phase, "updated_at": now()}}
+    )
+
+
+def finish_job(db: Database[Any], job_id: str, status: str, **fields: Any) -> bool:
+    """Finish once: a job that already ended keeps its outcome."""
+    result = db[JOBS].update_one(
+        {"_id": job_id, "status": {"$nin": list(FINISHED)}},
+        {
+            "$set": {
+                "status": status,
+                "phase": "done",
+                "finished_at": now(),
+                "updated_at": now(),
+                **fields,
+            }
+        },
+    )
+    return result.modified_count == 1
+
+
+def delete_chunk_results(db: Database[Any], job_id: str) -> None:
+    db[CHUNKS].delete_many({"job_id": job_id})

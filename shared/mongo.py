@@ -1,0 +1,44 @@
+"""MongoDB clients with timeouts that fail fast: a stuck server must surface as an error
+(503 for readers, a retry for loaders), never as a hang."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pymongo import AsyncMongoClient, MongoClient
+from pymongo.errors import ConnectionFailure, NetworkTimeout, ServerSelectionTimeoutError
+
+from shared.settings import Settings
+
+# Errors that mean "the store is unreachable right now" rather than "the request is wrong".
+UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
+    ConnectionFailure,
+    ServerSelectionTimeoutError,
+    NetworkTimeout,
+)
+
+
+def _client_options(settings: Settings, socket_timeout_ms: int | None) -> dict[str, Any]:
+    return {
+        "serverSelectionTimeoutMS": settings.mongo_timeout_ms,
+        "connectTimeoutMS": settings.mongo_timeout_ms,
+        "socketTimeoutMS": socket_timeout_ms,
+        "retryWrites": True,
+        "appname": "promotions",
+        "tz_aware": True,
+    }
+
+
+def sync_client(settings: Settings, socket_timeout_ms: int | None = 120_000) -> MongoClient[Any]:
+    return MongoClient(
+        settings.mongo_url.get_secret_value(), **_client_options(settings, socket_timeout_ms)
+    )
+
+
+def async_client(settings: Settings) -> AsyncMongoClient[Any]:
+    """Reads are point lookups: a few seconds is already a failure."""
+    return AsyncMongoClient(
+        settings.mongo_url.get_secret_value(),
+        **_client_options(settings, settings.mongo_timeout_ms * 2),
+        maxPoolSize=200,
+    )

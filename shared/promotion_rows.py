@@ -1,0 +1,207 @@
+"""The partner CSV format: one row is ``id,price,expiration_date``, no quoting, no header.
+
+Rows are validated with specific reasons (shown to users with their line numbers) and
+encoded straight to BSON bytes: the chunk loader is the hot path of ingestion, and building
+BSON by hand skips a per-row dict and a generic encoder.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+MAX_ID_LENGTH = 64
+MAX_LINE_LENGTH = 1024
+MAX_REJECTS_KEPT = 100
+HEADER = "id,price,expiration_date"
+
+ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"
+_ID_RE = re.compile(ID_PATTERN)
+_PRICE_RE = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+# 2018-08-04 05:32:31 +0200 CEST (zone name optional), or ISO-8601 with an offset.
+_DATE_RE = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})"
+    r"(?:"
+    r" (\d{2}):(\d{2}):(\d{2})(?:\.\d{1,9})? ([+-])(\d{2})(\d{2})(?: [A-Za-z0-9+_/-]{1,32})?"
+    r"|"
+    r"T(\d{2}):(\d{2}):(\d{2})(?:\.\d{1,9})?(?:(Z)|([+-])(\d{2}):?(\d{2}))"
+    r")"
+)
+_DATE_NO_OFFSET_RE = re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?")
+_DAYS_IN_MONTH = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+_i32 = struct.Struct("<i").pack
+_f64 = struct.Struct("<d").pack
+_i64 = struct.Struct("<q").pack
+
+
+class RowError(ValueError):
+    """A row that cannot be loaded; the message is shown to the user as the reason."""
+
+
+def _show(value: str) -> str:
+    return repr(value if len(value) <= 40 else value[:40] + "...")
+
+
+def is_valid_id(value: str) -> bool:
+    return _ID_RE.fullmatch(value) is not None
+
+
+def check_id(value: str) -> None:
+    if not value:
+        raise RowError("id is empty")
+    if len(value) > MAX_ID_LENGTH:
+        raise RowError(f"id is longer than {MAX_ID_LENGTH} characters ({len(value)})")
+    if _ID_RE.fullmatch(value) is None:
+        raise RowError(f"id {_show(value)} has characters other than A-Z, a-z, 0-9, '_' and '-'")
+
+
+def parse_price(value: str) -> float:
+    if not value:
+        raise RowError("price is empty")
+    if _PRICE_RE.fullmatch(value) is None:
+        if value.startswith("-") and _PRICE_RE.fullmatch(value[1:]):
+            raise RowError(f"price {_show(value)} is negative")
+        if value.lstrip("+-").lower() in ("nan", "inf", "infinity"):
+            raise RowError(f"price {_show(value)} is not a finite number")
+        raise RowError(f"price {_show(value)} is not a decimal number")
+    price = float(value)
+    if math.isinf(price):
+        raise RowError(f"price {_show(value)} is out of range")
+    return price
+
+
+def _is_leap(year: int) -> bool:
+    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+
+
+def check_expiration_date(value: str) -> None:
+    m = _DATE_RE.fullmatch(value)
+    if m is None:
+        if _DATE_NO_OFFSET_RE.fullmatch(value):
+            raise RowError(f"expiration_date {_show(value)} has no time zone offset")
+        raise RowError(
+            f"expiration_date {_show(value)} is not 'YYYY-MM-DD HH:MM:SS +HHMM ZONE' or ISO-8601"
+        )
+    g = m.groups()
+    year, month, day = int(g[0]), int(g[1]), int(g[2])
+    if g[3] is not None:
+        hh, mi, ss, off_h, off_m = g[3], g[4], g[5], g[7], g[8]
+    else:
+        hh, mi, ss = g[9], g[10], g[11]
+        off_h, off_m = (g[14], g[15]) if g[12] is None else ("00", "00")
+    if not 1 <= month <= 12:
+        raise RowError(f"expiration_date {_show(value)} has month {month}")
+    days = 29 if month == 2 and _is_leap(year) else _DAYS_IN_MONTH[month - 1]
+    if not 1 <= day <= days:
+        raise RowError(f"expiration_date {_show(value)} is not a calendar date")
+    if int(hh) > 23 or int(mi) > 59 or int(ss) > 59:
+        raise RowError(f"expiration_date {_show(value)} is not a valid time of day")
+    if int(off_h) > 14 or int(off_m) > 59:
+        raise RowError(f"expiration_date {_show(value)} has an invalid offset")
+
+
+def parse_row(line: str) -> tuple[str, float, str]:
+    """Validate one line (without its line ending); return (id, price, expiration_date)."""
+    if len(line) > MAX_LINE_LENGTH:
+        raise RowError(f"line is too long ({len(line)} characters, at most {MAX_LINE_LENGTH})")
+    if any("\udc80" <= ch <= "\udcff" for ch in line):
+        raise RowError("line is not valid UTF-8")
+    fields = line.split(",")
+    if len(fields) != 3:
+        raise RowError(f"expected 3 fields (id,price,expiration_date), found {len(fields)}")
+    raw_id, raw_price, raw_date = (f.strip(" \t") for f in fields)
+    if raw_id.startswith('"') or raw_price.startswith('"') or raw_date.startswith('"'):
+        raise RowError("quoted fields are not supported")
+    check_id(raw_id)
+    price = parse_price(raw_price)
+    check_expiration_date(raw_date)
+    return raw_id, price, raw_date
+
+
+def encode_document(row_id: str, price: float, expiration_date: str, order: int) -> bytes:
+    """BSON of ``{_id: id lower-cased, [id], price, expiration_date, o}``.
+
+    ``id`` is stored only when it differs from ``_id`` (lookups are case-insensitive but
+    answer with the id as written). ``o`` orders rows by position in the file so that the
+    row nearest the end wins whatever order chunks load in.
+    """
+    key = row_id.lower().encode()
+    exp = expiration_date.encode()
+    parts = [b"\x02_id\x00", _i32(len(key) + 1), key, b"\x00"]
+    if row_id != key.decode():
+        raw = row_id.encode()
+        parts += [b"\x02id\x00", _i32(len(raw) + 1), raw, b"\x00"]
+    parts += [
+        b"\x01price\x00",
+        _f64(price),
+        b"\x02expiration_date\x00",
+        _i32(len(exp) + 1),
+        exp,
+        b"\x00\x12o\x00",
+        _i64(order),
+    ]
+    body = b"".join(parts)
+    return _i32(len(body) + 5) + body + b"\x00"
+
+
+@dataclass
+class ChunkStats:
+    """What one chunk saw; summed over chunks it must account for every line of the file."""
+
+    lines: int = 0
+    rows_read: int = 0
+    rows_valid: int = 0
+    rows_rejected: int = 0
+    rejects: list[tuple[int, str]] = field(default_factory=list)  # (line in chunk, reason)
+
+    def reject(self, line_no: int, reason: str) -> None:
+        self.rows_rejected += 1
+        if len(self.rejects) < MAX_REJECTS_KEPT:
+            self.rejects.append((line_no, reason))
+
+
+def split_lines(data: bytes, is_file_start: bool) -> list[str]:
+    """Lines of a line-aligned chunk, decoded; undecodable bytes become surrogates."""
+    text = data.decode("utf-8", errors="surrogateescape")
+    if is_file_start and text.startswith("\ufeff"):
+        text = text[1:]
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def parse_chunk(
+    data: bytes, chunk_start: int, batch_rows: int, stats: ChunkStats
+) -> Iterator[dict[str, bytes]]:
+    """Yield batches of encoded documents keyed by ``_id`` (last row in a batch wins).
+
+    The ordering key of a row is ``chunk_start + line index in chunk``: every line holds at
+    least one byte, so keys grow with file position and never collide between chunks.
+    """
+    is_file_start = chunk_start == 0
+    batch: dict[str, bytes] = {}
+    for index, line in enumerate(split_lines(data, is_file_start)):
+        stats.lines += 1
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        if is_file_start and index == 0 and line.strip().lower() == HEADER:
+            continue
+        stats.rows_read += 1
+        try:
+            row_id, price, expiration = parse_row(line)
+        except RowError as exc:
+            stats.reject(index + 1, str(exc))
+            continue
+        stats.rows_valid += 1
+        batch[row_id.lower()] = encode_document(row_id, price, expiration, chunk_start + index)
+        if len(batch) >= batch_rows:
+            yield batch
+            batch = {}
+    if batch:
+        yield batch

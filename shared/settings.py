@@ -1,0 +1,133 @@
+"""One typed settings object for the API, the worker and the tools.
+
+Precedence (lowest to highest): defaults here < ``config.json`` < ``.env`` < environment.
+Secrets are ``SecretStr`` so that printing or logging the settings never shows them.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    JsonConfigSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+# Values that ship in the repository for development; production must replace them.
+PLACEHOLDER_WRITE_TOKEN = "change-me-dev-token"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    # HTTP API
+    app_host: str = "127.0.0.1"
+    app_port: int = 1321
+    api_workers: int = Field(default=1, ge=1)
+
+    # MongoDB (or the wire-compatible dev server)
+    mongo_url: SecretStr = SecretStr("mongodb://127.0.0.1:27017")
+    mongo_db: str = "vervedb"
+    mongo_timeout_ms: int = Field(default=2000, ge=100)
+
+    # Redis: the read cache and the pointer-change channel; the broker may be another instance.
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    broker_url: SecretStr = SecretStr("redis://127.0.0.1:6379/1")
+    redis_timeout_s: float = Field(default=0.5, gt=0)
+
+    # Shared volume: uploads land here and workers read them from here.
+    data_dir: Path = Path("data/shared")
+
+    # Ingestion
+    chunk_size_bytes: int = Field(default=32 * MiB, ge=1)
+    insert_batch_rows: int = Field(default=5000, ge=1)
+    reject_ratio: float = Field(default=0.01, ge=0, le=1)
+    max_upload_bytes: int = Field(default=200 * GiB, ge=1)
+    max_decompressed_bytes: int = Field(default=1024 * GiB, ge=1)
+    broker_visibility_timeout_s: int = Field(default=3600, ge=10)
+    task_max_retries: int = Field(default=5, ge=0)
+    task_retry_backoff_s: float = Field(default=2.0, ge=0)
+    worker_concurrency: int = Field(default=2, ge=1)
+    versions_to_keep: int = Field(default=2, ge=1)
+
+    # Reads
+    cache_ttl_seconds: int = Field(default=3600, ge=1)
+    negative_cache_ttl_seconds: int = Field(default=60, ge=1)
+    pointer_poll_seconds: float = Field(default=0.5, gt=0, le=1)
+
+    # Security
+    write_token: SecretStr | None = None
+
+    # Flower
+    flower_port: int = 5555
+    flower_basic_auth: SecretStr | None = None
+
+    log_level: str = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        json_file = os.environ.get("CONFIG_FILE", "config.json")
+        return (
+            init_settings,
+            env_settings,
+            dotenv_settings,
+            JsonConfigSettingsSource(settings_cls, json_file=json_file),
+        )
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+    @property
+    def inbox_dir(self) -> Path:
+        return self.data_dir / "inbox"
+
+    def safe_summary(self) -> dict[str, Any]:
+        """What may be logged at start-up: URLs without credentials, no tokens."""
+        return {
+            "app": f"{self.app_host}:{self.app_port}",
+            "mongo_url": redact_url(self.mongo_url.get_secret_value()),
+            "mongo_db": self.mongo_db,
+            "redis_url": redact_url(self.redis_url.get_secret_value()),
+            "broker_url": redact_url(self.broker_url.get_secret_value()),
+            "data_dir": str(self.data_dir),
+            "chunk_size_bytes": self.chunk_size_bytes,
+            "write_token": "set" if self.write_token else "unset",
+        }
+
+
+def redact_url(url: str) -> str:
+    """Hide the password of a connection URL (mongodb://user:***@host)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

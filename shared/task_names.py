@@ -1,0 +1,7 @@
+"""Names under which the worker registers its tasks; the API enqueues by name only, so it
+never imports worker code."""
+
+PLAN_JOB = "ingest.plan_job"
+LOAD_CHUNK = "ingest.load_chunk"
+FINALIZE_JOB = "ingest.finalize_job"
+CLEANUP_DATASETS = "ingest.cleanup_datasets"

@@ -1,0 +1,52 @@
+import io
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shared.chunking import plan_chunks, read_range
+
+lines = st.lists(
+    st.tuples(
+        st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")),
+        st.sampled_from([b"\n", b"\r\n"]),
+    ),
+    max_size=60,
+)
+
+
+def _lines_of(data: bytes) -> list[bytes]:
+    parts = data.split(b"\n")
+    if parts and parts[-1] == b"":
+        parts.pop()
+    return parts
+
+
+@settings(max_examples=300)
+@given(
+    rows=lines,
+    trailing=st.binary(max_size=20).map(lambda b: b.replace(b"\n", b"")),
+    chunk_size=st.integers(1, 200),
+)
+def test_every_line_lands_in_exactly_one_chunk(
+    rows: list[tuple[bytes, bytes]], trailing: bytes, chunk_size: int
+) -> None:
+    data = b"".join(a + b for a, b in rows) + trailing  # maybe no final newline
+    f = io.BytesIO(data)
+    chunks = plan_chunks(f, len(data), chunk_size)
+    # Contiguous cover of the file, no empty chunk.
+    assert [s for s, _ in chunks] == ([0] + [e for _, e in chunks[:-1]] if chunks else [])
+    assert (chunks[-1][1] if chunks else 0) == len(data)
+    assert all(e > s for s, e in chunks)
+    # Each chunk starts right after a newline; lines are never cut.
+    assert all(s == 0 or data[s - 1 : s] == b"\n" for s, _ in chunks)
+    got = [line for s, e in chunks for line in _lines_of(read_range(f, s, e))]
+    assert got == _lines_of(data)
+
+
+def test_a_line_longer_than_the_chunk_size_makes_a_longer_chunk() -> None:
+    data = b"x" * 1000 + b"\nshort\n"
+    assert plan_chunks(io.BytesIO(data), len(data), 10) == [(0, 1001), (1001, 1007)]
+
+
+def test_empty_file_has_no_chunks() -> None:
+    assert plan_chunks(io.BytesIO(b""), 0, 10) == []

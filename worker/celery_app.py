@@ -1,0 +1,32 @@
+"""Celery application of the ingestion worker (Redis broker).
+
+Tasks are acknowledged late and the broker redelivers a task whose worker died, so every
+task is written to be idempotent. Prefetch is one task, so a long chunk never holds others
+hostage on a busy process.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from shared.logging_setup import configure_logging
+from shared.settings import get_settings
+
+settings = get_settings()
+configure_logging(settings.log_level)
+
+app = Celery("promotions", broker=settings.broker_url.get_secret_value(), include=["worker.tasks"])
+app.conf.update(
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    task_ignore_result=True,
+    task_serializer="json",
+    accept_content=["json"],
+    broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
+    broker_connection_retry_on_startup=True,
+    worker_concurrency=settings.worker_concurrency,
+    worker_send_task_events=True,
+    task_send_sent_event=True,
+    worker_hijack_root_logger=False,
+)

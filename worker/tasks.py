@@ -1,0 +1,227 @@
+"""Ingestion tasks: plan a job into line-aligned chunks, load chunks in parallel, finalize.
+
+Every task may run more than once (late acks, redelivery after a crash), so each one is
+idempotent: chunk results are recorded per chunk index, the switch of the active dataset is
+a compare-and-set, and a job finishes only once. Anything that goes wrong ends the job
+``failed`` with a sentence a user can act on, and the active dataset is never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from celery import Task
+from pymongo.database import Database
+from pymongo.errors import CollectionInvalid
+
+from shared import datasets, job_records
+from shared.chunking import plan_chunks, read_range
+from shared.file_checks import SNIFF_BYTES, sniff_problem
+from shared.mongo import UNAVAILABLE_ERRORS
+from shared.pointer_channel import announce_active
+from shared.promotion_rows import ChunkStats, parse_chunk
+from shared.settings import get_settings
+from shared.task_names import CLEANUP_DATASETS, FINALIZE_JOB, LOAD_CHUNK, PLAN_JOB
+from shared.timeutil import now
+from worker.celery_app import app
+from worker.chunk_writer import write_batch
+from worker.store import database
+
+log = logging.getLogger(__name__)
+settings = get_settings()
+
+CLEANUP_AGAIN_AFTER_S = 60  # late inserts of a failed job may re-create its collection
+
+
+class JobFailed(Exception):
+    """A problem with the job's input or state, not with the infrastructure."""
+
+
+class IngestTask(Task):  # type: ignore[misc]
+    """Retries store outages with backoff; when retries run out, the job fails clearly."""
+
+    autoretry_for = UNAVAILABLE_ERRORS
+    max_retries = settings.task_max_retries
+    retry_backoff = settings.task_retry_backoff_s
+    retry_backoff_max = 60
+    retry_jitter = True
+    acks_late = True
+
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        job_id = args[0] if args else kwargs.get("job_id")
+        if not job_id:
+            return
+        if isinstance(exc, UNAVAILABLE_ERRORS):
+            reason = (
+                f"the store was unavailable during {self.name.split('.')[-1]} "
+                f"and stayed so after {self.max_retries} retries ({type(exc).__name__})"
+            )
+        else:
+            reason = f"internal error in {self.name.split('.')[-1]}: {type(exc).__name__}: {exc}"
+        try:
+            fail_job(database(), job_id, reason)
+        except UNAVAILABLE_ERRORS:
+            log.error("job %s failed (%s) and could not be marked failed", job_id, reason)
+
+
+def upload_path(file_name: str) -> Path:
+    return settings.uploads_dir / file_name
+
+
+def fail_job(db: Database[Any], job_id: str, error: str, **fields: Any) -> None:
+    job = job_records.load_job(db, job_id)
+    if job is None:
+        return
+    if job_records.finish_job(db, job_id, job_records.FAILED, error=error, **fields):
+        log.warning("job %s failed: %s", job_id, error)
+        datasets.set_version_state(db, job["version"], datasets.FAILED, failed_at=now())
+        cleanup_datasets.apply_async(kwargs={"file_name": job.get("file")})
+        cleanup_datasets.apply_async(countdown=CLEANUP_AGAIN_AFTER_S)
+
+
+@app.task(base=IngestTask, name=PLAN_JOB, bind=True)
+def plan_job(self: Task, job_id: str) -> None:
+    db = database()
+    job = job_records.start_job(db, job_id, "splitting")
+    if job is None:
+        return  # finished already (redelivery) or unknown
+    path = upload_path(job["file"])
+    version = job["version"]
+    datasets.register_version(db, version, job_id)
+    if not path.exists():
+        fail_job(db, job_id, "the uploaded file is missing from the shared volume")
+        return
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        problem = sniff_problem(f.read(SNIFF_BYTES), is_whole_file=size <= SNIFF_BYTES)
+        if problem:
+            fail_job(db, job_id, problem)
+            return
+        chunks = plan_chunks(f, size, settings.chunk_size_bytes)
+    with contextlib.suppress(CollectionInvalid):  # created by an earlier delivery
+        db.create_collection(datasets.collection_name(version))
+    job_records.set_plan(db, job_id, len(chunks))
+    log.info("job %s: %d bytes in %d chunks -> version %d", job_id, size, len(chunks), version)
+    for index, (start, end) in enumerate(chunks):
+        load_chunk.apply_async(args=[job_id, index, start, end], task_id=f"{job_id}-chunk-{index}")
+
+
+@app.task(base=IngestTask, name=LOAD_CHUNK, bind=True)
+def load_chunk(self: Task, job_id: str, index: int, start: int, end: int) -> None:
+    db = database()
+    job = job_records.load_job(db, job_id)
+    if job is None or job["status"] != job_records.RUNNING:
+        return
+    coll = db[datasets.collection_name(job["version"])]
+    with upload_path(job["file"]).open("rb") as f:
+        data = read_range(f, start, end)
+    stats = ChunkStats()
+    for batch in parse_chunk(data, start, settings.insert_batch_rows, stats):
+        if not _still_running(db, job_id):
+            return  # the job failed meanwhile: stop writing into its collection
+        write_batch(coll, list(batch.values()))
+    del data
+    job_records.save_chunk_result(db, job_id, index, start, end, stats)
+    updated = job_records.count_chunk_done(db, job_id, index, stats)
+    if updated is None:  # counted by an earlier delivery, which may have died before this
+        updated = job_records.load_job(db, job_id)
+    if (
+        updated is not None
+        and updated["status"] == job_records.RUNNING
+        and updated["chunks_done"] == updated["chunks_total"]
+    ):
+        finalize_job.apply_async(args=[job_id])
+
+
+def _still_running(db: Database[Any], job_id: str) -> bool:
+    job = db[job_records.JOBS].find_one({"_id": job_id}, {"status": 1})
+    return job is not None and job["status"] == job_records.RUNNING
+
+
+def _totals(chunks: list[dict[str, Any]]) -> dict[str, int]:
+    return {
+        key: sum(c[key] for c in chunks) for key in ("rows_read", "rows_valid", "rows_rejected")
+    }
+
+
+def _rejection_problem(totals: dict[str, int], rejects: list[dict[str, Any]]) -> str | None:
+    read, valid, rejected = totals["rows_read"], totals["rows_valid"], totals["rows_rejected"]
+    first = f"first: line {rejects[0]['line']}: {rejects[0]['reason']}" if rejects else ""
+    if read == 0:
+        return "the file has no data rows"
+    if valid == 0:
+        return f"none of the {read} rows is valid ({first})"
+    if rejected / read > settings.reject_ratio:
+        return (
+            f"{rejected} of {read} rows ({rejected / read:.2%}) are invalid, more than the "
+            f"allowed {settings.reject_ratio:.2%} ({first}); see 'rejects' for details"
+        )
+    return None
+
+
+@app.task(base=IngestTask, name=FINALIZE_JOB, bind=True)
+def finalize_job(self: Task, job_id: str) -> None:
+    db = database()
+    job = job_records.start_job(db, job_id, "activating")
+    if job is None:
+        return
+    chunks = job_records.chunk_results(db, job_id)
+    if len(chunks) != job["chunks_total"]:
+        return  # not every chunk is recorded yet; the last one to finish triggers again
+    totals = _totals(chunks)
+    rejects = job_records.global_rejects(chunks)
+    counted = {"rows_loaded": totals["rows_valid"], "rows_rejected": totals["rows_rejected"]}
+    if totals["rows_valid"] + totals["rows_rejected"] != totals["rows_read"]:
+        fail_job(db, job_id, "row accounting does not add up; nothing was activated", **counted)
+        return
+    problem = _rejection_problem(totals, rejects)
+    if problem:
+        fail_job(db, job_id, problem, rejects=rejects, **counted)
+        return
+    version = job["version"]
+    distinct = db[datasets.collection_name(version)].estimated_document_count()
+    duplicates = totals["rows_valid"] - distinct
+    if duplicates < 0:
+        fail_job(db, job_id, f"the dataset holds {distinct} rows, more than the file's valid rows")
+        return
+    datasets.set_version_state(db, version, datasets.READY, rows=distinct, ready_at=now())
+    activated = datasets.activate_if_newest(db, version, distinct, job_id)
+    if activated:
+        announce_active(settings.redis_url.get_secret_value(), version)
+    job_records.finish_job(
+        db,
+        job_id,
+        job_records.SUCCEEDED,
+        dataset_version=version,
+        superseded=not activated,
+        duplicates=duplicates,
+        rejects=rejects,
+        **counted,
+    )
+    log.info(
+        "job %s: version %d %s (%d rows, %d rejected, %d duplicates)",
+        job_id,
+        version,
+        "is live" if activated else "was superseded by a newer upload",
+        distinct,
+        totals["rows_rejected"],
+        duplicates,
+    )
+    cleanup_datasets.apply_async(kwargs={"file_name": job["file"]})
+
+
+@app.task(name=CLEANUP_DATASETS, acks_late=True)
+def cleanup_datasets(file_name: str | None = None) -> None:
+    """Drop versions beyond the keep count and collections no record needs; remove a
+    finished job's upload. Runs off the request path and is safe to run any time."""
+    db = database()
+    for version in datasets.versions_to_drop(db, settings.versions_to_keep):
+        datasets.set_version_state(db, version, datasets.DROPPED, dropped_at=now())
+    for name in datasets.orphan_collections(db):
+        log.info("dropping collection %s", name)
+        db.drop_collection(name)
+    if file_name:
+        upload_path(file_name).unlink(missing_ok=True)
