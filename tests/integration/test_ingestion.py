@@ -1,0 +1,203 @@
+"""The ingestion pipeline with real Celery worker processes, real Redis broker and a real
+MongoDB-compatible server: upload -> job -> parallel chunks -> atomic switch."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from cli.generate import generate
+from shared import datasets
+from shared.settings import Settings
+from tests.conftest import wait_for
+from tests.helpers import expected_rows, wait_job
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+
+def _upload(client: TestClient, path: Path, field: str = "file") -> dict[str, Any]:
+    with path.open("rb") as f:
+        r = client.post("/add-promotions/", files={field: (path.name, f, "text/csv")})
+    assert r.status_code == 202, r.text
+    body: dict[str, Any] = r.json()
+    assert r.headers["location"] == body["status_url"] == f"/jobs/{body['job_id']}"
+    return body
+
+
+def _assert_dataset_is(mongo_db: Any, version: int, path: Path) -> None:
+    want = expected_rows(path)
+    docs = {
+        d["_id"]: (d.get("id", d["_id"]), d["price"], d["expiration_date"])
+        for d in mongo_db[datasets.collection_name(version)].find({}, {"o": 0})
+    }
+    assert docs == want
+
+
+def test_a_file_loads_in_parallel_chunks_with_exact_counts(
+    client: TestClient, mongo_db: Any, settings: Settings, tmp_path: Path
+) -> None:
+    path = tmp_path / "p.csv"
+    generate(20_000, path, seed=1)
+    job = wait_job(client, _upload(client, path)["job_id"])
+    assert job["status"] == "succeeded", job
+    assert job["chunks_total"] == job["chunks_done"] > 1  # 256 KiB chunks in tests
+    assert (job["rows_loaded"], job["rows_rejected"], job["duplicates"]) == (20_000, 0, 0)
+    assert job["error"] is None and job["rejects"] == [] and not job["superseded"]
+    _assert_dataset_is(mongo_db, job["dataset_version"], path)
+    wait_for(lambda: client.get("/datasets/active").status_code == 200, 5)
+    assert client.get("/datasets/active").json()["rows"] == 20_000
+    for row_id, (orig, price, date) in list(expected_rows(path).items())[::400]:
+        r = client.get(f"/promotions/{row_id}")
+        assert r.json() == {"id": orig, "price": price, "expiration_date": date}
+    # The upload is removed once loaded.
+    wait_for(lambda: not any(settings.uploads_dir.iterdir()), 10)
+
+
+def test_a_new_upload_replaces_the_whole_dataset(
+    client: TestClient, mongo_db: Any, tmp_path: Path
+) -> None:
+    first, second = tmp_path / "a.csv", tmp_path / "b.csv"
+    generate(3_000, first, seed=2)
+    generate(3_000, second, seed=3)
+    assert wait_job(client, _upload(client, first)["job_id"])["status"] == "succeeded"
+    job = wait_job(client, _upload(client, second)["job_id"])
+    assert job["status"] == "succeeded"
+    wait_for(lambda: client.get("/datasets/active").json()["version"] == job["dataset_version"], 5)
+    only_first = next(iter(expected_rows(first)))
+    assert client.get(f"/promotions/{only_first}").status_code == 404
+    some_second = next(iter(expected_rows(second)))
+    assert client.get(f"/promotions/{some_second}").status_code == 200
+
+
+def test_gzip_upload_is_inflated_while_streaming(client: TestClient, tmp_path: Path) -> None:
+    path = tmp_path / "p.csv.gz"
+    generate(2_000, path, seed=4, compress=True)
+    job = wait_job(client, _upload(client, path)["job_id"])
+    assert job["status"] == "succeeded" and job["rows_loaded"] == 2_000
+
+
+def test_too_many_bad_rows_fail_the_job_and_the_old_data_keeps_serving(
+    client: TestClient, mongo_db: Any, tmp_path: Path
+) -> None:
+    good, bad = tmp_path / "good.csv", tmp_path / "bad.csv"
+    generate(2_000, good, seed=5)
+    generate(5_000, bad, seed=6, bad_ratio=0.05)
+    ok = wait_job(client, _upload(client, good)["job_id"])
+    job = wait_job(client, _upload(client, bad)["job_id"])
+    assert job["status"] == "failed"
+    assert "are invalid, more than the allowed 1.00%" in job["error"]
+    assert job["rows_rejected"] > 0 and job["rejects"]
+    first = job["rejects"][0]
+    bad_lines = bad.read_text().splitlines()
+    assert first["line"] >= 1 and bad_lines[first["line"] - 1]  # points at a real line
+    assert client.get("/datasets/active").json()["version"] == ok["dataset_version"]
+    some_good = next(iter(expected_rows(good)))
+    assert client.get(f"/promotions/{some_good}").status_code == 200
+    # The half-built collection is dropped in the background.
+    name = datasets.collection_name(job_id_version(mongo_db, job["job_id"]))
+    wait_for(lambda: name not in mongo_db.list_collection_names(), 30)
+
+
+def job_id_version(mongo_db: Any, job_id: str) -> int:
+    return int(mongo_db["jobs"].find_one({"_id": job_id})["version"])
+
+
+def test_rejects_below_the_threshold_are_reported_with_file_line_numbers(
+    client: TestClient, tmp_path: Path
+) -> None:
+    path = tmp_path / "p.csv"
+    generate(3_000, path, seed=7)
+    lines = path.read_text().splitlines()
+    lines[1234] = "broken row"
+    lines[2500] = lines[2500].replace(",", ",-", 1)
+    path.write_text("\n".join(lines) + "\n")
+    job = wait_job(client, _upload(client, path)["job_id"])
+    assert job["status"] == "succeeded"
+    assert job["rows_loaded"] == 2_998 and job["rows_rejected"] == 2
+    assert [r["line"] for r in job["rejects"]] == [1235, 2501]
+    assert "expected 3 fields" in job["rejects"][0]["reason"]
+    assert "negative" in job["rejects"][1]["reason"]
+
+
+def test_last_row_wins_for_duplicates_across_chunks(
+    client: TestClient, mongo_db: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "dups.csv"
+    generate(8_000, path, seed=8, duplicate_ratio=0.3)
+    job = wait_job(client, _upload(client, path)["job_id"])
+    assert job["status"] == "succeeded", job
+    want = expected_rows(path)
+    assert job["duplicates"] == 8_000 - len(want) > 1000
+    _assert_dataset_is(mongo_db, job["dataset_version"], path)
+
+
+def test_plainly_wrong_file_fails_fast_with_a_reason(client: TestClient, tmp_path: Path) -> None:
+    path = tmp_path / "x.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" * 100)
+    job = wait_job(client, _upload(client, path)["job_id"])
+    assert job["status"] == "failed" and "binary" in job["error"]
+    assert job["chunks_total"] is None
+
+
+def test_reads_during_a_load_answer_from_the_old_version(
+    client: TestClient, tmp_path: Path
+) -> None:
+    old, new = tmp_path / "old.csv", tmp_path / "new.csv"
+    generate(1_000, old, seed=9)
+    generate(40_000, new, seed=10)
+    assert wait_job(client, _upload(client, old)["job_id"])["status"] == "succeeded"
+    old_rows = list(expected_rows(old).items())[:50]
+    wait_for(lambda: client.get(f"/promotions/{old_rows[0][0]}").status_code == 200, 5)
+    job_id = _upload(client, new)["job_id"]
+    watcher = client.app.state.services.watcher  # type: ignore[attr-defined]
+    old_version = watcher.current.version
+    answers: list[int] = []
+    stop = threading.Event()
+
+    def read_old() -> None:
+        while not stop.is_set():
+            for row_id, _ in old_rows:
+                code = client.get(f"/promotions/{row_id}").status_code
+                if watcher.current.version != old_version:
+                    return  # the new file went live: old ids may now be absent
+                answers.append(code)
+
+    wait_for(lambda: client.get(f"/jobs/{job_id}").json()["status"] == "running", 30)
+    reader = threading.Thread(target=read_old)
+    reader.start()
+    try:
+        job = wait_job(client, job_id)
+    finally:
+        stop.set()
+        reader.join()
+    assert job["status"] == "succeeded"
+    assert len(answers) >= 50 and set(answers) == {200}
+
+
+def test_broker_down_at_upload_is_503_and_keeps_nothing(
+    clean_state: None, settings: Settings, tmp_path: Path, mongo_db: Any
+) -> None:
+    from pydantic import SecretStr
+
+    from api.main import create_app
+    from devstack.services import free_port
+
+    path = tmp_path / "p.csv"
+    generate(10, path, seed=11)
+    cfg = settings.model_copy(
+        update={"broker_url": SecretStr(f"redis://127.0.0.1:{free_port()}/1")}
+    )
+    with TestClient(create_app(cfg)) as c, path.open("rb") as f:
+        r = c.post("/add-promotions/", files={"file": ("p.csv", f)})
+    assert r.status_code == 503 and "job queue is unavailable" in r.json()["detail"]
+    assert list(settings.uploads_dir.iterdir()) == []
+    assert mongo_db["jobs"].count_documents({}) == 0
+
+
+def test_unknown_job_is_404(client: TestClient) -> None:
+    assert client.get("/jobs/nope").status_code == 404
+    assert client.get("/jobs").json() == []
