@@ -1,0 +1,83 @@
+"""The stack as a user meets it: uvicorn on a real port, real Celery workers, real store."""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cli.generate import generate
+from tests.helpers import expected_rows, wait_job
+
+pytestmark = pytest.mark.usefixtures("worker", "clean_state")
+
+
+@pytest.fixture
+def http(api_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=api_url, timeout=30) as client:
+        yield client
+
+
+def test_upload_poll_lookup_over_http(http: httpx.Client, tmp_path: Path) -> None:
+    path = tmp_path / "promotions.csv"
+    generate(5_000, path, seed=21)
+    with path.open("rb") as f:
+        r = http.post("/add-promotions/", files={"file": ("promotions.csv", f, "text/csv")})
+    assert r.status_code == 202, r.text
+    job = wait_job(http, r.json()["job_id"])
+    assert job["status"] == "succeeded" and job["rows_loaded"] == 5_000, job
+    active = http.get("/datasets/active").json()
+    assert active["version"] == job["dataset_version"] and active["rows"] == 5_000
+    rows = list(expected_rows(path).items())
+    for key, (row_id, price, date) in rows[::250]:
+        for asked in (key, key.upper()):
+            r = http.get(f"/promotions/{asked}")
+            assert r.status_code == 200
+            assert r.json() == {"id": row_id, "price": price, "expiration_date": date}
+    assert http.get("/promotions/00000000-0000-0000-0000-000000000000").status_code == 404
+    assert http.get("/promotions/not%20an%20id").status_code == 422
+
+
+def test_raw_gzip_body_on_the_older_route(http: httpx.Client, tmp_path: Path) -> None:
+    path = tmp_path / "p.csv"
+    generate(1_000, path, seed=22)
+    body = gzip.compress(path.read_bytes())
+    r = http.post("/uploadfile/", content=body, headers={"Content-Type": "application/gzip"})
+    assert r.status_code == 202, r.text
+    job = wait_job(http, r.json()["job_id"])
+    assert job["status"] == "succeeded" and job["bytes_total"] == path.stat().st_size
+
+
+def test_cli_ingest_follows_the_job_and_reports(api_url: str, tmp_path: Path) -> None:
+    good, bad = tmp_path / "good.csv", tmp_path / "bad.csv"
+    cli = [sys.executable, "-m", "cli.main"]
+    subprocess.run([*cli, "generate", "2000", str(good), "--seed", "23"], check=True)
+    done = subprocess.run(
+        [*cli, "ingest", str(good), "--url", api_url], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "succeeded" in done.stdout and "2000 rows loaded" in done.stdout
+    bad.write_text("this is not,a promotions,file\n" * 50)
+    failed = subprocess.run(
+        [*cli, "ingest", str(bad), "--url", api_url], capture_output=True, text=True, timeout=120
+    )
+    assert failed.returncode == 1
+    assert "failed: none of the first 50 rows is valid" in failed.stderr
+
+
+def test_health_and_docs(http: httpx.Client) -> None:
+    assert http.get("/healthz").json() == {"status": "ok"}
+    ready = http.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"] == {"store": "ok", "cache": "ok"}
+    assert http.get("/docs").status_code == 200
+    spec = http.get("/openapi.json").json()
+    for path, methods in spec["paths"].items():
+        for method, op in methods.items():
+            assert op.get("summary"), f"{method.upper()} {path} has no summary"
+    promotion = spec["components"]["schemas"]["Promotion"]
+    assert promotion["examples"][0]["price"] == 60.683466
