@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,6 +15,7 @@ from api.errors import install_error_handlers
 from api.job_queue import JobQueue
 from api.routes import datasets, health, jobs, promotions, uploads
 from api.services import Services
+from api.upload_stream import sweep_orphan_parts
 from shared.cache import PromotionCache
 from shared.logging_setup import configure_logging
 from shared.mongo import async_client
@@ -53,6 +55,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services = build_services(settings)
         app.state.services = services
         log.info("starting API with %s", settings.safe_summary())
+        removed = await asyncio.to_thread(sweep_orphan_parts, settings.uploads_dir)
+        if removed:
+            log.warning("removed %d partial uploads left by a stopped API process", len(removed))
         await services.watcher.start()
         try:
             yield

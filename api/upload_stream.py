@@ -39,6 +39,31 @@ def part_file_prefix() -> str:
     return f".upload-{socket.gethostname()}-{os.getpid()}-"
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_orphan_parts(directory: Path) -> list[Path]:
+    """Remove partial uploads left by API processes of this host that died mid-upload
+    (killed, restarted); a live process's own partial files are left alone."""
+    prefix = f".upload-{socket.gethostname()}-"
+    removed: list[Path] = []
+    if not directory.is_dir():
+        return removed
+    for path in directory.glob(f"{prefix}*{PART_SUFFIX}"):
+        pid_text = path.name[len(prefix) :].split("-", 1)[0]
+        if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 class UploadFileWriter:
     """Blocking file writer; the API calls it from a worker thread."""
 

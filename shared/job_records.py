@@ -8,6 +8,7 @@ checks the totals against.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from pymongo import DESCENDING, ReturnDocument
@@ -181,16 +182,51 @@ def global_rejects(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def heartbeat(db: Database[Any], job_id: str) -> bool:
+    """Mark progress (the watchdog fails jobs that stop moving); False if the job is no
+    longer running, so its loaders stop writing."""
+    result = db[JOBS].update_one(
+        {"_id": job_id, "status": RUNNING}, {"$set": {"updated_at": now()}}
+    )
+    return result.matched_count == 1
+
+
+def stalled_jobs(db: Database[Any], cutoff: datetime) -> list[dict[str, Any]]:
+    """Unfinished jobs with no progress since ``cutoff`` - none if any unfinished job did
+    progress: then workers are alive and a quiet job is only waiting its turn in the queue."""
+    busy = db[JOBS].find_one(
+        {"status": {"$nin": list(FINISHED)}, "updated_at": {"$gte": cutoff}}, {"_id": 1}
+    )
+    if busy is not None:
+        return []
+    return list(
+        db[JOBS].find(
+            {"status": {"$nin": list(FINISHED)}, "updated_at": {"$lt": cutoff}},
+            {"done_chunks": 0, "rejects": 0},
+        )
+    )
+
+
 def set_phase(db: Database[Any], job_id: str, phase: str) -> None:
     db[JOBS].update_one(
         {"_id": job_id, "status": RUNNING}, {"$set": {"phase": phase, "updated_at": now()}}
     )
 
 
-def finish_job(db: Database[Any], job_id: str, status: str, **fields: Any) -> bool:
-    """Finish once: a job that already ended keeps its outcome."""
+def finish_job(
+    db: Database[Any],
+    job_id: str,
+    status: str,
+    idle_since: datetime | None = None,
+    **fields: Any,
+) -> bool:
+    """Finish once: a job that already ended keeps its outcome. With ``idle_since`` (the
+    watchdog), only if the job has not moved since then, so a job that wakes up wins."""
+    query: dict[str, Any] = {"_id": job_id, "status": {"$nin": list(FINISHED)}}
+    if idle_since is not None:
+        query["updated_at"] = {"$lt": idle_since}
     result = db[JOBS].update_one(
-        {"_id": job_id, "status": {"$nin": list(FINISHED)}},
+        query,
         {
             "$set": {
                 "status": status,

@@ -110,12 +110,12 @@ def parse_row(line: str) -> tuple[str, float, str]:
         raise RowError(f"line is too long ({len(line)} characters, at most {MAX_LINE_LENGTH})")
     if any("\udc80" <= ch <= "\udcff" for ch in line):
         raise RowError("line is not valid UTF-8")
+    if '"' in line:
+        raise RowError("quoted fields are not supported (no field may contain '\"')")
     fields = line.split(",")
     if len(fields) != 3:
         raise RowError(f"expected 3 fields (id,price,expiration_date), found {len(fields)}")
     raw_id, raw_price, raw_date = (f.strip(" \t") for f in fields)
-    if raw_id.startswith('"') or raw_price.startswith('"') or raw_date.startswith('"'):
-        raise RowError("quoted fields are not supported")
     check_id(raw_id)
     price = parse_price(raw_price)
     check_expiration_date(raw_date)

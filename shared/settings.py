@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     JsonConfigSettingsSource,
@@ -23,8 +23,8 @@ from pydantic_settings import (
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 
-# Values that ship in the repository for development; production must replace them.
-PLACEHOLDER_WRITE_TOKEN = "change-me-dev-token"
+# Values that ship in the repository for development start with this; production refuses them.
+PLACEHOLDER_PREFIX = "change-me"
 
 
 class Settings(BaseSettings):
@@ -59,7 +59,12 @@ class Settings(BaseSettings):
     reject_ratio: float = Field(default=0.01, ge=0, le=1)
     max_upload_bytes: int = Field(default=200 * GiB, ge=1)
     max_decompressed_bytes: int = Field(default=1024 * GiB, ge=1)
-    broker_visibility_timeout_s: int = Field(default=3600, ge=10)
+    # Unacknowledged tasks are redelivered after this; longer than any chunk takes.
+    broker_visibility_timeout_s: int = Field(default=900, ge=1)
+    # Jobs with no progress for this long are failed by the watchdog (it runs every
+    # watchdog_period_s); longer than the visibility timeout, so redelivery gets its chance.
+    job_stall_timeout_s: int = Field(default=1800, ge=1)
+    watchdog_period_s: float = Field(default=60, gt=0)
     task_max_retries: int = Field(default=5, ge=0)
     task_retry_backoff_s: float = Field(default=2.0, ge=0)
     worker_concurrency: int = Field(default=2, ge=1)
@@ -70,7 +75,8 @@ class Settings(BaseSettings):
     negative_cache_ttl_seconds: int = Field(default=60, ge=1)
     pointer_poll_seconds: float = Field(default=0.5, gt=0, le=1)
 
-    # Security
+    # Security. ``production`` (set by docker-compose.yml) refuses development placeholders.
+    production: bool = False
     write_token: SecretStr | None = None
 
     # Flower
@@ -95,6 +101,21 @@ class Settings(BaseSettings):
             dotenv_settings,
             JsonConfigSettingsSource(settings_cls, json_file=json_file),
         )
+
+    @model_validator(mode="after")
+    def _no_placeholders_in_production(self) -> Settings:
+        if not self.production:
+            return self
+        token = self.write_token.get_secret_value() if self.write_token else ""
+        if not token or token.startswith(PLACEHOLDER_PREFIX):
+            raise ValueError(
+                "production needs WRITE_TOKEN set to a real secret, not empty or a "
+                f"'{PLACEHOLDER_PREFIX}...' placeholder"
+            )
+        password = urlsplit(self.mongo_url.get_secret_value()).password or ""
+        if password.startswith(PLACEHOLDER_PREFIX):
+            raise ValueError("production needs a real MongoDB password, not a placeholder")
+        return self
 
     @property
     def uploads_dir(self) -> Path:

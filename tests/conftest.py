@@ -109,13 +109,19 @@ def redis_client(services: None, settings: Settings) -> Iterator[redis.Redis]:
     client.close()
 
 
-@pytest.fixture
-def clean_state(mongo_db: Any, redis_client: redis.Redis, settings: Settings) -> None:
-    """Every test starts with no datasets, no jobs and an empty cache."""
+def reset_state(mongo_db: Any, redis_client: redis.Redis, settings: Settings) -> None:
+    """No datasets, no jobs, an empty cache and an empty uploads directory."""
     for name in mongo_db.list_collection_names():
         mongo_db.drop_collection(name)
     redis_client.flushdb()
+    shutil.rmtree(settings.uploads_dir, ignore_errors=True)
     settings.uploads_dir.mkdir(parents=True, exist_ok=True)
+
+
+@pytest.fixture
+def clean_state(mongo_db: Any, redis_client: redis.Redis, settings: Settings) -> None:
+    """Every test starts from nothing."""
+    reset_state(mongo_db, redis_client, settings)
 
 
 def wait_for(predicate: Any, timeout: float = 60.0, interval: float = 0.1) -> Any:

@@ -11,6 +11,7 @@ from celery import Celery
 
 from shared.logging_setup import configure_logging
 from shared.settings import get_settings
+from shared.task_names import FAIL_STALLED_JOBS
 
 settings = get_settings()
 configure_logging(settings.log_level)
@@ -29,4 +30,11 @@ app.conf.update(
     worker_send_task_events=True,
     task_send_sent_event=True,
     worker_hijack_root_logger=False,
+    beat_schedule={
+        "fail-stalled-jobs": {
+            "task": FAIL_STALLED_JOBS,
+            "schedule": settings.watchdog_period_s,
+            "options": {"expires": settings.watchdog_period_s},
+        },
+    },
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,13 @@ from shared.mongo import UNAVAILABLE_ERRORS
 from shared.pointer_channel import announce_active
 from shared.promotion_rows import ChunkStats, parse_chunk
 from shared.settings import get_settings
-from shared.task_names import CLEANUP_DATASETS, FINALIZE_JOB, LOAD_CHUNK, PLAN_JOB
+from shared.task_names import (
+    CLEANUP_DATASETS,
+    FAIL_STALLED_JOBS,
+    FINALIZE_JOB,
+    LOAD_CHUNK,
+    PLAN_JOB,
+)
 from shared.timeutil import now
 from worker.celery_app import app
 from worker.chunk_writer import write_batch
@@ -71,11 +78,15 @@ def upload_path(file_name: str) -> Path:
     return settings.uploads_dir / file_name
 
 
-def fail_job(db: Database[Any], job_id: str, error: str, **fields: Any) -> None:
+def fail_job(
+    db: Database[Any], job_id: str, error: str, idle_since: datetime | None = None, **fields: Any
+) -> None:
     job = job_records.load_job(db, job_id)
     if job is None:
         return
-    if job_records.finish_job(db, job_id, job_records.FAILED, error=error, **fields):
+    if job_records.finish_job(
+        db, job_id, job_records.FAILED, idle_since=idle_since, error=error, **fields
+    ):
         log.warning("job %s failed: %s", job_id, error)
         datasets.set_version_state(db, job["version"], datasets.FAILED, failed_at=now())
         cleanup_datasets.apply_async(kwargs={"file_name": job.get("file")})
@@ -120,7 +131,7 @@ def load_chunk(self: Task, job_id: str, index: int, start: int, end: int) -> Non
         data = read_range(f, start, end)
     stats = ChunkStats()
     for batch in parse_chunk(data, start, settings.insert_batch_rows, stats):
-        if not _still_running(db, job_id):
+        if not job_records.heartbeat(db, job_id):
             return  # the job failed meanwhile: stop writing into its collection
         write_batch(coll, list(batch.values()))
     del data
@@ -134,11 +145,6 @@ def load_chunk(self: Task, job_id: str, index: int, start: int, end: int) -> Non
         and updated["chunks_done"] == updated["chunks_total"]
     ):
         finalize_job.apply_async(args=[job_id])
-
-
-def _still_running(db: Database[Any], job_id: str) -> bool:
-    job = db[job_records.JOBS].find_one({"_id": job_id}, {"status": 1})
-    return job is not None and job["status"] == job_records.RUNNING
 
 
 def _totals(chunks: list[dict[str, Any]]) -> dict[str, int]:
@@ -211,6 +217,47 @@ def finalize_job(self: Task, job_id: str) -> None:
         duplicates,
     )
     cleanup_datasets.apply_async(kwargs={"file_name": job["file"]})
+
+
+@app.task(name=FAIL_STALLED_JOBS)
+def fail_stalled_jobs() -> int:
+    """Watchdog (periodic): a job whose tasks were all lost (worker host gone, broker
+    flushed) would otherwise stay ``running`` forever. Loaders beat every batch, so
+    ``JOB_STALL_TIMEOUT_S`` of silence means nobody is working on it."""
+    db = database()
+    cutoff = now() - timedelta(seconds=settings.job_stall_timeout_s)
+    stalled = job_records.stalled_jobs(db, cutoff)
+    for job in stalled:
+        fail_job(
+            db,
+            job["_id"],
+            f"the job made no progress for {settings.job_stall_timeout_s} s (in phase "
+            f"'{job['phase']}'; a worker may have died); it was stopped and the active "
+            "dataset is unchanged - upload the file again",
+            idle_since=cutoff,
+        )
+    _sweep_uploads(db, cutoff.timestamp())
+    return len(stalled)
+
+
+def _sweep_uploads(db: Database[Any], cutoff_ts: float) -> None:
+    """Files in uploads/ that nothing will ever read: partial uploads of an API that died
+    on another host (a live upload keeps its mtime fresh) and stored files whose job is
+    gone or finished (an API killed between storing and recording, a lost cleanup)."""
+    directory = settings.uploads_dir
+    if not directory.is_dir():
+        return
+    unfinished = {
+        job["file"]
+        for job in db[job_records.JOBS].find(
+            {"status": {"$nin": list(job_records.FINISHED)}}, {"file": 1}
+        )
+    }
+    for path in directory.iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            if path.name not in unfinished and path.stat().st_mtime < cutoff_ts:
+                log.info("removing stale upload file %s", path.name)
+                path.unlink()
 
 
 @app.task(name=CLEANUP_DATASETS, acks_late=True)

@@ -41,3 +41,28 @@ def test_secrets_never_show(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_redact_url_leaves_urls_without_password() -> None:
     assert redact_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+@pytest.mark.parametrize(
+    ("env", "refused"),
+    [
+        ({}, "WRITE_TOKEN"),
+        ({"WRITE_TOKEN": "change-me-dev-token"}, "placeholder"),
+        (
+            {"WRITE_TOKEN": "s3cret", "MONGO_URL": "mongodb://u:change-me@db/"},
+            "MongoDB password",
+        ),
+    ],
+)
+def test_production_refuses_placeholders(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], refused: str
+) -> None:
+    monkeypatch.delenv("WRITE_TOKEN", raising=False)
+    monkeypatch.setenv("PRODUCTION", "true")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ValueError, match=refused):
+        Settings()
+    monkeypatch.setenv("WRITE_TOKEN", "a-real-secret")
+    monkeypatch.setenv("MONGO_URL", "mongodb://u:real@db/")
+    assert Settings().production
