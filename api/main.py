@@ -9,6 +9,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.active_version import ActiveVersionWatcher
 from api.errors import install_error_handlers
@@ -31,6 +35,10 @@ def build_services(settings: Settings) -> Services:
         socket_timeout=settings.redis_timeout_s,
         socket_connect_timeout=settings.redis_timeout_s,
         max_connections=512,
+        # One immediate retry replaces a pooled connection that went stale (Redis restarted);
+        # no backoff, so an outage costs readers milliseconds, not seconds.
+        retry=Retry(NoBackoff(), 1),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
     db = mongo[settings.mongo_db]
     return Services(

@@ -56,6 +56,11 @@ class IngestTask(Task):  # type: ignore[misc]
     retry_backoff_max = 60
     retry_jitter = True
     acks_late = True
+    # A process killed mid-task (OOM, SIGKILL) is retried after a short delay and counted
+    # against max_retries, so a chunk that kills every process it runs on cannot loop
+    # forever; when retries run out the job stops moving and the watchdog fails it.
+    retry_on_worker_lost = True
+    default_retry_delay = 2
 
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         job_id = args[0] if args else kwargs.get("job_id")

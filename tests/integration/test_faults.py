@@ -1,0 +1,370 @@
+"""Faults with real processes: killed workers, concurrent uploads, a switch under load, an
+API killed mid-upload, the cache going away and coming back, the watchdog."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from api.main import create_app
+from cli.generate import generate
+from devstack.services import Service, api_command, free_port, redis_command
+from shared import datasets, job_records
+from shared.settings import Settings
+from shared.timeutil import now
+from tests.conftest import _LOGS, wait_for
+from tests.helpers import expected_rows, load_dataset, wait_job
+
+pytestmark = [pytest.mark.usefixtures("worker", "clean_state"), pytest.mark.slow]
+
+
+def _post_file(http: httpx.Client | TestClient, path: Path) -> str:
+    with path.open("rb") as f:
+        r = http.post("/add-promotions/", files={"file": (path.name, f, "text/csv")})
+    assert r.status_code == 202, r.text
+    job_id: str = r.json()["job_id"]
+    return job_id
+
+
+def _dataset(mongo_db: Any, version: int) -> dict[str, tuple[str, float, str]]:
+    return {
+        d["_id"]: (d.get("id", d["_id"]), d["price"], d["expiration_date"])
+        for d in mongo_db[datasets.collection_name(version)].find({}, {"o": 0})
+    }
+
+
+@pytest.fixture
+def http(api_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=api_url, timeout=30) as client:
+        yield client
+
+
+def test_worker_process_killed_mid_chunk_loses_and_duplicates_nothing(
+    worker: Service, http: httpx.Client, mongo_db: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "big.csv"
+    generate(60_000, path, seed=31, duplicate_ratio=0.05)
+    job_id = _post_file(http, path)
+    wait_for(lambda: (http.get(f"/jobs/{job_id}").json()["chunks_done"] or 0) >= 2, 60, 0.05)
+    assert worker.proc is not None
+    children = psutil.Process(worker.proc.pid).children()
+    assert children, "the worker has no pool processes"
+    victim = children[0]
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+    job = wait_job(http, job_id, timeout=180)
+    assert job["status"] == "succeeded", job
+    want = expected_rows(path)
+    assert job["rows_loaded"] == 60_000 and job["rows_rejected"] == 0
+    assert job["duplicates"] == 60_000 - len(want)
+    assert job["chunks_done"] == job["chunks_total"]
+    assert _dataset(mongo_db, job["dataset_version"]) == want
+    assert worker.log_path is not None
+    assert "signal 9" in worker.log_path.read_text()  # the kill did land on a pool process
+
+
+@pytest.mark.parametrize("uploads", [2, 5])
+def test_concurrent_uploads_the_newest_submitted_wins(
+    http: httpx.Client, mongo_db: Any, tmp_path: Path, uploads: int
+) -> None:
+    paths = []
+    for i in range(uploads):
+        paths.append(tmp_path / f"f{i}.csv")
+        generate(2_000 + 500 * i, paths[-1], seed=40 + i)
+    with ThreadPoolExecutor(uploads) as pool:
+        job_ids = list(pool.map(lambda p: _post_file(http, p), paths))
+    jobs = [wait_job(http, job_id, timeout=180) for job_id in job_ids]
+    assert all(j["status"] == "succeeded" for j in jobs), jobs
+    newest = max(jobs, key=lambda j: j["dataset_version"])
+    newest_file = paths[jobs.index(newest)]
+    wait_for(lambda: http.get("/datasets/active").json()["version"] == newest["dataset_version"])
+    # The live dataset is exactly the newest submitted file: no mixture, nothing missing.
+    assert _dataset(mongo_db, newest["dataset_version"]) == expected_rows(newest_file)
+    for job in jobs:
+        if job["superseded"]:
+            assert job["dataset_version"] < newest["dataset_version"]
+    assert not newest["superseded"]
+    # Every other version still kept holds exactly its own file.
+    for job, path in zip(jobs, paths, strict=True):
+        version = job["dataset_version"]
+        state = datasets.get_version(mongo_db, version)
+        if state and state["state"] == datasets.READY:
+            assert _dataset(mongo_db, version) == expected_rows(path)
+
+
+def test_lookups_through_a_dataset_switch_are_always_old_or_new(
+    http: httpx.Client, tmp_path: Path
+) -> None:
+    old, new = tmp_path / "old.csv", tmp_path / "new.csv"
+    generate(1_500, old, seed=51)
+    generate(6_000, new, seed=52)
+    old_rows, new_rows = expected_rows(old), expected_rows(new)
+    # Ids in both files, with different values.
+    shared_ids = list(old_rows)[:300]
+    lines = new.read_text().splitlines()
+    for i, key in enumerate(shared_ids):
+        _, _, date = old_rows[key]
+        lines[i] = f"{key},{1000 + i}.25,{date}"
+    new.write_text("\n".join(lines) + "\n")
+    new_rows = expected_rows(new)
+    assert wait_job(http, _post_file(http, old))["status"] == "succeeded"
+    wait_for(lambda: http.get("/datasets/active").json().get("rows") == len(old_rows))
+
+    ids = list(old_rows) + list(new_rows)[300:1500]
+    answers: list[tuple[float, str, int, Any]] = []
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def reader(seed: int) -> None:
+        rng = random.Random(seed)
+        with httpx.Client(base_url=str(http.base_url), timeout=10) as c:
+            while not stop.is_set():
+                key = rng.choice(ids)
+                started = time.monotonic()
+                try:
+                    r = c.get(f"/promotions/{key}")
+                except httpx.HTTPError as exc:
+                    errors.append(repr(exc))
+                    continue
+                body = r.json() if r.status_code == 200 else None
+                answers.append((started, key, r.status_code, body))
+
+    threads = [threading.Thread(target=reader, args=(s,)) for s in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        job = wait_job(http, _post_file(http, new), timeout=180)
+        done_seen = time.monotonic()
+        time.sleep(2.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert job["status"] == "succeeded"
+    assert not errors
+
+    def value(rows: dict[str, tuple[str, float, str]], key: str) -> Any:
+        if key not in rows:
+            return None
+        row_id, price, date = rows[key]
+        return {"id": row_id, "price": price, "expiration_date": date}
+
+    late = 0
+    for started, key, status, body in answers:
+        assert status in (200, 404), (key, status)
+        assert body in (value(old_rows, key), value(new_rows, key)), key
+        if started > done_seen + 1.0:  # past the documented propagation bound
+            late += 1
+            assert body == value(new_rows, key), key
+    assert late > 50 and len(answers) > 500
+
+
+def test_api_killed_mid_upload_leaves_no_file_and_no_job(
+    services: None, settings: Settings, mongo_db: Any
+) -> None:
+    port = free_port()
+    log = _LOGS / "api-killed.log"
+
+    def start() -> Service:
+        return Service("api-k", api_command("127.0.0.1", port), port=port, log_path=log).start()
+
+    api = start().wait_ready(60)
+    sent = threading.Event()
+
+    def slow_body() -> Iterator[bytes]:
+        yield b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="p.csv"\r\n\r\n'
+        for _ in range(2_000):
+            yield b"d018ef0b-dbd9-48f1-ac1a-eb4d90e57118,60.68,2018-08-04 05:32:31 +0200\n" * 1000
+            sent.set()
+            time.sleep(0.05)
+
+    def upload() -> None:
+        with contextlib.suppress(httpx.HTTPError):  # the server dies under it
+            httpx.post(
+                f"http://127.0.0.1:{port}/add-promotions/",
+                content=slow_body(),
+                headers={"Content-Type": "multipart/form-data; boundary=XyZ"},
+                timeout=60,
+            )
+
+    uploader = threading.Thread(target=upload)
+    uploader.start()
+    try:
+        parts = lambda: list(settings.uploads_dir.glob(".upload-*.part"))  # noqa: E731
+        wait_for(lambda: sent.is_set() and parts() and parts()[0].stat().st_size > 2_000_000, 30)
+        api.signal_group(signal.SIGKILL)
+        assert api.proc is not None
+        api.proc.wait(10)
+        uploader.join(60)
+        assert parts(), "the killed API left its partial file (as a real crash would)"
+        api = start().wait_ready(60)
+        wait_for(lambda: not parts(), 10)
+        assert list(settings.uploads_dir.iterdir()) == []
+        assert mongo_db["jobs"].count_documents({}) == 0
+    finally:
+        api.stop()
+
+
+def test_cache_outage_and_recovery(
+    services: None, settings: Settings, mongo_db: Any, tmp_path: Path
+) -> None:
+    row = "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118,60.683466,2018-08-04 05:32:31 +0200 CEST"
+    key = row.split(",")[0]
+    load_dataset(mongo_db, 1, [row])
+    port = free_port()
+    (tmp_path / "r").mkdir()
+    cache = Service("redis-outage", redis_command(port, str(tmp_path / "r")), port=port)
+    cache.start().wait_ready(20)
+    cfg = settings.model_copy(update={"redis_url": SecretStr(f"redis://127.0.0.1:{port}/0")})
+    try:
+        with TestClient(create_app(cfg)) as c:
+            counters = c.app.state.services.cache.counters  # type: ignore[attr-defined]
+            assert c.get(f"/promotions/{key}").status_code == 200
+            assert c.get(f"/promotions/{key}").status_code == 200
+            assert counters.hits == 1
+            assert c.get("/readyz").json()["status"] == "ready"
+
+            cache.stop()
+            for _ in range(5):
+                assert c.get(f"/promotions/{key}").json()["price"] == 60.683466
+            assert c.get("/promotions/absent").status_code == 404
+            ready = c.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["status"] == "degraded"
+            assert counters.errors >= 1
+
+            cache.start().wait_ready(20)
+            time.sleep(1.2)  # the cache's cool-down after an error
+            assert c.get(f"/promotions/{key}").status_code == 200  # fills the new cache
+            assert c.get("/readyz").status_code == 200
+            hits = counters.hits
+            assert c.get(f"/promotions/{key}").status_code == 200
+            assert counters.hits == hits + 1  # served from the cache again
+    finally:
+        cache.stop()
+
+
+def test_watchdog_fails_a_job_nobody_works_on_and_sweeps_its_file(
+    settings: Settings, mongo_db: Any
+) -> None:
+    from worker.tasks import fail_stalled_jobs
+
+    load_dataset(mongo_db, 1, ["a,1,2018-08-04 05:32:31 +0200"])
+    long_ago = now() - timedelta(seconds=settings.job_stall_timeout_s + 60)
+    lost = job_records.new_job("lost", 2, "lost.csv", 10, "upload")
+    lost.update(status=job_records.RUNNING, phase="loading", updated_at=long_ago)
+    mongo_db[job_records.JOBS].insert_one(lost)
+    stale_file = settings.uploads_dir / "orphan.csv"
+    stale_file.write_text("x")
+    os.utime(stale_file, (long_ago.timestamp(), long_ago.timestamp()))
+    fresh_file = settings.uploads_dir / "fresh.csv"
+    fresh_file.write_text("x")
+
+    assert fail_stalled_jobs() == 1
+    job = mongo_db[job_records.JOBS].find_one({"_id": "lost"})
+    assert job["status"] == "failed" and "made no progress" in job["error"]
+    assert datasets.read_active_sync(mongo_db).version == 1  # type: ignore[union-attr]
+    assert not stale_file.exists() and fresh_file.exists()
+
+    # A quiet job is left alone while another job moves: it is only waiting its turn.
+    waiting = job_records.new_job("waiting", 3, "w.csv", 10, "upload")
+    waiting.update(updated_at=long_ago)
+    busy = job_records.new_job("busy", 4, "b.csv", 10, "upload")
+    busy.update(status=job_records.RUNNING)
+    mongo_db[job_records.JOBS].insert_many([waiting, busy])
+    assert fail_stalled_jobs() == 0
+
+
+def test_store_down_during_a_load_fails_the_job_and_keeps_the_old_dataset(
+    services: None, settings: Settings, tmp_path: Path
+) -> None:
+    from celery import Celery
+
+    from devstack.services import mongo_command, worker_command
+    from shared.task_names import FAIL_STALLED_JOBS
+
+    mongo_port = free_port()
+    store = Service(
+        "mongo-flaky",
+        mongo_command(mongo_port, str(tmp_path / "db")),
+        port=mongo_port,
+        log_path=_LOGS / "mongo-flaky.log",
+    )
+    store.start().wait_ready(60)
+    mongo_url = f"mongodb://127.0.0.1:{mongo_port}"
+    broker_url = settings.broker_url.get_secret_value().rsplit("/", 1)[0] + "/3"
+    env = {
+        "MONGO_URL": mongo_url,
+        "BROKER_URL": broker_url,
+        "TASK_MAX_RETRIES": "2",
+        "TASK_RETRY_BACKOFF_S": "0.5",
+        "JOB_STALL_TIMEOUT_S": "4",
+        "MONGO_TIMEOUT_MS": "1000",
+        "CHUNK_SIZE_BYTES": str(1024 * 1024),
+    }
+    worker = Service(
+        "worker-flaky",
+        worker_command(2, "flaky"),
+        env=env,
+        log_path=_LOGS / "worker-flaky.log",
+    ).start()
+    cfg = settings.model_copy(
+        update={
+            "mongo_url": SecretStr(mongo_url),
+            "broker_url": SecretStr(broker_url),
+            "mongo_timeout_ms": 1000,
+        }
+    )
+    old, new = tmp_path / "old.csv", tmp_path / "new.csv"
+    generate(500, old, seed=61)
+    generate(40_000, new, seed=62)
+    try:
+        with TestClient(create_app(cfg)) as c:
+            first = wait_job(c, _post_file(c, old), timeout=120)
+            assert first["status"] == "succeeded"
+            job_id = _post_file(c, new)
+            wait_for(lambda: (c.get(f"/jobs/{job_id}").json()["chunks_done"] or 0) >= 1, 60)
+            store.stop()
+            # Uploads while the store is down are refused whole.
+            with new.open("rb") as f:
+                r = c.post("/add-promotions/", files={"file": ("n.csv", f)})
+            assert r.status_code == 503 and "store is unavailable" in r.json()["detail"]
+            # The store stays down until a loader has used up its retries.
+            assert worker.log_path is not None
+            wait_for(lambda: "could not be marked failed" in worker.log_path.read_text(), 90, 1)
+            store.start().wait_ready(60)
+            watchdog = Celery(broker=broker_url)
+
+            def job_failed() -> bool:
+                watchdog.send_task(FAIL_STALLED_JOBS)
+                return bool(c.get(f"/jobs/{job_id}").json()["status"] == "failed")
+
+            wait_for(job_failed, 60, interval=2)
+            job = c.get(f"/jobs/{job_id}").json()
+            assert "store was unavailable" in job["error"] or "made no progress" in job["error"]
+            wait_for(lambda: c.get("/readyz").status_code == 200, 10)
+            assert c.get("/datasets/active").json()["version"] == first["dataset_version"]
+            for key, (row_id, price, date) in list(expected_rows(old).items())[::50]:
+                assert c.get(f"/promotions/{key}").json() == {
+                    "id": row_id,
+                    "price": price,
+                    "expiration_date": date,
+                }
+            watchdog.close()
+    finally:
+        worker.stop()
+        store.stop()
