@@ -17,6 +17,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from api.active_version import ActiveVersionWatcher
 from api.errors import install_error_handlers
 from api.job_queue import JobQueue
+from api.request_limits import RequestLimits
 from api.routes import datasets, health, jobs, promotions, uploads
 from api.services import Services
 from api.upload_stream import sweep_orphan_parts
@@ -82,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(RequestLimits)
     app.include_router(promotions.router)
     app.include_router(uploads.router)
     app.include_router(jobs.router)
