@@ -106,25 +106,29 @@ async def accept_upload(request: Request, services: Services, source: str) -> Re
     )
 
 
-@router.post(
-    "/add-promotions/",
-    status_code=202,
-    responses=UPLOAD_RESPONSES,
-    openapi_extra=UPLOAD_BODY,
-    dependencies=[Depends(require_writer)],
-    summary="Upload a promotions CSV that replaces the whole dataset once loaded",
-)
-async def add_promotions(request: Request, services: Services = Depends(get_services)) -> Response:
+async def upload_promotions(
+    request: Request, services: Services = Depends(get_services)
+) -> Response:
     return await accept_upload(request, services, source="upload")
 
 
-@router.post(
-    "/uploadfile/",
-    status_code=202,
-    responses=UPLOAD_RESPONSES,
-    openapi_extra=UPLOAD_BODY,
-    dependencies=[Depends(require_writer)],
-    summary="Same as /add-promotions/ (older name)",
-)
-async def upload_file(request: Request, services: Services = Depends(get_services)) -> Response:
-    return await accept_upload(request, services, source="upload")
+# One handler under the documented name and the older one the first partners used.
+for _path, _operation, _summary in (
+    (
+        "/add-promotions/",
+        "add_promotions",
+        "Upload a promotions CSV that replaces the whole dataset once loaded",
+    ),
+    ("/uploadfile/", "upload_file", "Same as /add-promotions/ (older name)"),
+):
+    router.add_api_route(
+        _path,
+        upload_promotions,
+        methods=["POST"],
+        status_code=202,
+        responses=UPLOAD_RESPONSES,
+        openapi_extra=UPLOAD_BODY,
+        dependencies=[Depends(require_writer)],
+        summary=_summary,
+        operation_id=_operation,
+    )
