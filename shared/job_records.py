@@ -99,6 +99,15 @@ async def list_jobs(db: AsyncDatabase[Any], limit: int) -> list[dict[str, Any]]:
     return [doc async for doc in cursor.limit(limit)]
 
 
+async def count_by_status(db: AsyncDatabase[Any]) -> dict[str, int]:
+    """Every status, zero included, so dashboards see a series drop to 0."""
+    counts = dict.fromkeys((QUEUED, RUNNING, SUCCEEDED, FAILED), 0)
+    cursor = await db[JOBS].aggregate([{"$group": {"_id": "$status", "n": {"$sum": 1}}}])
+    async for doc in cursor:
+        counts[str(doc["_id"])] = int(doc["n"])
+    return counts
+
+
 # --- sync side (worker) ---------------------------------------------------------------
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, model_validator
@@ -84,6 +84,8 @@ class Settings(BaseSettings):
     flower_basic_auth: SecretStr | None = None
 
     log_level: str = "INFO"
+    # "json": one JSON object per line (deployments); "text": readable lines (local runs).
+    log_format: Literal["text", "json"] = "text"
 
     @classmethod
     def settings_customise_sources(

@@ -14,7 +14,7 @@ from shared.settings import get_settings
 from shared.task_names import FAIL_STALLED_JOBS
 
 settings = get_settings()
-configure_logging(settings.log_level)
+configure_logging(settings.log_level, settings.log_format)
 
 app = Celery("promotions", broker=settings.broker_url.get_secret_value(), include=["worker.tasks"])
 app.conf.update(
