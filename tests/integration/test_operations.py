@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
 from typing import Any
 
+import httpx
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 
-from shared import job_records
+from api.main import create_app
+from devstack.services import Service, api_command, free_port
+from shared import datasets, job_records
 from shared.settings import Settings
 from tests.conftest import wait_for
 from tests.helpers import load_dataset
@@ -95,3 +102,125 @@ def test_request_id_is_echoed_or_generated(client: TestClient) -> None:
 
 def test_settings_default_to_text_logs(settings: Settings) -> None:
     assert settings.log_format == "text"
+
+
+def test_datasets_lists_kept_versions_with_the_active_flag(
+    client: TestClient, mongo_db: Any
+) -> None:
+    load_dataset(mongo_db, 1, [ROW], job_id="job-1")
+    load_dataset(mongo_db, 2, [ROW, "x,1,2018-08-04 05:32:31 +0200 CEST"], job_id="job-2")
+    datasets.register_version(mongo_db, 3, "job-3")  # still loading
+    listed = client.get("/datasets").json()
+    assert [(d["version"], d["state"], d["active"]) for d in listed] == [
+        (3, "building", False),
+        (2, "ready", True),
+        (1, "ready", False),
+    ]
+    assert listed[1]["rows"] == 2 and listed[1]["job_id"] == "job-2"
+    assert listed[1]["created_at"].endswith("Z") and listed[1]["activated_at"].endswith("Z")
+    assert listed[0]["activated_at"] is None
+    assert [d["version"] for d in client.get("/datasets?limit=1").json()] == [3]
+
+
+def test_rollback_switches_every_api_process_within_the_bound(
+    client: TestClient, mongo_db: Any, api_url: str, settings: Settings
+) -> None:
+    load_dataset(mongo_db, 1, [ROW])
+    load_dataset(mongo_db, 2, [ROW.replace("60.683466", "1.5")])
+    other = httpx.Client(base_url=api_url)  # another process: uvicorn
+    wait_for(lambda: other.get(f"/promotions/{KEY}").json().get("price") == 1.5, 5)
+
+    r = client.post("/datasets/1/activate")
+    assert r.status_code == 200, r.text
+    assert r.json()["version"] == 1 and r.json()["rows"] == 1
+    assert client.get(f"/promotions/{KEY}").json()["price"] == 60.683466  # this process: at once
+    started = time.monotonic()
+    wait_for(lambda: other.get(f"/promotions/{KEY}").json()["price"] == 60.683466, 5, 0.02)
+    assert time.monotonic() - started <= 1.0
+    assert client.get("/datasets/active").json()["version"] == 1
+    assert [d["version"] for d in client.get("/datasets").json() if d["active"]] == [1]
+    other.close()
+    # The pointer's high-water mark stays: an older, slower job still cannot go live.
+    assert datasets.read_active_sync(mongo_db).version == 1  # type: ignore[union-attr]
+    assert mongo_db[datasets.META_COLLECTION].find_one({"_id": "active"})["high_water"] == 2
+
+
+def test_rollback_refuses_what_is_not_a_kept_complete_version(
+    client: TestClient, mongo_db: Any
+) -> None:
+    load_dataset(mongo_db, 1, [ROW])
+    load_dataset(mongo_db, 2, [ROW])
+    datasets.set_version_state(mongo_db, 1, datasets.DROPPED)
+    datasets.register_version(mongo_db, 3, "job-3")
+    datasets.set_version_state(mongo_db, 3, datasets.FAILED)
+    datasets.register_version(mongo_db, 4, "job-4")
+    for version, words in ((99, "does not exist"), (1, "was dropped"), (3, "failed"), (4, "still")):
+        r = client.post(f"/datasets/{version}/activate")
+        assert r.status_code == 409 and words in r.json()["detail"], r.text
+    assert client.get("/datasets/active").json()["version"] == 2
+    assert client.post("/datasets/0/activate").status_code == 422
+
+
+def test_rollback_needs_the_write_token(clean_state: None, settings: Settings) -> None:
+    guarded = settings.model_copy(update={"write_token": SecretStr("tok")})
+    with TestClient(create_app(guarded)) as c:
+        assert c.post("/datasets/1/activate").status_code == 401
+        bad = c.post("/datasets/1/activate", headers={"Authorization": "Bearer nope"})
+        assert bad.status_code == 403
+        ok = c.post("/datasets/1/activate", headers={"Authorization": "Bearer tok"})
+        assert ok.status_code == 409  # authorised; there is just no such version
+
+
+def test_several_api_workers_share_metrics_and_log_json(
+    clean_state: None, mongo_db: Any, tmp_path: Path
+) -> None:
+    load_dataset(mongo_db, 1, [ROW])
+    load_dataset(mongo_db, 2, [ROW])
+    port = free_port()
+    (tmp_path / "prom").mkdir()
+    api = Service(
+        "api-multi",
+        api_command("127.0.0.1", port, workers=2),
+        env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"), "LOG_FORMAT": "json"},
+        port=port,
+        log_path=tmp_path / "api.log",
+    )
+    api.start().wait_ready(60)
+    try:
+        lookups = 30
+        for _ in range(lookups):  # a new connection each time: spread over the workers
+            assert httpx.get(f"http://127.0.0.1:{port}/promotions/{KEY}").status_code == 200
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/datasets/1/activate", headers={"X-Request-ID": "ops-42"}
+        )
+        assert r.status_code == 200 and r.headers["x-request-id"] == "ops-42"
+
+        def merged() -> dict[Any, float]:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+            return {
+                (s.name, frozenset(s.labels.items())): s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+            }
+
+        labels = {"method": "GET", "route": LOOKUP_ROUTE, "status": "200"}
+        assert value(merged(), "promotions_http_requests_total", **labels) == lookups
+        # Cache counters of every process reach the shared files within a second or so.
+        wait_for(
+            lambda: (
+                sum(
+                    value(merged(), "promotions_cache_lookups_total", result=result)
+                    for result in ("hit", "miss")
+                )
+                == lookups
+            ),
+            5,
+        )
+        assert len(list((tmp_path / "prom").glob("*.db"))) >= 2  # one file set per process
+        lines = [
+            json.loads(line) for line in api.log_path.read_text().splitlines() if "ops-42" in line
+        ]  # type: ignore[union-attr]
+        assert any("activated by hand" in entry["message"] for entry in lines), lines
+        assert all(entry["request_id"] == "ops-42" for entry in lines)
+    finally:
+        api.stop()
