@@ -1,8 +1,9 @@
 """``make run``: the whole stack on this machine, in the foreground, with combined logs.
 
 Starts Redis (unless one already answers at REDIS_URL), the MongoDB-compatible dev server
-(unless one answers at MONGO_URL), the Celery worker, Flower and the API. Ctrl-C or SIGTERM
-stops everything in reverse order; if any process dies, the rest are stopped too.
+(unless one answers at MONGO_URL), the Celery worker, Celery beat, Flower and the API.
+Ctrl-C or SIGTERM stops everything in reverse order; if any process dies, the rest are
+stopped too.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from devstack.services import (
     ROOT,
     Service,
     api_command,
+    beat_command,
     flower_command,
     mongo_command,
     port_open,
@@ -59,6 +61,7 @@ def plan_services() -> list[Service]:
         flower_env["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth.get_secret_value()
     services += [
         Service("worker", worker_command(settings.worker_concurrency, "worker")),
+        Service("beat", beat_command(str(data / "celerybeat-schedule"))),
         Service("flower", flower_command(settings.flower_port), env=flower_env),
         Service(
             "api",

@@ -111,6 +111,10 @@ async def count_by_status(db: AsyncDatabase[Any]) -> dict[str, int]:
 # --- sync side (worker) ---------------------------------------------------------------
 
 
+def insert_job(db: Database[Any], doc: dict[str, Any]) -> None:
+    db[JOBS].insert_one(doc)
+
+
 def load_job(db: Database[Any], job_id: str) -> dict[str, Any] | None:
     return db[JOBS].find_one({"_id": job_id}, {"done_chunks": 0})
 
