@@ -152,3 +152,4 @@ class JobStatus(BaseModel):
     created_at: str | None = None
     started_at: str | None = None
     finished_at: str | None = None
+    original_name: str | None = Field(None, description="The file's name in the drop folder")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import selectors
+import shutil
 import signal
 import sys
 from urllib.parse import urlsplit
@@ -59,6 +60,13 @@ def plan_services() -> list[Service]:
     flower_env = {}
     if settings.flower_basic_auth:
         flower_env["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth.get_secret_value()
+    api_env = {}
+    if settings.api_workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # Several uvicorn processes: /metrics must merge their series (fresh files each run).
+        prom = data / "prometheus"
+        shutil.rmtree(prom, ignore_errors=True)
+        prom.mkdir(parents=True)
+        api_env["PROMETHEUS_MULTIPROC_DIR"] = str(prom)
     services += [
         Service("worker", worker_command(settings.worker_concurrency, "worker")),
         Service("beat", beat_command(str(data / "celerybeat-schedule"))),
@@ -66,6 +74,7 @@ def plan_services() -> list[Service]:
         Service(
             "api",
             api_command(settings.app_host, settings.app_port, settings.api_workers),
+            env=api_env,
             port=settings.app_port,
         ),
     ]

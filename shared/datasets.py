@@ -10,6 +10,7 @@ rollback (which leaves ``high_water`` alone) still can.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.database import Database
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import CollectionInvalid, DuplicateKeyError
 
 from shared.timeutil import now
 
@@ -189,6 +190,19 @@ def register_version(db: Database[Any], version: int, job_id: str) -> None:
         },
         upsert=True,
     )
+
+
+def create_version_collection(db: Database[Any], version: int, sharded: bool) -> None:
+    """Idempotent (a redelivered planning task calls it again). On a sharded cluster each
+    version is spread on hashed ``_id``: lookups target one shard, loads spread evenly.
+    ``shardCollection`` on an empty collection creates it and its hashed index (MongoDB >= 6
+    needs no ``enableSharding`` first; the same key again is a no-op)."""
+    name = collection_name(version)
+    if sharded:
+        db.client.admin.command("shardCollection", f"{db.name}.{name}", key={"_id": "hashed"})
+        return
+    with contextlib.suppress(CollectionInvalid):  # created by an earlier delivery
+        db.create_collection(name)
 
 
 def set_version_state(db: Database[Any], version: int, state: str, **fields: Any) -> None:

@@ -41,17 +41,26 @@ PUBLIC_FIELDS = (
     "created_at",
     "started_at",
     "finished_at",
+    "original_name",
 )
 
 
 def new_job(
-    job_id: str, version: int, file_name: str, bytes_total: int, source: str
+    job_id: str,
+    version: int,
+    file_name: str,
+    bytes_total: int,
+    source: str,
+    original_name: str | None = None,
 ) -> dict[str, Any]:
+    """The one definition of a job record, for uploads (API) and drop-folder files (worker).
+    ``original_name`` is what the partner called the file: kept for operators, never a path."""
     return {
         "_id": job_id,
         "status": QUEUED,
         "phase": "queued",
         "source": source,
+        "original_name": original_name,
         "file": file_name,
         "version": version,
         "bytes_total": bytes_total,

@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     mongo_url: SecretStr = SecretStr("mongodb://127.0.0.1:27017")
     mongo_db: str = "vervedb"
     mongo_timeout_ms: int = Field(default=2000, ge=100)
+    # Sharded cluster (through mongos): shard each new version collection on hashed _id.
+    shard_version_collections: bool = False
 
     # Redis: the read cache and the pointer-change channel; the broker may be another instance.
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")

@@ -50,8 +50,7 @@ def _store_claimed(claimed: Path, final: Path) -> int:
 
 def _create_job(db: Database[Any], job_id: str, file_name: str, size: int, name: str) -> None:
     version = datasets.allocate_version_sync(db)
-    doc = job_records.new_job(job_id, version, file_name, size, SOURCE)
-    doc["inbox_name"] = name
+    doc = job_records.new_job(job_id, version, file_name, size, SOURCE, original_name=name)
     job_records.insert_job(db, doc)
     log.info("inbox file %r is job %s (%d bytes, version %d)", name, job_id, size, version)
 

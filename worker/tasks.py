@@ -16,7 +16,6 @@ from typing import Any
 
 from celery import Task
 from pymongo.database import Database
-from pymongo.errors import CollectionInvalid
 
 from shared import datasets, job_records
 from shared.chunking import plan_chunks, read_range
@@ -126,8 +125,7 @@ def plan_job(self: Task, job_id: str) -> None:
             fail_job(db, job_id, problem)
             return
         chunks = plan_chunks(f, size, settings.chunk_size_bytes)
-    with contextlib.suppress(CollectionInvalid):  # created by an earlier delivery
-        db.create_collection(datasets.collection_name(version))
+    datasets.create_version_collection(db, version, settings.shard_version_collections)
     job_records.set_plan(db, job_id, len(chunks))
     log.info("job %s: %d bytes in %d chunks -> version %d", job_id, size, len(chunks), version)
     for index, (start, end) in enumerate(chunks):

@@ -56,7 +56,7 @@ def test_a_dropped_file_becomes_one_job_even_when_scans_race(
     assert mongo_db[job_records.JOBS].count_documents({}) == 1
     job = _finished(mongo_db, job_ids[0])
     assert job["status"] == "succeeded", job
-    assert job["source"] == "inbox" and job["inbox_name"] == "partner.csv"
+    assert job["source"] == "inbox" and job["original_name"] == "partner.csv"
     assert job["rows_loaded"] == 3_000 and job["dataset_version"] == job["version"]
     assert list(settings.inbox_dir.iterdir()) == []
     stored = mongo_db[f"promotions_v{job['version']}"].count_documents({})
