@@ -70,6 +70,7 @@ def ingest_file(db: Database[Any], path: Path) -> str | None:
     claimed = settings.uploads_dir / f".inbox-{job_id}.claimed"
     if not claim(path, claimed):
         return None
+    os.utime(claimed)  # claimed now: sweeps of old files in uploads/ must not take it
     file_name = f"{job_id}.csv"
     final = settings.uploads_dir / file_name
     token = job_id_var.set(job_id)
