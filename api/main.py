@@ -17,8 +17,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from api.active_version import ActiveVersionWatcher
 from api.errors import install_error_handlers
 from api.job_queue import JobQueue
+from api.metrics import MetricsExporter
+from api.request_id import RequestIdMiddleware
 from api.request_limits import RequestLimits
-from api.routes import datasets, health, jobs, promotions, uploads
+from api.request_metrics import RequestMetricsMiddleware
+from api.routes import datasets, health, jobs, metrics, promotions, uploads
 from api.services import Services
 from api.upload_stream import sweep_orphan_parts
 from shared.cache import PromotionCache
@@ -42,22 +45,23 @@ def build_services(settings: Settings) -> Services:
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
     db = mongo[settings.mongo_db]
+    cache = PromotionCache(redis, settings.cache_ttl_seconds, settings.negative_cache_ttl_seconds)
+    watcher = ActiveVersionWatcher(db, redis, settings.pointer_poll_seconds)
     return Services(
         settings=settings,
         mongo=mongo,
         db=db,
         redis=redis,
-        cache=PromotionCache(
-            redis, settings.cache_ttl_seconds, settings.negative_cache_ttl_seconds
-        ),
-        watcher=ActiveVersionWatcher(db, redis, settings.pointer_poll_seconds),
+        cache=cache,
+        watcher=watcher,
         queue=JobQueue(settings),
+        metrics=MetricsExporter(db, watcher, cache.counters),
     )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -68,9 +72,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if removed:
             log.warning("removed %d partial uploads left by a stopped API process", len(removed))
         await services.watcher.start()
+        await services.metrics.start()
         try:
             yield
         finally:
+            await services.metrics.stop()
             await services.watcher.stop()
             services.queue.close()
             await services.redis.aclose()
@@ -84,11 +90,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(RequestLimits)
+    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(RequestMetricsMiddleware)  # outermost: times everything
     app.include_router(promotions.router)
     app.include_router(uploads.router)
     app.include_router(jobs.router)
     app.include_router(datasets.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     return app
 
 

@@ -48,6 +48,31 @@ class ActiveDatasetOut(BaseModel):
     activated_at: str | None
 
 
+class DatasetVersionOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "version": 7,
+                    "state": "ready",
+                    "rows": 1000000,
+                    "job_id": "5f0c2a3e9b8d4c1f8e7a6b5c4d3e2f10",
+                    "created_at": "2026-11-25T13:59:00Z",
+                    "activated_at": "2026-11-25T14:00:00Z",
+                    "active": True,
+                }
+            ]
+        }
+    )
+    version: int
+    state: str = Field(description="building | ready | failed | dropped")
+    rows: int | None
+    job_id: str | None
+    created_at: str | None
+    activated_at: str | None = Field(description="Last time it went live, if ever")
+    active: bool
+
+
 class Health(BaseModel):
     status: str
 
@@ -127,3 +152,4 @@ class JobStatus(BaseModel):
     created_at: str | None = None
     started_at: str | None = None
     finished_at: str | None = None
+    original_name: str | None = Field(None, description="The file's name in the drop folder")

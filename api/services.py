@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from api.active_version import ActiveVersionWatcher
 from api.job_queue import JobQueue
+from api.metrics import MetricsExporter
 from shared.cache import PromotionCache
 from shared.settings import Settings
 
@@ -25,6 +26,7 @@ class Services:
     cache: PromotionCache
     watcher: ActiveVersionWatcher
     queue: JobQueue
+    metrics: MetricsExporter
 
 
 def get_services(request: Request) -> Services:

@@ -1,14 +1,16 @@
 """``make run``: the whole stack on this machine, in the foreground, with combined logs.
 
 Starts Redis (unless one already answers at REDIS_URL), the MongoDB-compatible dev server
-(unless one answers at MONGO_URL), the Celery worker, Flower and the API. Ctrl-C or SIGTERM
-stops everything in reverse order; if any process dies, the rest are stopped too.
+(unless one answers at MONGO_URL), the Celery worker, Celery beat, Flower and the API.
+Ctrl-C or SIGTERM stops everything in reverse order; if any process dies, the rest are
+stopped too.
 """
 
 from __future__ import annotations
 
 import os
 import selectors
+import shutil
 import signal
 import sys
 from urllib.parse import urlsplit
@@ -17,6 +19,7 @@ from devstack.services import (
     ROOT,
     Service,
     api_command,
+    beat_command,
     flower_command,
     mongo_command,
     port_open,
@@ -57,12 +60,21 @@ def plan_services() -> list[Service]:
     flower_env = {}
     if settings.flower_basic_auth:
         flower_env["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth.get_secret_value()
+    api_env = {}
+    if settings.api_workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # Several uvicorn processes: /metrics must merge their series (fresh files each run).
+        prom = data / "prometheus"
+        shutil.rmtree(prom, ignore_errors=True)
+        prom.mkdir(parents=True)
+        api_env["PROMETHEUS_MULTIPROC_DIR"] = str(prom)
     services += [
         Service("worker", worker_command(settings.worker_concurrency, "worker")),
+        Service("beat", beat_command(str(data / "celerybeat-schedule"))),
         Service("flower", flower_command(settings.flower_port), env=flower_env),
         Service(
             "api",
             api_command(settings.app_host, settings.app_port, settings.api_workers),
+            env=api_env,
             port=settings.app_port,
         ),
     ]

@@ -89,6 +89,22 @@ def worker_command(concurrency: int, name: str) -> list[str]:
     ]
 
 
+def beat_command(schedule_file: str) -> list[str]:
+    """Celery beat: enqueues the periodic drop-folder scan (run exactly one)."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app",
+        "beat",
+        "--loglevel",
+        "INFO",
+        "--schedule",
+        schedule_file,
+    ]
+
+
 def flower_command(port: int) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "flower", f"--port={port}"]
 

@@ -10,6 +10,7 @@ rollback (which leaves ``high_water`` alone) still can.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.database import Database
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import CollectionInvalid, DuplicateKeyError
 
 from shared.timeutil import now
 
@@ -66,13 +67,63 @@ def promotion_from_doc(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# --- update documents shared by the async (API) and sync (worker) sides ----------------
+
+# One record per version; the pointer document carries a ``version`` field too.
+VERSION_RECORDS = {"version": {"$exists": True}, "_id": {"$ne": ACTIVE_ID}}
+
+# Versions follow submission order (the newest submitted file wins): one counter document.
+NEXT_VERSION_FILTER = {"_id": COUNTER_ID}
+NEXT_VERSION_UPDATE = {"$inc": {"n": 1}}
+
+
+def ready_version_filter(version: int) -> dict[str, Any]:
+    """Only a kept, complete version may go live by hand."""
+    return {"_id": version_doc_id(version), "state": READY}
+
+
+def mark_activated(at: datetime) -> dict[str, Any]:
+    return {"$set": {"activated_at": at}}
+
+
+def manual_pointer_update(version_doc: dict[str, Any], at: datetime) -> dict[str, Any]:
+    """Point readers at a kept version. ``high_water`` only ever grows, so a rollback does
+    not let an older, slower job replace the dataset afterwards."""
+    version = int(version_doc["version"])
+    return {
+        "$set": {
+            "version": version,
+            "rows": version_doc.get("rows", 0),
+            "job_id": version_doc.get("job_id"),
+            "activated_at": at,
+        },
+        "$max": {"high_water": version},
+    }
+
+
+def refusal(version: int, doc: dict[str, Any] | None) -> str:
+    """Why ``version`` cannot be activated, in a sentence for the operator."""
+    state = doc.get("state") if doc else None
+    if state is None:
+        return f"dataset version {version} does not exist"
+    if state == DROPPED:
+        return f"dataset version {version} was dropped (only the newest complete ones are kept)"
+    if state == FAILED:
+        return f"dataset version {version} failed to load; it was never complete"
+    if state == BUILDING:
+        return f"dataset version {version} is still loading"
+    return f"dataset version {version} is {state}, not ready"
+
+
 # --- async side (API) -----------------------------------------------------------------
 
 
 async def allocate_version(db: AsyncDatabase[Any]) -> int:
-    """Versions follow submission order; the newest submitted upload wins."""
     doc = await db[META_COLLECTION].find_one_and_update(
-        {"_id": COUNTER_ID}, {"$inc": {"n": 1}}, upsert=True, return_document=ReturnDocument.AFTER
+        NEXT_VERSION_FILTER,
+        NEXT_VERSION_UPDATE,
+        upsert=True,
+        return_document=ReturnDocument.AFTER,
     )
     assert doc is not None  # upsert with AFTER always returns the document
     return int(doc["n"])
@@ -88,12 +139,40 @@ async def find_promotion(db: AsyncDatabase[Any], version: int, key: str) -> dict
     return promotion_from_doc(doc) if doc else None
 
 
-async def list_versions_async(db: AsyncDatabase[Any]) -> list[dict[str, Any]]:
-    cursor = db[META_COLLECTION].find({"version": {"$exists": True}}).sort("version", -1)
-    return [doc async for doc in cursor]
+async def list_versions_async(db: AsyncDatabase[Any], limit: int = 0) -> list[dict[str, Any]]:
+    cursor = db[META_COLLECTION].find(VERSION_RECORDS).sort("version", -1)
+    return [doc async for doc in cursor.limit(limit)]
+
+
+async def activate_version_async(db: AsyncDatabase[Any], version: int) -> ActiveDataset:
+    """Manual switch (rollback); raises LookupError with the reason if it is not kept."""
+    at = now()
+    meta = db[META_COLLECTION]
+    doc = await meta.find_one_and_update(ready_version_filter(version), mark_activated(at))
+    if doc is None:
+        raise LookupError(refusal(version, await meta.find_one({"_id": version_doc_id(version)})))
+    pointer = await meta.find_one_and_update(
+        {"_id": ACTIVE_ID},
+        manual_pointer_update(doc, at),
+        upsert=True,
+        return_document=ReturnDocument.AFTER,
+    )
+    assert pointer is not None  # upsert with AFTER always returns the document
+    return ActiveDataset.from_doc(pointer)
 
 
 # --- sync side (worker) ---------------------------------------------------------------
+
+
+def allocate_version_sync(db: Database[Any]) -> int:
+    doc = db[META_COLLECTION].find_one_and_update(
+        NEXT_VERSION_FILTER,
+        NEXT_VERSION_UPDATE,
+        upsert=True,
+        return_document=ReturnDocument.AFTER,
+    )
+    assert doc is not None  # upsert with AFTER always returns the document
+    return int(doc["n"])
 
 
 def register_version(db: Database[Any], version: int, job_id: str) -> None:
@@ -111,6 +190,19 @@ def register_version(db: Database[Any], version: int, job_id: str) -> None:
         },
         upsert=True,
     )
+
+
+def create_version_collection(db: Database[Any], version: int, sharded: bool) -> None:
+    """Idempotent (a redelivered planning task calls it again). On a sharded cluster each
+    version is spread on hashed ``_id``: lookups target one shard, loads spread evenly.
+    ``shardCollection`` on an empty collection creates it and its hashed index (MongoDB >= 6
+    needs no ``enableSharding`` first; the same key again is a no-op)."""
+    name = collection_name(version)
+    if sharded:
+        db.client.admin.command("shardCollection", f"{db.name}.{name}", key={"_id": "hashed"})
+        return
+    with contextlib.suppress(CollectionInvalid):  # created by an earlier delivery
+        db.create_collection(name)
 
 
 def set_version_state(db: Database[Any], version: int, state: str, **fields: Any) -> None:
@@ -152,27 +244,19 @@ def activate_if_newest(db: Database[Any], version: int, rows: int, job_id: str) 
 
 
 def activate_version(db: Database[Any], version: int) -> ActiveDataset:
-    """Manual switch (rollback) to a kept version; raises LookupError if it is not kept."""
-    doc = get_version(db, version)
-    if doc is None or doc.get("state") != READY:
-        raise LookupError(f"version {version} is not a kept, complete dataset")
+    """Manual switch (rollback); raises LookupError with the reason if it is not kept."""
     at = now()
-    pointer = db[META_COLLECTION].find_one_and_update(
+    meta = db[META_COLLECTION]
+    doc = meta.find_one_and_update(ready_version_filter(version), mark_activated(at))
+    if doc is None:
+        raise LookupError(refusal(version, meta.find_one({"_id": version_doc_id(version)})))
+    pointer = meta.find_one_and_update(
         {"_id": ACTIVE_ID},
-        {
-            "$set": {
-                "version": version,
-                "rows": doc.get("rows", 0),
-                "job_id": doc.get("job_id"),
-                "activated_at": at,
-            },
-            "$max": {"high_water": version},
-        },
+        manual_pointer_update(doc, at),
         upsert=True,
         return_document=ReturnDocument.AFTER,
     )
     assert pointer is not None  # upsert with AFTER always returns the document
-    set_version_state(db, version, READY, activated_at=at)
     return ActiveDataset.from_doc(pointer)
 
 
@@ -198,7 +282,9 @@ def versions_to_drop(db: Database[Any], keep: int) -> list[int]:
 
 
 def orphan_collections(db: Database[Any]) -> list[str]:
-    """Version collections with no live record (e.g. re-created by a late insert)."""
+    """Version collections with no live record (e.g. re-created by a late insert). The
+    active one is always live, even if a rollback raced with the decision to drop it."""
+    active = read_active_sync(db)
     live = {
         doc["collection"]
         for doc in db[META_COLLECTION].find(
@@ -206,6 +292,8 @@ def orphan_collections(db: Database[Any]) -> list[str]:
             {"collection": 1},
         )
     }
+    if active is not None:
+        live.add(collection_name(active.version))
     return [
         name
         for name in db.list_collection_names()

@@ -41,17 +41,26 @@ PUBLIC_FIELDS = (
     "created_at",
     "started_at",
     "finished_at",
+    "original_name",
 )
 
 
 def new_job(
-    job_id: str, version: int, file_name: str, bytes_total: int, source: str
+    job_id: str,
+    version: int,
+    file_name: str,
+    bytes_total: int,
+    source: str,
+    original_name: str | None = None,
 ) -> dict[str, Any]:
+    """The one definition of a job record, for uploads (API) and drop-folder files (worker).
+    ``original_name`` is what the partner called the file: kept for operators, never a path."""
     return {
         "_id": job_id,
         "status": QUEUED,
         "phase": "queued",
         "source": source,
+        "original_name": original_name,
         "file": file_name,
         "version": version,
         "bytes_total": bytes_total,
@@ -99,7 +108,20 @@ async def list_jobs(db: AsyncDatabase[Any], limit: int) -> list[dict[str, Any]]:
     return [doc async for doc in cursor.limit(limit)]
 
 
+async def count_by_status(db: AsyncDatabase[Any]) -> dict[str, int]:
+    """Every status, zero included, so dashboards see a series drop to 0."""
+    counts = dict.fromkeys((QUEUED, RUNNING, SUCCEEDED, FAILED), 0)
+    cursor = await db[JOBS].aggregate([{"$group": {"_id": "$status", "n": {"$sum": 1}}}])
+    async for doc in cursor:
+        counts[str(doc["_id"])] = int(doc["n"])
+    return counts
+
+
 # --- sync side (worker) ---------------------------------------------------------------
+
+
+def insert_job(db: Database[Any], doc: dict[str, Any]) -> None:
+    db[JOBS].insert_one(doc)
 
 
 def load_job(db: Database[Any], job_id: str) -> dict[str, Any] | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
@@ -25,4 +26,12 @@ def announce_active(redis_url: str, version: int) -> None:
             client.close()
     except (RedisError, OSError) as exc:
         # Readers still learn of it from their poll of the pointer.
+        log.warning("could not announce version %s: %s", version, exc)
+
+
+async def announce_active_async(redis: AsyncRedis, version: int) -> None:
+    """The API's twin of ``announce_active``, on the process's existing connection pool."""
+    try:
+        await redis.publish(ACTIVE_VERSION_CHANNEL, str(version))
+    except (RedisError, OSError) as exc:
         log.warning("could not announce version %s: %s", version, exc)

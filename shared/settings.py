@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, model_validator
@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     mongo_url: SecretStr = SecretStr("mongodb://127.0.0.1:27017")
     mongo_db: str = "vervedb"
     mongo_timeout_ms: int = Field(default=2000, ge=100)
+    # Sharded cluster (through mongos): shard each new version collection on hashed _id.
+    shard_version_collections: bool = False
 
     # Redis: the read cache and the pointer-change channel; the broker may be another instance.
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
@@ -70,6 +72,11 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=2, ge=1)
     versions_to_keep: int = Field(default=2, ge=1)
 
+    # Drop folder (<data_dir>/inbox): scanned by the beat schedule every inbox_poll_seconds; a
+    # file is taken once its size holds still and it is at least inbox_settle_seconds old.
+    inbox_poll_seconds: float = Field(default=60, gt=0)
+    inbox_settle_seconds: float = Field(default=5, ge=0)
+
     # Reads
     cache_ttl_seconds: int = Field(default=3600, ge=1)
     negative_cache_ttl_seconds: int = Field(default=60, ge=1)
@@ -84,6 +91,8 @@ class Settings(BaseSettings):
     flower_basic_auth: SecretStr | None = None
 
     log_level: str = "INFO"
+    # "json": one JSON object per line (deployments); "text": readable lines (local runs).
+    log_format: Literal["text", "json"] = "text"
 
     @classmethod
     def settings_customise_sources(

@@ -50,6 +50,7 @@ TEST_ENV = {
     "TASK_MAX_RETRIES": "2",
     "TASK_RETRY_BACKOFF_S": "0.5",
     "CONFIG_FILE": str(_TMP / "no-config.json"),
+    "INBOX_SETTLE_SECONDS": "0.5",
     "LOG_LEVEL": "INFO",
 }
 os.environ.update(TEST_ENV)
@@ -115,6 +116,7 @@ def reset_state(mongo_db: Any, redis_client: redis.Redis, settings: Settings) ->
         mongo_db.drop_collection(name)
     redis_client.flushdb()
     shutil.rmtree(settings.uploads_dir, ignore_errors=True)
+    shutil.rmtree(settings.inbox_dir, ignore_errors=True)
     settings.uploads_dir.mkdir(parents=True, exist_ok=True)
 
 

@@ -2,7 +2,8 @@
 
 Tasks are acknowledged late and the broker redelivers a task whose worker died, so every
 task is written to be idempotent. Prefetch is one task, so a long chunk never holds others
-hostage on a busy process.
+hostage on a busy process. Celery beat, run as its own process, schedules the drop-folder
+scan and the stalled-job watchdog.
 """
 
 from __future__ import annotations
@@ -11,12 +12,16 @@ from celery import Celery
 
 from shared.logging_setup import configure_logging
 from shared.settings import get_settings
-from shared.task_names import FAIL_STALLED_JOBS
+from shared.task_names import FAIL_STALLED_JOBS, SCAN_INBOX
 
 settings = get_settings()
-configure_logging(settings.log_level)
+configure_logging(settings.log_level, settings.log_format)
 
-app = Celery("promotions", broker=settings.broker_url.get_secret_value(), include=["worker.tasks"])
+app = Celery(
+    "promotions",
+    broker=settings.broker_url.get_secret_value(),
+    include=["worker.tasks", "worker.inbox"],
+)
 app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,
@@ -30,11 +35,19 @@ app.conf.update(
     worker_send_task_events=True,
     task_send_sent_event=True,
     worker_hijack_root_logger=False,
+    # Run `celery beat` once (one replica): it only enqueues these. A second beat is harmless
+    # (inbox files are claimed once, the watchdog is idempotent), just wasteful. A run not
+    # started within its period is dropped.
     beat_schedule={
         "fail-stalled-jobs": {
             "task": FAIL_STALLED_JOBS,
             "schedule": settings.watchdog_period_s,
             "options": {"expires": settings.watchdog_period_s},
+        },
+        "scan-inbox": {
+            "task": SCAN_INBOX,
+            "schedule": settings.inbox_poll_seconds,
+            "options": {"expires": settings.inbox_poll_seconds},
         },
     },
 )

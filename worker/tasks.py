@@ -16,11 +16,11 @@ from typing import Any
 
 from celery import Task
 from pymongo.database import Database
-from pymongo.errors import CollectionInvalid
 
 from shared import datasets, job_records
 from shared.chunking import plan_chunks, read_range
 from shared.file_checks import SNIFF_BYTES, sniff_problem
+from shared.log_context import job_id_var
 from shared.mongo import UNAVAILABLE_ERRORS
 from shared.pointer_channel import announce_active
 from shared.promotion_rows import ChunkStats, parse_chunk
@@ -61,6 +61,14 @@ class IngestTask(Task):  # type: ignore[misc]
     # forever; when retries run out the job stops moving and the watchdog fails it.
     retry_on_worker_lost = True
     default_retry_delay = 2
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Every log line of the task carries its job id."""
+        token = job_id_var.set(args[0] if args else kwargs.get("job_id"))
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            job_id_var.reset(token)
 
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         job_id = args[0] if args else kwargs.get("job_id")
@@ -117,8 +125,7 @@ def plan_job(self: Task, job_id: str) -> None:
             fail_job(db, job_id, problem)
             return
         chunks = plan_chunks(f, size, settings.chunk_size_bytes)
-    with contextlib.suppress(CollectionInvalid):  # created by an earlier delivery
-        db.create_collection(datasets.collection_name(version))
+    datasets.create_version_collection(db, version, settings.shard_version_collections)
     job_records.set_plan(db, job_id, len(chunks))
     log.info("job %s: %d bytes in %d chunks -> version %d", job_id, size, len(chunks), version)
     for index, (start, end) in enumerate(chunks):

@@ -1,17 +1,32 @@
-"""Which dataset is serving."""
+"""Which dataset is serving, which versions are kept, and rollback to one of them."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import Response
 
+from api.auth import require_writer
 from api.responses import json_response
-from api.schemas import ActiveDatasetOut, Problem
+from api.schemas import ActiveDatasetOut, DatasetVersionOut, Problem
 from api.services import Services, get_services
-from shared.datasets import read_active
+from shared.datasets import ActiveDataset, activate_version_async, list_versions_async, read_active
+from shared.pointer_channel import announce_active_async
 from shared.timeutil import iso
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["datasets"])
+
+
+def _active_out(active: ActiveDataset) -> dict[str, Any]:
+    return {
+        "version": active.version,
+        "rows": active.rows,
+        "job_id": active.job_id,
+        "activated_at": iso(active.activated_at),
+    }
 
 
 @router.get(
@@ -24,11 +39,57 @@ async def active_dataset(services: Services = Depends(get_services)) -> Response
     active = await read_active(services.db)
     if active is None:
         return json_response({"detail": "no dataset has been loaded yet"}, status_code=404)
+    return json_response(_active_out(active))
+
+
+@router.get(
+    "/datasets",
+    response_model=list[DatasetVersionOut],
+    responses={503: {"model": Problem}},
+    summary="Dataset versions, newest first, with their state and which one is active",
+)
+async def list_datasets(
+    limit: int = Query(default=20, ge=1, le=200), services: Services = Depends(get_services)
+) -> Response:
+    active = await read_active(services.db)
+    docs = await list_versions_async(services.db, limit)
     return json_response(
-        {
-            "version": active.version,
-            "rows": active.rows,
-            "job_id": active.job_id,
-            "activated_at": iso(active.activated_at),
-        }
+        [
+            {
+                "version": doc["version"],
+                "state": doc.get("state"),
+                "rows": doc.get("rows"),
+                "job_id": doc.get("job_id"),
+                "created_at": iso(doc.get("created_at")),
+                "activated_at": iso(doc.get("activated_at")),
+                "active": active is not None and doc["version"] == active.version,
+            }
+            for doc in docs
+        ]
     )
+
+
+@router.post(
+    "/datasets/{version}/activate",
+    response_model=ActiveDatasetOut,
+    responses={
+        401: {"model": Problem},
+        403: {"model": Problem},
+        409: {"model": Problem, "description": "Unknown, failed, dropped or still loading"},
+        503: {"model": Problem},
+    },
+    dependencies=[Depends(require_writer)],
+    summary="Serve a kept, complete version again (instant rollback)",
+)
+async def activate_dataset(
+    version: int = Path(ge=1), services: Services = Depends(get_services)
+) -> Response:
+    try:
+        active = await activate_version_async(services.db, version)
+    except LookupError as exc:
+        return json_response({"detail": str(exc)}, status_code=409)
+    log.info("dataset version %d activated by hand (%d rows)", version, active.rows)
+    # Other processes learn it from the channel (or their poll); this one at once.
+    await announce_active_async(services.redis, version)
+    await services.watcher.refresh()
+    return json_response(_active_out(active))

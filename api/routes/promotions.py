@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import orjson
 from fastapi import APIRouter, Depends, Path
 from fastapi.responses import Response
 
+from api.metrics import STORE_LOOKUP_LATENCY
 from api.responses import json_response
 from api.schemas import Problem, Promotion
 from api.services import Services, get_services
@@ -43,7 +46,9 @@ async def get_promotion(
     key = promotion_id.lower()
     body = await services.cache.get(active.version, key)
     if body is None:
+        started = time.perf_counter()
         doc = await find_promotion(services.db, active.version, key)
+        STORE_LOOKUP_LATENCY.observe(time.perf_counter() - started)
         body = orjson.dumps(doc) if doc else NEGATIVE
         await services.cache.put(active.version, key, body)
     if body == NEGATIVE:

@@ -1,0 +1,124 @@
+"""The drop folder with the real store, the real broker and real Celery workers (and, once,
+real Celery beat): a file put in inbox/ becomes exactly one ordinary job."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cli.generate import generate
+from devstack.services import Service, beat_command
+from shared import job_records
+from shared.settings import Settings
+from tests.conftest import _LOGS, wait_for
+from tests.helpers import expected_rows
+from worker.inbox import scan_inbox
+
+pytestmark = pytest.mark.usefixtures("worker", "clean_state")
+
+
+def _drop(settings: Settings, name: str, rows: int, seed: int, age_s: float = 5.0) -> Path:
+    """Write a file into the inbox as a partner would, already settled."""
+    settings.inbox_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.inbox_dir / name
+    generate(rows, path, seed=seed, compress=name.endswith(".gz"))
+    old = time.time() - age_s
+    os.utime(path, (old, old))
+    return path
+
+
+def _finished(mongo_db: Any, job_id: str, timeout: float = 120) -> dict[str, Any]:
+    done = {"_id": job_id, "status": {"$in": list(job_records.FINISHED)}}
+    return wait_for(lambda: mongo_db[job_records.JOBS].find_one(done), timeout)  # type: ignore[no-any-return]
+
+
+def test_a_dropped_file_becomes_one_job_even_when_scans_race(
+    mongo_db: Any, settings: Settings
+) -> None:
+    path = _drop(settings, "partner.csv", 3_000, seed=21)
+    want = expected_rows(path)
+    results: list[list[str]] = []
+    scans = [threading.Thread(target=lambda: results.append(scan_inbox())) for _ in range(2)]
+    for scan in scans:
+        scan.start()
+    for scan in scans:
+        scan.join()
+    assert scan_inbox() == []  # a third scan finds nothing left
+    job_ids = [job_id for found in results for job_id in found]
+    assert len(job_ids) == 1
+    assert mongo_db[job_records.JOBS].count_documents({}) == 1
+    job = _finished(mongo_db, job_ids[0])
+    assert job["status"] == "succeeded", job
+    assert job["source"] == "inbox" and job["original_name"] == "partner.csv"
+    assert job["rows_loaded"] == 3_000 and job["dataset_version"] == job["version"]
+    assert list(settings.inbox_dir.iterdir()) == []
+    stored = mongo_db[f"promotions_v{job['version']}"].count_documents({})
+    assert stored == len(want)
+    wait_for(lambda: not any(settings.uploads_dir.iterdir()), 10)  # removed once loaded
+
+
+def test_temporary_names_and_unsettled_files_are_left_alone(
+    mongo_db: Any, settings: Settings
+) -> None:
+    names = [".partner.csv", "partner.csv.part", "partner.csv.tmp"]
+    for i, name in enumerate(names):
+        _drop(settings, name, 10, seed=30 + i)
+    fresh = _drop(settings, "still-writing.csv", 10, seed=40, age_s=0)
+    assert scan_inbox() == []
+    assert sorted(p.name for p in settings.inbox_dir.iterdir()) == sorted([*names, fresh.name])
+    assert mongo_db[job_records.JOBS].count_documents({}) == 0
+    # Renamed into place (the partner convention), it is taken on the next scan.
+    os.rename(settings.inbox_dir / "partner.csv.part", settings.inbox_dir / "partner.csv")
+    old = time.time() - 5
+    os.utime(settings.inbox_dir / "partner.csv", (old, old))
+    os.utime(fresh)  # still being written
+    [job_id] = scan_inbox()
+    assert _finished(mongo_db, job_id)["status"] == "succeeded"
+    assert not (settings.inbox_dir / "partner.csv").exists() and fresh.exists()
+    for name in names:
+        (settings.inbox_dir / name).unlink(missing_ok=True)
+    fresh.unlink()
+
+
+def test_gzip_files_are_inflated_and_corrupt_ones_fail_with_a_reason(
+    mongo_db: Any, settings: Settings
+) -> None:
+    plain_size = len(gzip.decompress(_drop(settings, "a.csv.gz", 2_000, seed=50).read_bytes()))
+    [job_id] = scan_inbox()
+    job = _finished(mongo_db, job_id)
+    assert job["status"] == "succeeded" and job["rows_loaded"] == 2_000, job
+    assert job["bytes_total"] == plain_size  # what workers split is the inflated text
+    broken = settings.inbox_dir / "b.csv.gz"
+    broken.write_bytes(gzip.compress(b"x,1,2018-08-04 05:32:31 +0200 CEST\n" * 100)[:-12])
+    old = time.time() - 5
+    os.utime(broken, (old, old))
+    [job_id] = scan_inbox()
+    job = _finished(mongo_db, job_id, 10)
+    assert job["status"] == "failed" and "truncated" in job["error"]
+    assert list(settings.inbox_dir.iterdir()) == []
+    assert not any(p.name.startswith(".inbox-") for p in settings.uploads_dir.iterdir())
+
+
+def test_celery_beat_schedules_the_scan(mongo_db: Any, settings: Settings, tmp_path: Path) -> None:
+    beat = Service(
+        "beat",
+        beat_command(str(tmp_path / "schedule")),
+        env={"INBOX_POLL_SECONDS": "0.5"},
+        log_path=_LOGS / f"beat-{uuid.uuid4().hex[:6]}.log",
+    )
+    beat.start()
+    try:
+        _drop(settings, "scheduled.csv", 500, seed=60)
+        job = wait_for(lambda: mongo_db[job_records.JOBS].find_one({"source": "inbox"}), 60)
+        job = _finished(mongo_db, job["_id"])
+        assert job["status"] == "succeeded" and job["rows_loaded"] == 500
+    finally:
+        beat.stop()
+    assert mongo_db[job_records.JOBS].count_documents({}) == 1

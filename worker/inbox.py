@@ -1,0 +1,110 @@
+"""The drop folder: files put in ``<data_dir>/inbox/`` are ingested as ordinary jobs
+(``source: "inbox"``) by a periodic task that Celery beat schedules.
+
+A file is first claimed (renamed into uploads/ under a server-generated name), and only then
+becomes a job, so several beat or worker instances never ingest it twice. Gzip files are
+inflated into uploads/ here, as the API does for uploads, so workers always split plain text.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from pymongo.database import Database
+
+from shared import datasets, job_records
+from shared.file_checks import GZIP_MAGIC
+from shared.gunzip_file_writer import StoredFileError, store_file
+from shared.log_context import job_id_var
+from shared.mongo import UNAVAILABLE_ERRORS
+from shared.settings import get_settings
+from shared.task_names import SCAN_INBOX
+from worker.celery_app import app
+from worker.inbox_files import claim, ready_files
+from worker.store import database
+from worker.tasks import plan_job
+
+log = logging.getLogger(__name__)
+settings = get_settings()
+
+SOURCE = "inbox"
+
+
+def _is_gzip(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(len(GZIP_MAGIC)) == GZIP_MAGIC
+
+
+def _store_claimed(claimed: Path, final: Path) -> int:
+    """Plain files are renamed into place; gzip files are inflated (bounded)."""
+    if not _is_gzip(claimed):
+        os.rename(claimed, final)
+        return final.stat().st_size
+    stored, _ = store_file(claimed, final, settings.max_decompressed_bytes)
+    return stored
+
+
+def _create_job(db: Database[Any], job_id: str, file_name: str, size: int, name: str) -> None:
+    version = datasets.allocate_version_sync(db)
+    doc = job_records.new_job(job_id, version, file_name, size, SOURCE, original_name=name)
+    job_records.insert_job(db, doc)
+    log.info("inbox file %r is job %s (%d bytes, version %d)", name, job_id, size, version)
+
+
+def _give_back(claimed: Path, final: Path, path: Path) -> None:
+    """The store is unreachable: return the file to the inbox for the next scan."""
+    if claimed.exists():
+        os.rename(claimed, path)
+        final.unlink(missing_ok=True)
+    elif final.exists():
+        os.rename(final, path)
+
+
+def ingest_file(db: Database[Any], path: Path) -> str | None:
+    """Claim one ready file and make it a queued job; None if another scan claimed it."""
+    job_id = uuid.uuid4().hex
+    claimed = settings.uploads_dir / f".inbox-{job_id}.claimed"
+    if not claim(path, claimed):
+        return None
+    os.utime(claimed)  # claimed now: sweeps of old files in uploads/ must not take it
+    file_name = f"{job_id}.csv"
+    final = settings.uploads_dir / file_name
+    token = job_id_var.set(job_id)
+    try:
+        error = None
+        try:
+            size = _store_claimed(claimed, final)
+        except StoredFileError as exc:
+            size, error = 0, exc.detail
+        try:
+            _create_job(db, job_id, file_name, size, path.name)
+        except UNAVAILABLE_ERRORS:
+            _give_back(claimed, final, path)
+            raise
+        claimed.unlink(missing_ok=True)  # a bad file, or the original of an inflated gzip
+        if error:
+            job_records.finish_job(db, job_id, job_records.FAILED, error=error)
+            log.warning("inbox file %r failed: %s", path.name, error)
+        else:
+            plan_job.apply_async(args=[job_id], task_id=f"plan-{job_id}")
+    finally:
+        job_id_var.reset(token)
+    return job_id
+
+
+@app.task(name=SCAN_INBOX, acks_late=True)
+def scan_inbox() -> list[str]:
+    """Safe to run any number of times, concurrently too: each file is claimed once."""
+    settings.inbox_dir.mkdir(parents=True, exist_ok=True)
+    settings.uploads_dir.mkdir(parents=True, exist_ok=True)
+    db = database()
+    job_ids = []
+    for path in ready_files(settings.inbox_dir, settings.inbox_settle_seconds):
+        job_id = ingest_file(db, path)
+        if job_id:
+            job_ids.append(job_id)
+    return job_ids
