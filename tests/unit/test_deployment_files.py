@@ -1,0 +1,71 @@
+"""The compose stack and images keep their promises (no Docker engine needed to check)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return data
+
+
+def test_every_service_is_health_checked_and_waits_for_healthy_deps(
+    compose: dict[str, Any],
+) -> None:
+    assert "version" not in compose
+    services = compose["services"]
+    assert set(services) >= {"api", "worker", "beat", "flower", "mongo", "redis"}
+    for name, service in services.items():
+        assert "healthcheck" in service, f"{name} has no healthcheck"
+        for dep, how in (service.get("depends_on") or {}).items():
+            assert how == {"condition": "service_healthy"}, f"{name} -> {dep}"
+
+
+def test_store_and_broker_are_pinned_private_and_authenticated(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert re.fullmatch(r"mongo:8\.\d+\.\d+", services["mongo"]["image"])
+    assert re.fullmatch(r"redis:7\.\d+\.\d+(-alpine)?", services["redis"]["image"])
+    for name in ("mongo", "redis"):
+        assert "ports" not in services[name], f"{name} must not be published"
+    assert "MONGO_INITDB_ROOT_PASSWORD" in services["mongo"]["environment"]
+    text = (ROOT / "docker-compose.yml").read_text()
+    for required in ("WRITE_TOKEN", "MONGO_PASSWORD", "FLOWER_BASIC_AUTH"):
+        assert "${" + required + ":?" in text, f"{required} must be required"
+    assert 'PRODUCTION: "true"' in text
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile.api", "Dockerfile.worker"])
+def test_images_are_slim_pinned_non_root_and_runtime_only(dockerfile: str) -> None:
+    text = (ROOT / dockerfile).read_text()
+    assert re.search(r"^FROM python:\d+\.\d+\.\d+-slim", text, re.M)
+    assert re.search(r"^USER (?!root)\w+", text, re.M)
+    assert "requirements-dev" not in text and "secantus" not in text
+    assert "secantus" not in (ROOT / "requirements.txt").read_text()
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert ".env" in ignored and "data" in ignored
+
+
+@pytest.mark.skipif(
+    shutil.which("docker") is None
+    or subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0,
+    reason="no docker compose client on this machine",
+)
+def test_compose_config_validates() -> None:
+    env = {
+        "WRITE_TOKEN": "t",
+        "MONGO_PASSWORD": "p",
+        "FLOWER_BASIC_AUTH": "a:b",
+        "PATH": "/usr/bin:/bin:/usr/local/bin",
+    }
+    subprocess.run(["docker", "compose", "config", "-q"], cwd=ROOT, env=env, check=True)
