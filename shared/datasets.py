@@ -238,7 +238,10 @@ def activate_if_newest(db: Database[Any], version: int, rows: int, job_id: str) 
             upsert=True,
         )
     except DuplicateKeyError:
-        return False  # the pointer exists with high_water >= version
+        # The pointer exists with high_water >= version: a newer submission is live, or a
+        # concurrent delivery of this very finalization already switched to it.
+        pointer = read_active_sync(db)
+        return pointer is not None and pointer.version == version
     set_version_state(db, version, READY, activated_at=at)
     return True
 

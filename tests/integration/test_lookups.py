@@ -148,3 +148,11 @@ def test_old_versions_beyond_the_keep_count_are_chosen_for_dropping(
     assert datasets.versions_to_drop(mongo_db, keep=2) == [2, 1]
     datasets.activate_version(mongo_db, 1)
     assert datasets.versions_to_drop(mongo_db, keep=2) == [3, 2]
+
+
+def test_a_repeated_activation_of_the_live_version_is_not_superseded(
+    clean_state: None, mongo_db: Any
+) -> None:
+    assert load_dataset(mongo_db, 5, [ROW])
+    assert datasets.activate_if_newest(mongo_db, 5, 1, "fixture")  # redelivered finalizer
+    assert not datasets.activate_if_newest(mongo_db, 4, 1, "older")
