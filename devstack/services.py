@@ -69,13 +69,12 @@ def redis_command(port: int, directory: str) -> list[str]:
     ]
 
 
+def _celery(*args: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "worker.celery_app", *args]
+
+
 def worker_command(concurrency: int, name: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "worker.celery_app",
+    return _celery(
         "worker",
         "-E",
         "--loglevel",
@@ -86,27 +85,16 @@ def worker_command(concurrency: int, name: str) -> list[str]:
         f"{name}@%h",
         "--without-gossip",
         "--without-mingle",
-    ]
+    )
 
 
 def beat_command(schedule_file: str) -> list[str]:
-    """Celery beat: enqueues the periodic drop-folder scan (run exactly one)."""
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "worker.celery_app",
-        "beat",
-        "--loglevel",
-        "INFO",
-        "--schedule",
-        schedule_file,
-    ]
+    """Celery beat: enqueues the periodic tasks, drop-folder scan and watchdog (run one)."""
+    return _celery("beat", "--loglevel", "INFO", "--schedule", schedule_file)
 
 
 def flower_command(port: int) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "flower", f"--port={port}"]
+    return _celery("flower", f"--port={port}")
 
 
 def api_command(host: str, port: int, workers: int = 1) -> list[str]:
