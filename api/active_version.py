@@ -28,6 +28,9 @@ class ActiveVersionWatcher:
         self.redis = redis
         self.poll_s = poll_s
         self.current: ActiveDataset | None = None
+        # False until the pointer was read once: "no dataset yet" must not be claimed (404)
+        # when the truth is "the store could not be asked" (503).
+        self.known = False
         self._tasks: list[asyncio.Task[None]] = []
 
     async def refresh(self) -> ActiveDataset | None:
@@ -39,6 +42,7 @@ class ActiveVersionWatcher:
         if active != self.current:
             log.info("active dataset version is now %s", active.version if active else None)
             self.current = active
+        self.known = True
         return active
 
     async def start(self) -> None:
@@ -56,9 +60,14 @@ class ActiveVersionWatcher:
                 await task
 
     async def _poll(self) -> None:
+        """Never dies: any error is logged and the next poll tries again."""
         while True:
             await asyncio.sleep(self.poll_s)
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception:
+                log.exception("reading the active dataset pointer failed")
+                await asyncio.sleep(1.0)
 
     async def _listen(self) -> None:
         while True:
@@ -70,4 +79,7 @@ class ActiveVersionWatcher:
                             await self.refresh()
             except (RedisError, OSError) as exc:
                 log.debug("pointer channel unavailable (%s); relying on polling", exc)
+                await asyncio.sleep(1.0)
+            except Exception:
+                log.exception("pointer channel listener failed; relying on polling")
                 await asyncio.sleep(1.0)

@@ -10,6 +10,14 @@ from __future__ import annotations
 from typing import BinaryIO
 
 _SCAN = 64 * 1024
+# Longer than any valid row by far; a chunk may grow by this much past its nominal size.
+# Without a bound, a file with no LF at all (old Mac CR-only line endings) would be one
+# chunk, read whole into one worker's memory.
+MAX_LINE_BYTES = 64 * 1024 * 1024
+
+
+class LineTooLong(ValueError):
+    """No line break where one must be; the message is shown to the user."""
 
 
 def _next_line_start(f: BinaryIO, pos: int, size: int) -> int:
@@ -26,6 +34,11 @@ def _next_line_start(f: BinaryIO, pos: int, size: int) -> int:
         if nl >= 0:
             return min(base + nl + 1, size)
         base += len(block)
+        if base - pos > MAX_LINE_BYTES:
+            raise LineTooLong(
+                f"no line break (LF) in the {MAX_LINE_BYTES // (1024 * 1024)} MiB after byte "
+                f"{pos}; lines must end with LF or CRLF (CR-only line endings are not supported)"
+            )
 
 
 def plan_chunks(f: BinaryIO, size: int, chunk_size: int) -> list[tuple[int, int]]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo import ReturnDocument
@@ -84,6 +84,17 @@ def ready_version_filter(version: int) -> dict[str, Any]:
 
 def mark_activated(at: datetime) -> dict[str, Any]:
     return {"$set": {"activated_at": at}}
+
+
+def confirm_live_filter(version: int) -> dict[str, Any]:
+    return {"_id": version_doc_id(version), "state": {"$in": [READY, DROPPED]}}
+
+
+def confirm_live_update(at: datetime) -> dict[str, Any]:
+    """After the pointer names a version: if a cleanup marked it dropped in the meantime,
+    it is ready again (collections of dropped versions go only after ``drop_grace_s``, far
+    longer than an activation takes, so its data is still there)."""
+    return {"$set": {"state": READY, "activated_at": at}, "$unset": {"dropped_at": ""}}
 
 
 def manual_pointer_update(version_doc: dict[str, Any], at: datetime) -> dict[str, Any]:
@@ -158,6 +169,7 @@ async def activate_version_async(db: AsyncDatabase[Any], version: int) -> Active
         return_document=ReturnDocument.AFTER,
     )
     assert pointer is not None  # upsert with AFTER always returns the document
+    await meta.update_one(confirm_live_filter(version), confirm_live_update(at))
     return ActiveDataset.from_doc(pointer)
 
 
@@ -206,9 +218,31 @@ def create_version_collection(db: Database[Any], version: int, sharded: bool) ->
 
 
 def set_version_state(db: Database[Any], version: int, state: str, **fields: Any) -> None:
+    """Unconditional: only for fixtures and repairs; the pipeline moves states with the
+    compare-and-set helpers below, so that cleanup, activation and failure cannot race."""
     db[META_COLLECTION].update_one(
         {"_id": version_doc_id(version)}, {"$set": {"state": state, **fields}}
     )
+
+
+def mark_ready(db: Database[Any], version: int, **fields: Any) -> bool:
+    """building -> ready once every row is in; False if the job was failed meanwhile."""
+    result = db[META_COLLECTION].update_one(
+        {"_id": version_doc_id(version), "state": {"$in": [BUILDING, READY]}},
+        {"$set": {"state": READY, **fields}},
+    )
+    return result.matched_count == 1
+
+
+def mark_failed(db: Database[Any], version: int) -> str | None:
+    """building -> failed. Returns the state afterwards: ``failed``, or ``ready`` when the
+    load had already completed (finalization decided its fate), None if unknown."""
+    db[META_COLLECTION].update_one(
+        {"_id": version_doc_id(version), "state": BUILDING},
+        {"$set": {"state": FAILED, "failed_at": now()}},
+    )
+    doc = get_version(db, version)
+    return doc.get("state") if doc else None
 
 
 def get_version(db: Database[Any], version: int) -> dict[str, Any] | None:
@@ -242,7 +276,7 @@ def activate_if_newest(db: Database[Any], version: int, rows: int, job_id: str) 
         # concurrent delivery of this very finalization already switched to it.
         pointer = read_active_sync(db)
         return pointer is not None and pointer.version == version
-    set_version_state(db, version, READY, activated_at=at)
+    db[META_COLLECTION].update_one(confirm_live_filter(version), confirm_live_update(at))
     return True
 
 
@@ -260,6 +294,7 @@ def activate_version(db: Database[Any], version: int) -> ActiveDataset:
         return_document=ReturnDocument.AFTER,
     )
     assert pointer is not None  # upsert with AFTER always returns the document
+    meta.update_one(confirm_live_filter(version), confirm_live_update(at))
     return ActiveDataset.from_doc(pointer)
 
 
@@ -268,9 +303,7 @@ def versions_to_drop(db: Database[Any], keep: int) -> list[int]:
     ones need no decision, their collections are orphans)."""
     active = read_active_sync(db)
     active_version = active.version if active else None
-    ready = (
-        db[META_COLLECTION].find({"version": {"$exists": True}, "state": READY}).sort("version", -1)
-    )
+    ready = db[META_COLLECTION].find({**VERSION_RECORDS, "state": READY}).sort("version", -1)
     drop: list[int] = []
     kept = 1 if active_version is not None else 0
     for doc in ready:
@@ -284,21 +317,36 @@ def versions_to_drop(db: Database[Any], keep: int) -> list[int]:
     return drop
 
 
-def orphan_collections(db: Database[Any]) -> list[str]:
-    """Version collections with no live record (e.g. re-created by a late insert). The
-    active one is always live, even if a rollback raced with the decision to drop it."""
+def mark_dropped(db: Database[Any], version: int) -> bool:
+    """ready -> dropped (compare-and-set). Its collection goes later, after the grace
+    period, so an activation racing with this can still revive it."""
+    result = db[META_COLLECTION].update_one(
+        {"_id": version_doc_id(version), "state": READY},
+        {"$set": {"state": DROPPED, "dropped_at": now()}},
+    )
+    return result.modified_count == 1
+
+
+def collections_to_drop(db: Database[Any], grace_s: float) -> list[str]:
+    """Version collections nothing will read again: their version failed or was dropped
+    more than ``grace_s`` ago, or has no record at all. Collections are listed before
+    records are read: a new version registers its record before creating its collection,
+    so a fresh collection is never mistaken for one without a record. The collection the
+    pointer names is never dropped."""
+    names = [n for n in db.list_collection_names() if n.startswith(COLLECTION_PREFIX)]
+    records = {doc["collection"]: doc for doc in db[META_COLLECTION].find(VERSION_RECORDS)}
     active = read_active_sync(db)
-    live = {
-        doc["collection"]
-        for doc in db[META_COLLECTION].find(
-            {"version": {"$exists": True}, "state": {"$in": [BUILDING, READY]}},
-            {"collection": 1},
-        )
-    }
-    if active is not None:
-        live.add(collection_name(active.version))
-    return [
-        name
-        for name in db.list_collection_names()
-        if name.startswith(COLLECTION_PREFIX) and name not in live
-    ]
+    live = collection_name(active.version) if active else None
+    cutoff = now() - timedelta(seconds=grace_s)
+    drop = []
+    for name in names:
+        if name == live:
+            continue
+        doc = records.get(name)
+        if doc is None:
+            drop.append(name)
+            continue
+        since = doc.get("dropped_at") or doc.get("failed_at")
+        if doc.get("state") in (FAILED, DROPPED) and since is not None and since < cutoff:
+            drop.append(name)
+    return drop

@@ -18,6 +18,8 @@ def sniff_problem(sample: bytes, is_whole_file: bool) -> str | None:
         return "the file is UTF-16 encoded; promotions files must be UTF-8"
     if b"\x00" in sample:
         return "the file is binary (it contains NUL bytes), not a CSV text file"
+    if b"\n" not in sample and b"\r" in sample:
+        return "the file has CR-only line endings (old Mac format); use LF or CRLF"
     if not is_whole_file:
         cut = sample.rfind(b"\n")
         if cut < 0:

@@ -88,6 +88,13 @@ def public_job(doc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def ensure_indexes(db: Database[Any]) -> None:
+    """Idempotent; for the listing (newest first), the watchdog and per-job chunk reads."""
+    db[JOBS].create_index([("created_at", DESCENDING)])
+    db[JOBS].create_index([("status", 1), ("updated_at", 1)])
+    db[CHUNKS].create_index([("job_id", 1), ("index", 1)])
+
+
 # --- async side (API) -----------------------------------------------------------------
 
 
@@ -187,19 +194,48 @@ def count_chunk_done(
     )
 
 
-def chunk_results(db: Database[Any], job_id: str) -> list[dict[str, Any]]:
-    return list(db[CHUNKS].find({"job_id": job_id}).sort("index", 1))
+def chunk_totals(db: Database[Any], job_id: str) -> dict[str, int]:
+    """Sums over the recorded chunks, computed by the server (a job may have 100k chunks)."""
+    rows = list(
+        db[CHUNKS].aggregate(
+            [
+                {"$match": {"job_id": job_id}},
+                {
+                    "$group": {
+                        "_id": None,
+                        "chunks": {"$sum": 1},
+                        "rows_read": {"$sum": "$rows_read"},
+                        "rows_valid": {"$sum": "$rows_valid"},
+                        "rows_rejected": {"$sum": "$rows_rejected"},
+                    }
+                },
+            ]
+        )
+    )
+    totals = {"chunks": 0, "rows_read": 0, "rows_valid": 0, "rows_rejected": 0}
+    if rows:
+        totals.update({k: int(rows[0][k]) for k in totals})
+    return totals
 
 
-def global_rejects(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Turn per-chunk line numbers into file line numbers (chunks must be in file order)."""
+def first_rejects(db: Database[Any], job_id: str) -> list[dict[str, Any]]:
+    """The first rejected rows of the file with file line numbers: per-chunk line numbers
+    plus the lines of every chunk before. Reads only line counts, and rejects of the
+    chunks that have some, until enough are found."""
     out: list[dict[str, Any]] = []
     lines_before = 0
-    for chunk in chunks:
-        for line, reason in chunk["rejects"]:
-            if len(out) >= MAX_REJECTS_KEPT:
-                return out
-            out.append({"line": lines_before + line, "reason": reason})
+    cursor = (
+        db[CHUNKS]
+        .find({"job_id": job_id}, {"lines": 1, "rows_rejected": 1, "index": 1})
+        .sort("index", 1)
+    )
+    for chunk in cursor:
+        if chunk["rows_rejected"]:
+            full = db[CHUNKS].find_one({"_id": chunk["_id"]}, {"rejects": 1}) or {}
+            for line, reason in full.get("rejects", []):
+                out.append({"line": lines_before + line, "reason": reason})
+                if len(out) >= MAX_REJECTS_KEPT:
+                    return out
         lines_before += chunk["lines"]
     return out
 
@@ -256,7 +292,8 @@ def finish_job(
                 "finished_at": now(),
                 "updated_at": now(),
                 **fields,
-            }
+            },
+            "$unset": {"done_chunks": ""},  # only needed while chunks are counted
         },
     )
     return result.modified_count == 1

@@ -26,6 +26,9 @@ def _client_options(settings: Settings, socket_timeout_ms: int | None) -> dict[s
         "retryWrites": True,
         "appname": "promotions",
         "tz_aware": True,
+        # Whatever MONGO_URL says: conflict resolution and the pointer need the latest
+        # writes, and a lagging secondary would answer 404s that then get cached.
+        "readPreference": "primary",
     }
 
 

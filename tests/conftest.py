@@ -49,6 +49,7 @@ TEST_ENV = {
     "INSERT_BATCH_ROWS": "1000",
     "TASK_MAX_RETRIES": "2",
     "TASK_RETRY_BACKOFF_S": "0.5",
+    "DROP_GRACE_S": "1",
     "CONFIG_FILE": str(_TMP / "no-config.json"),
     "INBOX_SETTLE_SECONDS": "0.5",
     "LOG_LEVEL": "INFO",

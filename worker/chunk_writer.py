@@ -14,16 +14,23 @@ from typing import Any
 from bson.raw_bson import RawBSONDocument
 from pymongo import InsertOne, ReplaceOne
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError
+from pymongo.errors import AutoReconnect, BulkWriteError
 
 DUPLICATE_KEY = 11000
 
 
 def _failed_duplicates(exc: BulkWriteError, ops_or_docs: list[Any]) -> list[Any]:
+    """The operations that hit an existing id. Anything else is raised as a retryable
+    error: a write-concern error (a failover may roll the batch back) or a shard's
+    not-primary/interrupted error must make the task retry the chunk, which is idempotent,
+    and never count as written."""
+    details = exc.details
+    if details.get("writeConcernErrors"):
+        raise AutoReconnect(f"write concern not satisfied: {details['writeConcernErrors'][0]}")
     failed = []
-    for err in exc.details.get("writeErrors", []):
+    for err in details.get("writeErrors", []):
         if err.get("code") != DUPLICATE_KEY:
-            raise exc
+            raise AutoReconnect(f"write error {err.get('code')}: {err.get('errmsg')}")
         failed.append(ops_or_docs[err["index"]])
     return failed
 

@@ -20,7 +20,6 @@ from shared import datasets, job_records
 from shared.file_checks import GZIP_MAGIC
 from shared.gunzip_file_writer import StoredFileError, store_file
 from shared.log_context import job_id_var
-from shared.mongo import UNAVAILABLE_ERRORS
 from shared.settings import get_settings
 from shared.task_names import SCAN_INBOX
 from worker.celery_app import app
@@ -48,8 +47,9 @@ def _store_claimed(claimed: Path, final: Path) -> int:
     return stored
 
 
-def _create_job(db: Database[Any], job_id: str, file_name: str, size: int, name: str) -> None:
-    version = datasets.allocate_version_sync(db)
+def _create_job(
+    db: Database[Any], job_id: str, version: int, file_name: str, size: int, name: str
+) -> None:
     doc = job_records.new_job(job_id, version, file_name, size, SOURCE, original_name=name)
     job_records.insert_job(db, doc)
     log.info("inbox file %r is job %s (%d bytes, version %d)", name, job_id, size, version)
@@ -77,12 +77,17 @@ def ingest_file(db: Database[Any], path: Path) -> str | None:
     try:
         error = None
         try:
-            size = _store_claimed(claimed, final)
-        except StoredFileError as exc:
-            size, error = 0, exc.detail
-        try:
-            _create_job(db, job_id, file_name, size, path.name)
-        except UNAVAILABLE_ERRORS:
+            # Allocated at claim time: a file that takes long to inflate does not win over
+            # an upload submitted after it was dropped.
+            version = datasets.allocate_version_sync(db)
+            try:
+                size = _store_claimed(claimed, final)
+            except StoredFileError as exc:
+                size, error = 0, exc.detail
+            _create_job(db, job_id, version, file_name, size, path.name)
+        except BaseException:
+            # Store down, disk or network filesystem error, worker shutdown: the partner's
+            # file goes back to the inbox for the next scan, never lost.
             _give_back(claimed, final, path)
             raise
         claimed.unlink(missing_ok=True)  # a bad file, or the original of an inflated gzip

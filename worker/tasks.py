@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from celery import Task
+from kombu.exceptions import OperationalError
 from pymongo.database import Database
 
 from shared import datasets, job_records
-from shared.chunking import plan_chunks, read_range
+from shared.chunking import LineTooLong, plan_chunks, read_range
 from shared.file_checks import SNIFF_BYTES, sniff_problem
 from shared.log_context import job_id_var
 from shared.mongo import UNAVAILABLE_ERRORS
@@ -40,7 +43,10 @@ from worker.store import database
 log = logging.getLogger(__name__)
 settings = get_settings()
 
-CLEANUP_AGAIN_AFTER_S = 60  # late inserts of a failed job may re-create its collection
+# Broker hiccups while enqueueing the next tasks are retried like store outages.
+RETRYABLE_ERRORS = (*UNAVAILABLE_ERRORS, OperationalError)
+UPLOAD_NAME = re.compile(r"[0-9a-f]{32}\.csv")
+HEARTBEAT_EVERY_S = 5.0
 
 
 class JobFailed(Exception):
@@ -50,7 +56,7 @@ class JobFailed(Exception):
 class IngestTask(Task):  # type: ignore[misc]
     """Retries store outages with backoff; when retries run out, the job fails clearly."""
 
-    autoretry_for = UNAVAILABLE_ERRORS
+    autoretry_for = RETRYABLE_ERRORS
     max_retries = settings.task_max_retries
     retry_backoff = settings.task_retry_backoff_s
     retry_backoff_max = 60
@@ -74,16 +80,17 @@ class IngestTask(Task):  # type: ignore[misc]
         job_id = args[0] if args else kwargs.get("job_id")
         if not job_id:
             return
-        if isinstance(exc, UNAVAILABLE_ERRORS):
+        if isinstance(exc, RETRYABLE_ERRORS):
             reason = (
                 f"the store was unavailable during {self.name.split('.')[-1]} "
-                f"and stayed so after {self.max_retries} retries ({type(exc).__name__})"
+                f"and stayed so after {self.max_retries} retries "
+                f"({type(exc).__name__}: {str(exc)[:200]})"
             )
         else:
             reason = f"internal error in {self.name.split('.')[-1]}: {type(exc).__name__}: {exc}"
         try:
             fail_job(database(), job_id, reason)
-        except UNAVAILABLE_ERRORS:
+        except RETRYABLE_ERRORS:
             log.error("job %s failed (%s) and could not be marked failed", job_id, reason)
 
 
@@ -94,16 +101,70 @@ def upload_path(file_name: str) -> Path:
 def fail_job(
     db: Database[Any], job_id: str, error: str, idle_since: datetime | None = None, **fields: Any
 ) -> None:
+    """End a job that cannot complete; safe to repeat (a retry after a partial failure
+    finishes what the first attempt left)."""
     job = job_records.load_job(db, job_id)
-    if job is None:
+    if job is None or job["status"] == job_records.SUCCEEDED:
+        return
+    version = job["version"]
+    if datasets.mark_failed(db, version) == datasets.READY:
+        _settle_completed_load(db, job, error, idle_since)
         return
     if job_records.finish_job(
         db, job_id, job_records.FAILED, idle_since=idle_since, error=error, **fields
     ):
         log.warning("job %s failed: %s", job_id, error)
-        datasets.set_version_state(db, job["version"], datasets.FAILED, failed_at=now())
-        cleanup_datasets.apply_async(kwargs={"file_name": job.get("file")})
-        cleanup_datasets.apply_async(countdown=CLEANUP_AGAIN_AFTER_S)
+    job_records.delete_chunk_results(db, job_id)
+    _schedule_cleanup(job.get("file"))
+
+
+def _settle_completed_load(
+    db: Database[Any], job: dict[str, Any], error: str, idle_since: datetime | None
+) -> None:
+    """Every row was in and finalization had begun when this failure came (a redelivered
+    task, or the watchdog after finalization died). Whether the data went live decides."""
+    active = datasets.read_active_sync(db)
+    if active is not None and active.version == job["version"]:
+        job_records.finish_job(
+            db, job["_id"], job_records.SUCCEEDED, idle_since, dataset_version=job["version"]
+        )
+    else:
+        job_records.finish_job(
+            db,
+            job["_id"],
+            job_records.FAILED,
+            idle_since,
+            error=f"{error}; version {job['version']} was loaded completely but not activated",
+        )
+    _schedule_cleanup(job.get("file"))
+
+
+def _schedule_cleanup(file_name: str | None) -> None:
+    """Now (the upload file, versions beyond the keep count) and once the grace period has
+    passed (their collections, late inserts of a failed job)."""
+    cleanup_datasets.apply_async(kwargs={"file_name": file_name})
+    cleanup_datasets.apply_async(countdown=settings.drop_grace_s + 5)
+
+
+def _newer_version_live(db: Database[Any], version: int) -> int | None:
+    """The newer version already live, if any: loading an older upload is wasted work."""
+    pointer = db[datasets.META_COLLECTION].find_one({"_id": datasets.ACTIVE_ID}, {"high_water": 1})
+    high_water = int(pointer.get("high_water", 0)) if pointer else 0
+    return high_water if high_water > version else None
+
+
+def _stop_superseded(db: Database[Any], job: dict[str, Any]) -> bool:
+    newer = _newer_version_live(db, job["version"])
+    if newer is None:
+        return False
+    fail_job(
+        db,
+        job["_id"],
+        f"superseded: a newer upload (dataset version {newer}) went live before this one "
+        "finished loading, so loading stopped; the newer data is serving",
+        superseded=True,
+    )
+    return True
 
 
 @app.task(base=IngestTask, name=PLAN_JOB, bind=True)
@@ -114,7 +175,10 @@ def plan_job(self: Task, job_id: str) -> None:
         return  # finished already (redelivery) or unknown
     path = upload_path(job["file"])
     version = job["version"]
+    job_records.ensure_indexes(db)
     datasets.register_version(db, version, job_id)
+    if _stop_superseded(db, job):
+        return
     if not path.exists():
         fail_job(db, job_id, "the uploaded file is missing from the shared volume")
         return
@@ -124,7 +188,11 @@ def plan_job(self: Task, job_id: str) -> None:
         if problem:
             fail_job(db, job_id, problem)
             return
-        chunks = plan_chunks(f, size, settings.chunk_size_bytes)
+        try:
+            chunks = plan_chunks(f, size, settings.chunk_size_bytes)
+        except LineTooLong as exc:
+            fail_job(db, job_id, str(exc))
+            return
     datasets.create_version_collection(db, version, settings.shard_version_collections)
     job_records.set_plan(db, job_id, len(chunks))
     log.info("job %s: %d bytes in %d chunks -> version %d", job_id, size, len(chunks), version)
@@ -136,15 +204,18 @@ def plan_job(self: Task, job_id: str) -> None:
 def load_chunk(self: Task, job_id: str, index: int, start: int, end: int) -> None:
     db = database()
     job = job_records.load_job(db, job_id)
-    if job is None or job["status"] != job_records.RUNNING:
+    if job is None or job["status"] != job_records.RUNNING or _stop_superseded(db, job):
         return
     coll = db[datasets.collection_name(job["version"])]
     with upload_path(job["file"]).open("rb") as f:
         data = read_range(f, start, end)
     stats = ChunkStats()
+    beat_at = 0.0
     for batch in parse_chunk(data, start, settings.insert_batch_rows, stats):
-        if not job_records.heartbeat(db, job_id):
-            return  # the job failed meanwhile: stop writing into its collection
+        if time.monotonic() - beat_at >= HEARTBEAT_EVERY_S:
+            if not job_records.heartbeat(db, job_id):
+                return  # the job failed meanwhile: stop writing into its collection
+            beat_at = time.monotonic()
         write_batch(coll, list(batch.values()))
     del data
     job_records.save_chunk_result(db, job_id, index, start, end, stats)
@@ -157,12 +228,6 @@ def load_chunk(self: Task, job_id: str, index: int, start: int, end: int) -> Non
         and updated["chunks_done"] == updated["chunks_total"]
     ):
         finalize_job.apply_async(args=[job_id])
-
-
-def _totals(chunks: list[dict[str, Any]]) -> dict[str, int]:
-    return {
-        key: sum(c[key] for c in chunks) for key in ("rows_read", "rows_valid", "rows_rejected")
-    }
 
 
 def _rejection_problem(totals: dict[str, int], rejects: list[dict[str, Any]]) -> str | None:
@@ -186,26 +251,25 @@ def finalize_job(self: Task, job_id: str) -> None:
     job = job_records.start_job(db, job_id, "activating")
     if job is None:
         return
-    chunks = job_records.chunk_results(db, job_id)
-    if len(chunks) != job["chunks_total"]:
+    totals = job_records.chunk_totals(db, job_id)
+    if totals["chunks"] != job["chunks_total"]:
         return  # not every chunk is recorded yet; the last one to finish triggers again
-    totals = _totals(chunks)
-    rejects = job_records.global_rejects(chunks)
+    rejects = job_records.first_rejects(db, job_id)
     counted = {"rows_loaded": totals["rows_valid"], "rows_rejected": totals["rows_rejected"]}
-    if totals["rows_valid"] + totals["rows_rejected"] != totals["rows_read"]:
-        fail_job(db, job_id, "row accounting does not add up; nothing was activated", **counted)
-        return
     problem = _rejection_problem(totals, rejects)
     if problem:
         fail_job(db, job_id, problem, rejects=rejects, **counted)
         return
     version = job["version"]
-    distinct = db[datasets.collection_name(version)].estimated_document_count()
+    # Exact (a collection scan on the server; through mongos it leaves out orphans of chunk
+    # migrations): an estimate could hide rows the load lost.
+    distinct = db[datasets.collection_name(version)].count_documents({})
     duplicates = totals["rows_valid"] - distinct
     if duplicates < 0:
         fail_job(db, job_id, f"the dataset holds {distinct} rows, more than the file's valid rows")
         return
-    datasets.set_version_state(db, version, datasets.READY, rows=distinct, ready_at=now())
+    if not datasets.mark_ready(db, version, rows=distinct, ready_at=now()):
+        return  # the job was failed meanwhile; its version stays out of reach
     activated = datasets.activate_if_newest(db, version, distinct, job_id)
     if activated:
         announce_active(settings.redis_url.get_secret_value(), version)
@@ -228,7 +292,8 @@ def finalize_job(self: Task, job_id: str) -> None:
         totals["rows_rejected"],
         duplicates,
     )
-    cleanup_datasets.apply_async(kwargs={"file_name": job["file"]})
+    job_records.delete_chunk_results(db, job_id)
+    _schedule_cleanup(job["file"])
 
 
 @app.task(name=FAIL_STALLED_JOBS)
@@ -274,13 +339,14 @@ def _sweep_uploads(db: Database[Any], cutoff_ts: float) -> None:
 
 @app.task(name=CLEANUP_DATASETS, acks_late=True)
 def cleanup_datasets(file_name: str | None = None) -> None:
-    """Drop versions beyond the keep count and collections no record needs; remove a
-    finished job's upload. Runs off the request path and is safe to run any time."""
+    """Mark versions beyond the keep count dropped, drop collections of versions failed or
+    dropped longer than the grace period ago, remove a finished job's upload. Off the
+    request path, periodic too, and safe to run any time and concurrently."""
     db = database()
     for version in datasets.versions_to_drop(db, settings.versions_to_keep):
-        datasets.set_version_state(db, version, datasets.DROPPED, dropped_at=now())
-    for name in datasets.orphan_collections(db):
+        datasets.mark_dropped(db, version)
+    for name in datasets.collections_to_drop(db, settings.drop_grace_s):
         log.info("dropping collection %s", name)
         db.drop_collection(name)
-    if file_name:
+    if file_name and UPLOAD_NAME.fullmatch(file_name):
         upload_path(file_name).unlink(missing_ok=True)

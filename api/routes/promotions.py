@@ -8,6 +8,7 @@ import orjson
 from fastapi import APIRouter, Depends, Path
 from fastapi.responses import Response
 
+from api.errors import STORE_UNAVAILABLE
 from api.metrics import STORE_LOOKUP_LATENCY
 from api.responses import json_response
 from api.schemas import Problem, Promotion
@@ -42,6 +43,10 @@ async def get_promotion(
 ) -> Response:
     active = services.watcher.current
     if active is None:
+        if not services.watcher.known:
+            return json_response(
+                {"detail": STORE_UNAVAILABLE}, status_code=503, headers={"Retry-After": "1"}
+            )
         return json_response({"detail": NO_DATASET}, status_code=404)
     key = promotion_id.lower()
     body = await services.cache.get(active.version, key)

@@ -55,11 +55,26 @@ UPLOAD_RESPONSES: dict[int | str, dict[str, object]] = {
 }
 
 
+def _unavailable(what: str, job_id: str, exc: Exception) -> Response:
+    log.warning("upload %s dropped: %s unavailable (%s)", job_id, what, exc)
+    return json_response(
+        {"detail": f"the {what} is unavailable; the upload was not kept, retry shortly"},
+        status_code=503,
+        headers={"Retry-After": "5"},
+    )
+
+
 async def accept_upload(request: Request, services: Services, source: str) -> Response:
     settings = services.settings
     job_id = uuid.uuid4().hex
     file_name = f"{job_id}.csv"
     final_path = settings.uploads_dir / file_name
+    try:
+        # Allocated as the upload starts: of two uploads, the one submitted later wins even
+        # when an earlier, larger one finishes arriving after it. An unused number is harmless.
+        version = await datasets.allocate_version(services.db)
+    except UNAVAILABLE_ERRORS as exc:
+        return _unavailable("store", job_id, exc)
     try:
         stored = await receive_upload(
             request,
@@ -72,24 +87,19 @@ async def accept_upload(request: Request, services: Services, source: str) -> Re
         return json_response({"detail": exc.detail}, status_code=exc.status_code)
     job_created = False
     try:
-        version = await datasets.allocate_version(services.db)
         doc = job_records.new_job(job_id, version, file_name, stored.bytes_stored, source)
         await job_records.create_job(services.db, doc)
         job_created = True
         await asyncio.to_thread(services.queue.enqueue_plan, job_id)
     except (QueueUnavailable, *UNAVAILABLE_ERRORS) as exc:
         final_path.unlink(missing_ok=True)
-        what = "job queue" if isinstance(exc, QueueUnavailable) else "store"
-        log.warning("upload %s dropped: %s unavailable (%s)", job_id, what, exc)
         if job_created:
             try:
                 await job_records.delete_job(services.db, job_id)
             except UNAVAILABLE_ERRORS:
                 log.error("could not remove job record %s after a queue failure", job_id)
-        return json_response(
-            {"detail": f"the {what} is unavailable; the upload was not kept, retry shortly"},
-            status_code=503,
-            headers={"Retry-After": "5"},
+        return _unavailable(
+            "job queue" if isinstance(exc, QueueUnavailable) else "store", job_id, exc
         )
     log.info(
         "job %s queued: %d bytes stored%s, version %d",

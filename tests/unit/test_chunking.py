@@ -50,3 +50,13 @@ def test_a_line_longer_than_the_chunk_size_makes_a_longer_chunk() -> None:
 
 def test_empty_file_has_no_chunks() -> None:
     assert plan_chunks(io.BytesIO(b""), 0, 10) == []
+
+
+def test_a_file_without_line_feeds_is_refused_instead_of_read_whole() -> None:
+    import pytest
+
+    from shared.chunking import MAX_LINE_BYTES, LineTooLong
+
+    data = b"a,1,2018-08-04 05:32:31 +0200\r" * (MAX_LINE_BYTES // 20)
+    with pytest.raises(LineTooLong, match="CR-only line endings are not supported"):
+        plan_chunks(io.BytesIO(data), len(data), 1024)

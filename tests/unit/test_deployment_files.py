@@ -25,9 +25,9 @@ def test_every_service_is_health_checked_and_waits_for_healthy_deps(
 ) -> None:
     assert "version" not in compose
     services = compose["services"]
-    assert set(services) >= {"api", "worker", "beat", "flower", "mongo", "redis"}
+    assert set(services) >= {"api", "worker", "beat", "flower", "mongo", "redis", "cache"}
     for name, service in services.items():
-        assert "healthcheck" in service, f"{name} has no healthcheck"
+        assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
         for dep, how in (service.get("depends_on") or {}).items():
             assert how == {"condition": "service_healthy"}, f"{name} -> {dep}"
 
@@ -35,8 +35,11 @@ def test_every_service_is_health_checked_and_waits_for_healthy_deps(
 def test_store_and_broker_are_pinned_private_and_authenticated(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert re.fullmatch(r"mongo:8\.\d+\.\d+", services["mongo"]["image"])
-    assert re.fullmatch(r"redis:7\.\d+\.\d+(-alpine)?", services["redis"]["image"])
-    for name in ("mongo", "redis"):
+    for name in ("redis", "cache"):
+        assert re.fullmatch(r"redis:7\.\d+\.\d+(-alpine)?", services[name]["image"])
+    assert "noeviction" in services["redis"]["command"]  # the broker never loses tasks
+    assert "allkeys-lru" in services["cache"]["command"]  # the cache can always make room
+    for name in ("mongo", "redis", "cache"):
         assert "ports" not in services[name], f"{name} must not be published"
     assert "MONGO_INITDB_ROOT_PASSWORD" in services["mongo"]["environment"]
     text = (ROOT / "docker-compose.yml").read_text()

@@ -16,6 +16,7 @@ GOOD = b"d018ef0b-dbd9-48f1-ac1a-eb4d90e57118,60.683466,2018-08-04 05:32:31 +020
         (gzip.compress(GOOD), "gzip"),
         ("id,price\n".encode("utf-16"), "UTF-16"),
         (b"name;price;date\nfoo;1;2\n", "none of the first 2 rows is valid"),
+        (GOOD.replace(b"\n", b"\r") * 3, "CR-only line endings"),
     ],
 )
 def test_plainly_wrong_files_fail_fast_with_a_reason(sample: bytes, reason: str) -> None:
