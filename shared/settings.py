@@ -80,7 +80,7 @@ class Settings(BaseSettings):
     # Drop folder (<data_dir>/inbox): scanned by the beat schedule every inbox_poll_seconds; a
     # file is taken once its size holds still and it is at least inbox_settle_seconds old.
     inbox_poll_seconds: float = Field(default=60, gt=0)
-    inbox_settle_seconds: float = Field(default=5, ge=0)
+    inbox_settle_seconds: float = Field(default=60, ge=0)
 
     # Reads
     cache_ttl_seconds: int = Field(default=3600, ge=1)
