@@ -47,6 +47,9 @@ settings = get_settings()
 RETRYABLE_ERRORS = (*UNAVAILABLE_ERRORS, OperationalError)
 UPLOAD_NAME = re.compile(r"[0-9a-f]{32}\.csv")
 HEARTBEAT_EVERY_S = 5.0
+# The job document lists the chunks counted so far (16 MB document limit): a huge file with a
+# small CHUNK_SIZE_BYTES gets larger chunks rather than more of them.
+MAX_CHUNKS = 100_000
 
 
 class JobFailed(Exception):
@@ -189,7 +192,7 @@ def plan_job(self: Task, job_id: str) -> None:
             fail_job(db, job_id, problem)
             return
         try:
-            chunks = plan_chunks(f, size, settings.chunk_size_bytes)
+            chunks = plan_chunks(f, size, max(settings.chunk_size_bytes, -(-size // MAX_CHUNKS)))
         except LineTooLong as exc:
             fail_job(db, job_id, str(exc))
             return
