@@ -1,0 +1,199 @@
+"""The fast path must never accept what the strict validator rejects, nor encode differently.
+
+Lines are built from near-valid pieces (calendar edges, leap days, offsets, case, spacing,
+CR, odd bytes) so that both sides of every rule in the fast regex get exercised.
+"""
+
+from __future__ import annotations
+
+import random
+
+import bson
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from shared.bulk_rows import FAST_LINE_RE, encode_run
+from shared.promotion_rows import (
+    ChunkStats,
+    RowError,
+    encode_document,
+    parse_chunk,
+    parse_chunk_strict,
+    parse_row,
+)
+
+two = st.integers(0, 99).map(lambda n: f"{n:02d}")
+ids = st.one_of(
+    st.from_regex(r"[A-Za-z0-9_-]{1,66}", fullmatch=True),
+    st.sampled_from(["", "a b", "é", "ID", "a.b", '"a"', " a", "a\t"]),
+)
+prices = st.one_of(
+    st.from_regex(r"[0-9]{0,22}(\.[0-9]{0,3})?([eE][+-]?[0-9]{1,3})?", fullmatch=True),
+    st.sampled_from(["-1", ".5", "5.", "1e400", "nan", "inf", "+1", " 1", "1 ", "٣", "0x1"]),
+    st.floats(min_value=0, allow_nan=False, allow_infinity=False).map(repr),
+)
+years = st.one_of(
+    st.integers(0, 9999).map(lambda n: f"{n:04d}"),
+    st.sampled_from(["1900", "2000", "2100", "2400", "2020", "2019", "0000", "٢٠١٨"]),
+)
+months = st.one_of(st.integers(0, 13).map(lambda n: f"{n:02d}"), st.just("1"))
+days = st.one_of(st.integers(0, 32).map(lambda n: f"{n:02d}"), st.sampled_from(["28", "29"]))
+hours = st.integers(0, 25).map(lambda n: f"{n:02d}")
+sixty = st.integers(0, 61).map(lambda n: f"{n:02d}")
+fraction = st.sampled_from(["", ".1", ".123456789", ".1234567890", "."])
+offsets = st.tuples(st.sampled_from("+-"), st.integers(0, 16), sixty).map(
+    lambda t: f"{t[0]}{t[1]:02d}{t[2]}"
+)
+zones = st.sampled_from(["", " CEST", " UTC", " +0530", " " + "Z" * 33, " Europe/Paris", " é"])
+
+
+@st.composite
+def dates(draw: st.DrawFn) -> str:
+    stamp = f"{draw(years)}-{draw(months)}-{draw(days)}"
+    clock = f"{draw(hours)}:{draw(sixty)}:{draw(sixty)}{draw(fraction)}"
+    if draw(st.booleans()):
+        return f"{stamp} {clock} {draw(offsets)}{draw(zones)}"
+    return f"{stamp}T{clock}{draw(st.sampled_from(['Z', '+02:00', '+0200', '']))}"
+
+
+@st.composite
+def lines(draw: st.DrawFn) -> str:
+    fields = [draw(ids), draw(prices), draw(dates())]
+    if draw(st.integers(0, 9)) == 0:
+        fields.append(draw(st.sampled_from(["", "x"])))
+    line = ",".join(fields)
+    mutation = draw(st.integers(0, 12))
+    if mutation == 0:
+        line = f" {line}\t"
+    elif mutation == 1:
+        line += "\r"
+    elif mutation == 2:
+        line = draw(st.text(max_size=40))
+    elif mutation == 3:
+        line = ""
+    elif mutation == 4:
+        line = "id,price,expiration_date"
+    return line
+
+
+def _check_one(line: bytes) -> None:
+    if FAST_LINE_RE.fullmatch(line) is None:
+        return
+    row_id, price, date = parse_row(line.decode())  # never raises RowError
+    keys, docs = encode_run(line + b"\n", 42)
+    assert keys == [row_id.lower()]
+    assert docs == [encode_document(row_id, price, date, 42)]
+
+
+@settings(max_examples=1000)
+@given(lines())
+@example("a,1,2020-02-29 00:00:00 +0000")
+@example("a,1,2000-02-29 00:00:00 +0000")
+@example("a,1,2100-02-29 00:00:00 +0000")
+@example("a,1,0000-02-29 00:00:00 +0000")
+@example("A,1,2018-04-31 00:00:00 +0000")
+@example("A,99999999999999999999.5,2018-12-31 23:59:59.999999999 +1459 Z")
+def test_fast_line_is_accepted_by_the_strict_validator_and_encoded_the_same(line: str) -> None:
+    raw = line.encode("utf-8", errors="surrogateescape")
+    _check_one(raw)
+    if FAST_LINE_RE.fullmatch(raw) is None and "\r" not in line:
+        try:
+            parse_row(line)
+        except RowError:
+            return
+        # Valid lines the fast path leaves to the strict one: rare shapes only.
+        assert (
+            " " in line.split(",")[0] + line.split(",")[1]
+            or "\t" in line
+            or "T" in line.split(",")[2]
+            or not line.isascii()
+            or "e" in line.lower().split(",")[1]
+            or len(line.split(",")[1].split(".")[0]) > 20
+            or line.split(",")[2].strip() != line.split(",")[2]
+            or line.split(",")[0] != line.split(",")[0].strip()
+        ), line
+
+
+def _agrees(line: str) -> bool:
+    """Fast and strict agree on ``line``; True when the fast path took it."""
+    raw = line.encode()
+    try:
+        parse_row(line)
+        strict_ok = True
+    except RowError:
+        strict_ok = False
+    fast_ok = FAST_LINE_RE.fullmatch(raw) is not None
+    assert strict_ok or not fast_ok, line
+    _check_one(raw)
+    return fast_ok
+
+
+def test_every_date_and_time_field_value_exhaustively() -> None:
+    """Each field of the common shape swept over and past its range, the rest valid."""
+    taken = 0
+    for year in ("0000", "1900", "2000", "2019", "2020", "2100", "2400", "9999"):
+        for month in range(14):
+            for day in range(33):
+                taken += _agrees(f"a,1,{year}-{month:02d}-{day:02d} 05:32:31 +0200 CEST")
+    for hour in range(26):
+        for minute in range(62):
+            taken += _agrees(f"a,1,2018-08-04 {hour:02d}:{minute:02d}:{minute:02d} +0200")
+    for sign in "+-":
+        for off_h in range(17):
+            for off_m in range(62):
+                taken += _agrees(f"a,1,2018-08-04 05:32:31 {sign}{off_h:02d}{off_m:02d} UTC")
+    assert taken > 6000  # the sweep exercised the fast path, not only the fallback
+
+
+def test_id_and_price_edges() -> None:
+    for row_id in ("a" * 64, "a" * 65, "A-b_C9", "", "a b", "a.b", "é"):
+        _agrees(f"{row_id},1,2018-08-04 05:32:31 +0200")
+    for price in ("0", "1" * 20, "1" * 21, "1" * 20 + "." + "1" * 100, "." + "1" * 100, "5.", "-0"):
+        _agrees(f"a,{price},2018-08-04 05:32:31 +0200")
+    for zone in ("", " Z", " " + "Z" * 32, " " + "Z" * 33, " A/B+C_D-E", " A.B"):
+        _agrees(f"a,1,2018-08-04 05:32:31 +0200{zone}")
+
+
+def _run(parse: object, data: bytes, start: int, batch_rows: int) -> tuple[object, object]:
+    stats = ChunkStats()
+    batches = list(parse(data, start, batch_rows, stats))  # type: ignore[operator]
+    return batches, stats
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(st.one_of(lines(), st.just("a,1,2018-08-04 05:32:31 +0200 CEST")), max_size=60),
+    st.integers(1, 7),
+    st.sampled_from([0, 1, 1000]),
+    st.booleans(),
+    st.booleans(),
+    st.binary(max_size=4),
+)
+def test_parse_chunk_matches_the_strict_line_by_line_parser(
+    rows: list[str], batch_rows: int, start: int, bom: bool, crlf: bool, tail: bytes
+) -> None:
+    eol = "\r\n" if crlf else "\n"
+    data = (("\ufeff" if bom else "") + "".join(r + eol for r in rows)).encode(
+        "utf-8", errors="surrogateescape"
+    ) + tail
+    assert _run(parse_chunk, data, start, batch_rows) == _run(
+        parse_chunk_strict, data, start, batch_rows
+    )
+
+
+def test_long_runs_with_duplicates_batch_like_the_strict_parser() -> None:
+    rng = random.Random(7)
+    rows = [
+        f"{rng.choice(['a', 'B', 'c', 'Dd', 'x' + str(i)])},{i}.5,2018-08-04 05:32:31 +0200 CEST"
+        for i in range(10_000)
+    ]
+    rows[5000] = "bad line"
+    data = "".join(f"{r}\n" for r in rows).encode()
+    for batch_rows in (1, 3, 999, 5000, 20_000):
+        fast, strict = (
+            _run(parse_chunk, data, 10, batch_rows),
+            _run(parse_chunk_strict, data, 10, batch_rows),
+        )
+        assert fast == strict
+    doc = bson.decode(fast[0][0]["dd"])  # type: ignore[index]
+    assert doc["id"] == "Dd"
