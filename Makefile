@@ -36,5 +36,12 @@ test: lint
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
+# Benchmarks (each starts its own services; MONGO_URL points them at a real MongoDB).
+# BENCH_ARGS='--append-results' records the blocks in bench/RESULTS.md.
+bench: install
+	$(PY) -m bench.parse $(BENCH_ARGS)
+	$(PY) -m bench.ingest $(BENCH_ARGS)
+	$(PY) -m bench.lookups $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache .hypothesis

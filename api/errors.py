@@ -15,11 +15,15 @@ log = logging.getLogger(__name__)
 STORE_UNAVAILABLE = "the promotions store is unavailable; retry shortly"
 
 
-async def _store_unavailable(request: Request, exc: Exception) -> Response:
-    log.warning("store unavailable on %s %s: %s", request.method, request.url.path, exc)
+def store_unavailable(method: str, path: str, exc: Exception) -> Response:
+    log.warning("store unavailable on %s %s: %s", method, path, exc)
     return json_response(
         {"detail": STORE_UNAVAILABLE}, status_code=503, headers={"Retry-After": "1"}
     )
+
+
+async def _store_unavailable(request: Request, exc: Exception) -> Response:
+    return store_unavailable(request.method, request.url.path, exc)
 
 
 def install_error_handlers(app: FastAPI) -> None:

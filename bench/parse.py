@@ -12,6 +12,8 @@ import argparse
 import csv
 import io
 import math
+import multiprocessing as mp
+import os
 import re
 import time
 from datetime import datetime
@@ -64,6 +66,54 @@ def run_service(
                 docs += len(list(batch.values()))
             rows += stats.rows_read
     return _rates(rows, docs, wall, cpu)
+
+
+def _parse_range(args: tuple[Path, int, int, int]) -> int:
+    path, start, end, batch_rows = args
+    with path.open("rb") as f:
+        data = read_range(f, start, end)
+    stats = ChunkStats()
+    for batch in parse_chunk(data, start, batch_rows, stats):
+        list(batch.values())
+    return stats.rows_read
+
+
+def run_processes(path: Path, chunk_size: int, batch_rows: int, processes: int) -> dict[str, float]:
+    """Wall-clock rate of ``processes`` processes sharing the chunks (as worker processes do)."""
+    jobs = [(path, s, e, batch_rows) for s, e in _chunks(path, chunk_size)]
+    with mp.get_context("spawn").Pool(processes) as pool:
+        pool.map(_parse_range, jobs[:processes])  # warm: imports, regex compilation
+        wall = time.perf_counter()
+        rows = sum(pool.map(_parse_range, jobs, chunksize=1))
+        wall = time.perf_counter() - wall
+    return {"rows": rows, "rows_per_wall_s": rows / wall}
+
+
+def scaling(path: Path, args: argparse.Namespace) -> str:
+    """1 vs 2 processes, interleaved; chunks small enough to share the file out evenly."""
+    chunk = 8 * 1024 * 1024
+    samples = interleave(
+        args.runs,
+        [
+            (f"{n} process(es)", lambda n=n: run_processes(path, chunk, args.batch_rows, n))
+            for n in (1, 2)
+        ],
+    )
+    one, two = medians(samples["1 process(es)"]), medians(samples["2 process(es)"])
+    return (
+        table(
+            ["processes", "rows/s (wall)", "speed-up"],
+            [
+                [1, one["rows_per_wall_s"], "1.00x"],
+                [
+                    2,
+                    two["rows_per_wall_s"],
+                    f"{two['rows_per_wall_s'] / one['rows_per_wall_s']:.2f}x",
+                ],
+            ],
+        )
+        + f"\n\n{os.cpu_count()} cores; 8 MiB chunks; other load on the machine counts here."
+    )
 
 
 def _naive_rows(text: str, start: int, batch_rows: int) -> tuple[int, int]:
@@ -126,10 +176,17 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="skip the strict line-by-line parser (the implementation before the fast path)",
     )
+    parser.add_argument(
+        "--scaling", action="store_true", help="instead: 1 vs 2 processes, wall-clock rows/s"
+    )
     add_common_args(parser)
     args = parser.parse_args(argv)
     path = data_file(args.rows)
     print(f"file {path} ({path.stat().st_size / 1e6:.0f} MB, {args.rows:,} rows)")
+    if args.scaling:
+        body = scaling(path, args)
+        report(f"Parse scaling ({args.rows:,} rows)", body, args.runs, args.append_results)
+        return
     cases = [
         ("parse_chunk (service)", lambda: run_service(path, args.chunk_size, args.batch_rows)),
         (

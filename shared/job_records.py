@@ -140,7 +140,14 @@ def start_job(db: Database[Any], job_id: str, phase: str) -> dict[str, Any] | No
     db[JOBS].update_one({"_id": job_id, "started_at": None}, {"$set": {"started_at": now()}})
     return db[JOBS].find_one_and_update(
         {"_id": job_id, "status": {"$nin": list(FINISHED)}},
-        {"$set": {"status": RUNNING, "phase": phase, "updated_at": now()}},
+        {
+            "$set": {
+                "status": RUNNING,
+                "phase": phase,
+                f"phase_at.{phase}": now(),
+                "updated_at": now(),
+            }
+        },
         projection={"done_chunks": 0},
         return_document=ReturnDocument.AFTER,
     )
@@ -149,7 +156,14 @@ def start_job(db: Database[Any], job_id: str, phase: str) -> dict[str, Any] | No
 def set_plan(db: Database[Any], job_id: str, chunks_total: int) -> None:
     db[JOBS].update_one(
         {"_id": job_id, "status": RUNNING},
-        {"$set": {"chunks_total": chunks_total, "phase": "loading", "updated_at": now()}},
+        {
+            "$set": {
+                "chunks_total": chunks_total,
+                "phase": "loading",
+                "phase_at.loading": now(),  # phase timings for benchmarks and debugging
+                "updated_at": now(),
+            }
+        },
     )
 
 

@@ -1,4 +1,8 @@
-"""GET /promotions/{id}: Redis read-through cache in front of the active dataset."""
+"""GET /promotions/{id}: Redis read-through cache in front of the active dataset.
+
+Declared here with FastAPI (validation, OpenAPI docs); requests with a valid id are served
+by ``api.fast_lookup`` with the same ``lookup`` and without FastAPI's per-request machinery.
+"""
 
 from __future__ import annotations
 
@@ -41,6 +45,11 @@ async def get_promotion(
     ),
     services: Services = Depends(get_services),
 ) -> Response:
+    return await lookup(services, promotion_id)
+
+
+async def lookup(services: Services, promotion_id: str) -> Response:
+    """The answer for a syntactically valid id."""
     active = services.watcher.current
     if active is None:
         if not services.watcher.known:

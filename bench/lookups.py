@@ -1,0 +1,263 @@
+"""Lookups: ``GET /promotions/{id}`` on a cache hit, a negative-cache hit and a cache miss.
+
+The API (uvicorn, uvloop, httptools, 1 worker) is compared in the same run with bare
+references: for cache hits, a minimal Starlette app on the same uvicorn settings doing the
+same Redis GET and returning the same bytes; for misses, a bare ``AsyncMongoClient``
+``find_one`` loop at the same concurrency. Load comes from ``wrk`` in its own process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import redis
+from pymongo import AsyncMongoClient
+
+from bench.common import ROOT, add_common_args, interleave, medians, report, table
+from bench.parse import data_file
+from bench.stack import Stack, stack
+from devstack.services import Service, free_port
+from shared import datasets
+from shared.promotion_rows import ChunkStats, parse_chunk
+from worker.chunk_writer import write_batch
+
+LUA = ROOT / "bench" / "lookups.lua"
+VERSION = 1
+
+
+def load(st: Stack, path: Path) -> list[str]:
+    """Load the file straight into version 1, make it live; return its ids."""
+    db = st.mongo_db()
+    datasets.register_version(db, VERSION, "bench")
+    coll = db[datasets.collection_name(VERSION)]
+    ids: list[str] = []
+    for batch in parse_chunk(path.read_bytes(), 0, 5000, ChunkStats()):
+        write_batch(coll, list(batch.values()))
+        ids += batch.keys()
+    datasets.set_version_state(db, VERSION, datasets.READY, rows=len(ids))
+    datasets.activate_if_newest(db, VERSION, len(ids), "bench")
+    return ids
+
+
+def wait_live(url: str, some_id: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if httpx.get(f"{url}/promotions/{some_id}").status_code == 200:
+            return
+        time.sleep(0.2)
+    raise TimeoutError("the API did not serve the dataset")
+
+
+async def _warm(url: str, ids: list[str]) -> None:
+    sem = asyncio.Semaphore(32)
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+
+        async def one(i: str) -> None:
+            async with sem:
+                r = await client.get(f"/promotions/{i}")
+                assert r.status_code in (200, 404), r.text
+
+        await asyncio.gather(*(one(i) for i in ids))
+
+
+def cpu_seconds(pid: int) -> float:
+    t = psutil.Process(pid).cpu_times()
+    return float(t.user + t.system)
+
+
+def wrk(
+    url: str, ids_file: Path, mode: str, seconds: float, connections: int, pid: int
+) -> dict[str, float]:
+    """wrk against ``url``; also the CPU time the server process ``pid`` used meanwhile."""
+    cpu0 = cpu_seconds(pid)
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{int(seconds)}s",
+            "--timeout",
+            "5s",
+            "-s",
+            str(LUA),
+            url,
+            "--",
+            str(ids_file),
+            mode,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    cpu = cpu_seconds(pid) - cpu0
+    line = next(x for x in out.splitlines() if x.startswith("WRK "))
+    r = json.loads(line[4:])
+    return {
+        "req_per_s": r["requests"] / (r["duration_us"] / 1e6),
+        "req_per_core_s": r["requests"] / cpu,
+        "p50_ms": r["p50_us"] / 1000,
+        "p99_ms": r["p99_us"] / 1000,
+        "errors": r["socket_errors"],
+        "non_2xx": r["non_2xx"],
+    }
+
+
+async def _find_one_loop(
+    mongo_url: str, db: str, ids: list[str], seconds: float, concurrency: int
+) -> dict[str, float]:
+    client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_url, maxPoolSize=200)
+    coll = client[db][datasets.collection_name(VERSION)]
+    await coll.find_one({"_id": ids[0]})
+    latencies: list[float] = []
+    position = 0
+    stop = time.perf_counter() + seconds
+
+    async def loop() -> None:
+        nonlocal position
+        while time.perf_counter() < stop:
+            key = ids[position % len(ids)]
+            position += 1
+            t = time.perf_counter()
+            await coll.find_one({"_id": key}, datasets.LOOKUP_PROJECTION)
+            latencies.append(time.perf_counter() - t)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(loop() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - t0
+    await client.close()
+    q = statistics.quantiles(latencies, n=100)
+    return {
+        "req_per_s": len(latencies) / elapsed,
+        "p50_ms": q[49] * 1e3,
+        "p99_ms": q[98] * 1e3,
+        "errors": 0,
+        "non_2xx": 0,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=20_000, help="dataset rows")
+    parser.add_argument("--hot-ids", type=int, default=2000, help="ids used for cache hits")
+    parser.add_argument("--seconds", type=int, default=8, help="per measurement")
+    parser.add_argument("--connections", type=int, default=64, help="concurrency")
+    parser.add_argument("--skip-miss", action="store_true", help="cache hits only")
+    add_common_args(parser)
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed: apt-get install wrk")
+    path = data_file(args.rows, seed=3, clean=True)
+    with stack(api=True) as st:
+        assert st.api_url is not None
+        ids = load(st, path)
+        wait_live(st.api_url, ids[0])
+        files = st.tmp / "ids"
+        files.mkdir()
+        hot, absent, cold = files / "hot", files / "absent", files / "cold"
+        hot.write_text("\n".join(ids[: args.hot_ids]) + "\n")
+        absent_ids = [str(uuid.uuid4()) for _ in range(1000)]
+        absent.write_text("\n".join(absent_ids) + "\n")
+        cold.write_text("\n".join(ids) + "\n")
+        asyncio.run(_warm(st.api_url, ids[: args.hot_ids] + absent_ids))
+        port = free_port()
+        ref = Service(
+            "reference",
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "bench.ref_app:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--no-access-log",
+            ],
+            env={**st.env, "REF_VERSION": str(VERSION)},
+            port=port,
+            log_path=st.tmp / "logs" / "reference.log",
+        )
+        ref.start().wait_ready(30)
+        ref_url = f"http://127.0.0.1:{port}"
+        cache = redis.Redis.from_url(st.redis_url)
+        secs, conns = args.seconds, args.connections
+        assert st.api is not None and st.api.proc is not None and ref.proc is not None
+        api_url, api_pid, ref_pid = st.api_url, st.api.proc.pid, ref.proc.pid
+
+        def miss_run() -> dict[str, float]:
+            cache.flushdb()  # the lookup cache only (the broker is another database)
+            return wrk(api_url, cold, "sequential", secs, conns, api_pid)
+
+        cases = [
+            ("hit: API", lambda: wrk(api_url, hot, "random", secs, conns, api_pid)),
+            (
+                "hit: bare Starlette + Redis GET",
+                lambda: wrk(ref_url, hot, "random", secs, conns, ref_pid),
+            ),
+            ("negative hit: API", lambda: wrk(api_url, absent, "random", secs, conns, api_pid)),
+            (
+                "negative hit: bare Starlette",
+                lambda: wrk(ref_url, absent, "random", secs, conns, ref_pid),
+            ),
+        ]
+        if not args.skip_miss:
+            cases += [
+                ("miss: API (cache flushed)", miss_run),
+                (
+                    "miss: bare AsyncMongoClient find_one",
+                    lambda: asyncio.run(
+                        _find_one_loop(st.mongo_url, st.env["MONGO_DB"], ids, secs, conns)
+                    ),
+                ),
+            ]
+        try:
+            samples = interleave(args.runs, cases)
+        finally:
+            ref.stop()
+    rows = []
+    for i, (name, _) in enumerate(cases):
+        m = medians(samples[name])
+        base = medians(samples[cases[i | 1][0]])
+        ratio = m["req_per_s"] / base["req_per_s"]
+        rows.append(
+            [
+                name,
+                m["req_per_s"],
+                m["p50_ms"],
+                m["p99_ms"],
+                int(m["errors"]),
+                int(m["non_2xx"]),
+                f"{ratio:.2f}x",
+            ]
+        )
+    body = table(["case", "req/s", "p50 ms", "p99 ms", "socket errors", "non-2xx", "vs bare"], rows)
+    body += (
+        f"\n\nConcurrency {args.connections} (wrk -t1), {args.seconds:g} s per measurement, "
+        f"{args.rows:,} rows loaded, {args.hot_ids:,} hot ids, 1,000 absent ids. "
+        "Targets: hit ≥ 0.90x bare, miss ≥ 0.80x bare find_one. 'req per server CPU s': "
+        "requests per CPU second of the serving process (the API or the bare app; for the "
+        "bare find_one loop, the loop's process), Redis and the store not included."
+    )
+    report("Lookups", body, args.runs, args.append_results)
+
+
+if __name__ == "__main__":
+    main()
