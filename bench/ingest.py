@@ -226,7 +226,7 @@ def run_memory(rows: int, load_s: float, append: bool) -> None:
     )
     body += (
         f"\n\nUpload took {upload_s:.1f} s; sampled every 50 ms until {load_s:g} s into loading "
-        f"({job['rows_loaded']:,} rows loaded by then, phase {job['phase']})."
+        f"(phase {job['phase']}, {job['chunks_done']} of {job['chunks_total']} chunks finished)."
     )
     report(f"Memory ({rows:,}-row file)", body, 1, append)
 
