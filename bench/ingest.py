@@ -21,7 +21,7 @@ import psutil
 import pymongo
 from bson.raw_bson import RawBSONDocument
 
-from bench.common import add_common_args, interleave, medians, report, table
+from bench.common import add_common_args, interleave, medians, paired_ratio, report, table
 from bench.parse import data_file
 from bench.stack import Stack, stack
 from shared.chunking import plan_chunks, read_range
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
             ],
         )
     svc, raw = medians(samples["service"]), medians(samples["raw"])
-    ratio = svc["rows_per_s"] / raw["rows_per_s"]
+    ratio = paired_ratio(samples["service"], samples["raw"], "rows_per_s")
     body = table(
         ["case", "rows", "seconds", "rows/s", "vs raw"],
         [
@@ -306,8 +306,18 @@ def main(argv: list[str] | None = None) -> None:
         f"**{svc['rows_per_worker_core_s']:,.0f} rows per worker CPU second** (parse, encode, "
         f"insert client side, Celery); API CPU for the upload: {svc['api_cpu_s']:.2f} s."
     )
+    for sample in samples["service"]:
+        sample["load_rows_per_s"] = sample["rows"] / sample["load_s"]
+    load_rate = medians(samples["service"])["load_rows_per_s"]
+    load_ratio = paired_ratio(samples["service"], samples["raw"], "load_rows_per_s")
+    body += (
+        f"\n\nLoad phase alone (parse + insert, all chunks): {load_rate:,.0f} rows/s = "
+        f"{load_ratio:.2f}x raw. The activate phase is mostly the exact "
+        "`count_documents({})` of the new collection, a collection scan on this server."
+    )
     verdict = "met" if ratio >= TARGET else "MISSED"
-    body += f"\n\nTarget ≥ {TARGET:.2f}x raw: **{verdict}** ({ratio:.2f}x)."
+    body += f"\n\nTarget ≥ {TARGET:.2f}x raw: **{verdict}** ({ratio:.2f}x"
+    body += ", median of run-by-run ratios)."
     body += f" Chunk size {args.chunk_size:,} bytes, batch {args.batch_rows:,} rows."
     report(f"End-to-end ingest ({args.rows:,} rows)", body, args.runs, args.append_results)
 

@@ -25,7 +25,7 @@ import psutil
 import redis
 from pymongo import AsyncMongoClient
 
-from bench.common import ROOT, add_common_args, interleave, medians, report, table
+from bench.common import ROOT, add_common_args, interleave, medians, paired_ratio, report, table
 from bench.parse import data_file
 from bench.stack import Stack, stack
 from devstack.services import Service, free_port
@@ -236,8 +236,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for i, (name, _) in enumerate(cases):
         m = medians(samples[name])
-        base = medians(samples[cases[i | 1][0]])
-        ratio = m["req_per_s"] / base["req_per_s"]
+        ratio = paired_ratio(samples[name], samples[cases[i | 1][0]], "req_per_s")
+        cpu_ratio = paired_ratio(samples[name], samples[cases[i | 1][0]], "req_per_core_s")
         rows.append(
             [
                 name,
@@ -248,10 +248,11 @@ def main(argv: list[str] | None = None) -> None:
                 int(m["errors"]),
                 int(m["non_2xx"]),
                 f"{ratio:.2f}x",
+                f"{cpu_ratio:.2f}x",
             ]
         )
     headers = ["case", "req/s", "req per server CPU s", "p50 ms", "p99 ms", "socket errors"]
-    body = table([*headers, "non-2xx", "vs bare"], rows)
+    body = table([*headers, "non-2xx", "vs bare", "vs bare per CPU s"], rows)
     body += (
         f"\n\nConcurrency {args.connections} (wrk -t1), {args.seconds:g} s per measurement, "
         f"{args.rows:,} rows loaded, {args.hot_ids:,} hot ids, 1,000 absent ids. "

@@ -22,7 +22,7 @@ from typing import Any
 
 import bson
 
-from bench.common import OUT, add_common_args, interleave, medians, report, table
+from bench.common import OUT, add_common_args, interleave, medians, paired_ratio, report, table
 from cli.generate import generate
 from shared.chunking import plan_chunks, read_range
 from shared.promotion_rows import ChunkStats, parse_chunk, parse_chunk_strict
@@ -203,11 +203,10 @@ def main(argv: list[str] | None = None) -> None:
         )
     samples = interleave(args.runs, cases)
     svc = medians(samples[cases[0][0]])
-    ref = medians(samples[cases[1][0]])
     rows = []
     for name, _ in cases:
         m = medians(samples[name])
-        ratio = m["rows_per_core_s"] / ref["rows_per_core_s"]
+        ratio = paired_ratio(samples[name], samples[cases[1][0]], "rows_per_core_s")
         rows.append(
             [
                 name,

@@ -130,14 +130,22 @@ def refusal(version: int, doc: dict[str, Any] | None) -> str:
 
 
 async def allocate_version(db: AsyncDatabase[Any]) -> int:
-    doc = await db[META_COLLECTION].find_one_and_update(
-        NEXT_VERSION_FILTER,
-        NEXT_VERSION_UPDATE,
-        upsert=True,
-        return_document=ReturnDocument.AFTER,
-    )
-    assert doc is not None  # upsert with AFTER always returns the document
-    return int(doc["n"])
+    # Concurrent first upserts of the counter can lose the race: MongoDB may answer with a
+    # duplicate-key error, and the dev server with no document. The counter exists by then,
+    # so the next attempt increments it.
+    for _ in range(5):
+        try:
+            doc = await db[META_COLLECTION].find_one_and_update(
+                NEXT_VERSION_FILTER,
+                NEXT_VERSION_UPDATE,
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
+            )
+        except DuplicateKeyError:
+            continue
+        if doc is not None:
+            return int(doc["n"])
+    raise RuntimeError("could not allocate a dataset version (counter upsert kept racing)")
 
 
 async def read_active(db: AsyncDatabase[Any]) -> ActiveDataset | None:
@@ -177,14 +185,19 @@ async def activate_version_async(db: AsyncDatabase[Any], version: int) -> Active
 
 
 def allocate_version_sync(db: Database[Any]) -> int:
-    doc = db[META_COLLECTION].find_one_and_update(
-        NEXT_VERSION_FILTER,
-        NEXT_VERSION_UPDATE,
-        upsert=True,
-        return_document=ReturnDocument.AFTER,
-    )
-    assert doc is not None  # upsert with AFTER always returns the document
-    return int(doc["n"])
+    for _ in range(5):  # see allocate_version: a racing first upsert is retried
+        try:
+            doc = db[META_COLLECTION].find_one_and_update(
+                NEXT_VERSION_FILTER,
+                NEXT_VERSION_UPDATE,
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
+            )
+        except DuplicateKeyError:
+            continue
+        if doc is not None:
+            return int(doc["n"])
+    raise RuntimeError("could not allocate a dataset version (counter upsert kept racing)")
 
 
 def register_version(db: Database[Any], version: int, job_id: str) -> None:
