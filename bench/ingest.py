@@ -309,6 +309,8 @@ def main(argv: list[str] | None = None) -> None:
     for sample in samples["service"]:
         sample["load_rows_per_s"] = sample["rows"] / sample["load_s"]
     load_rate = medians(samples["service"])["load_rows_per_s"]
+    for raw_sample in samples["raw"]:
+        raw_sample["load_rows_per_s"] = raw_sample["rows_per_s"]  # raw has no other phase
     load_ratio = paired_ratio(samples["service"], samples["raw"], "load_rows_per_s")
     body += (
         f"\n\nLoad phase alone (parse + insert, all chunks): {load_rate:,.0f} rows/s = "
