@@ -168,8 +168,17 @@ def set_plan(db: Database[Any], job_id: str, chunks_total: int) -> None:
 
 
 def save_chunk_result(
-    db: Database[Any], job_id: str, index: int, start: int, end: int, stats: ChunkStats
+    db: Database[Any],
+    job_id: str,
+    index: int,
+    start: int,
+    end: int,
+    stats: ChunkStats,
+    written: int = 0,
+    conflicts: int = 0,
 ) -> None:
+    """Replaces what an earlier delivery of the chunk recorded. ``written``: rows sent to
+    the store; ``conflicts``: those that met an id already there."""
     db[CHUNKS].replace_one(
         {"_id": f"{job_id}:{index}"},
         {
@@ -182,6 +191,8 @@ def save_chunk_result(
             "rows_valid": stats.rows_valid,
             "rows_rejected": stats.rows_rejected,
             "rejects": [list(r) for r in stats.rejects],
+            "written": written,
+            "conflicts": conflicts,
         },
         upsert=True,
     )
@@ -221,12 +232,16 @@ def chunk_totals(db: Database[Any], job_id: str) -> dict[str, int]:
                         "rows_read": {"$sum": "$rows_read"},
                         "rows_valid": {"$sum": "$rows_valid"},
                         "rows_rejected": {"$sum": "$rows_rejected"},
+                        "written": {"$sum": "$written"},
+                        "conflicts": {"$sum": "$conflicts"},
                     }
                 },
             ]
         )
     )
-    totals = {"chunks": 0, "rows_read": 0, "rows_valid": 0, "rows_rejected": 0}
+    totals = dict.fromkeys(
+        ("chunks", "rows_read", "rows_valid", "rows_rejected", "written", "conflicts"), 0
+    )
     if rows:
         totals.update({k: int(rows[0][k]) for k in totals})
     return totals

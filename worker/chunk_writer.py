@@ -35,12 +35,16 @@ def _failed_duplicates(exc: BulkWriteError, ops_or_docs: list[Any]) -> list[Any]
     return failed
 
 
-def write_batch(coll: Collection[Any], encoded: list[bytes]) -> None:
+def write_batch(coll: Collection[Any], encoded: list[bytes]) -> int:
+    """Returns how many rows hit an id already stored (0: every row was a new document)."""
     docs = [RawBSONDocument(raw) for raw in encoded]
     try:
         coll.insert_many(docs, ordered=False)
     except BulkWriteError as exc:
-        resolve_conflicts(coll, _failed_duplicates(exc, docs))
+        conflicts = _failed_duplicates(exc, docs)
+        resolve_conflicts(coll, conflicts)
+        return len(conflicts)
+    return 0
 
 
 def resolve_conflicts(coll: Collection[Any], docs: list[RawBSONDocument]) -> None:

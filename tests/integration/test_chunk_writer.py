@@ -48,3 +48,14 @@ def test_chunks_in_any_order_and_redelivered_give_the_last_row_per_id(
     want = expected_rows(path)
     assert len(want) < 6_000 - 1_000  # many ids repeat, across chunk boundaries too
     assert _stored(coll) == want
+
+
+def test_write_batch_reports_rows_that_met_an_existing_id(mongo_db: Any, tmp_path: Path) -> None:
+    path = tmp_path / "p.csv"
+    generate(1_000, path, seed=9)
+    data = path.read_bytes()
+    coll = mongo_db["conflict_count"]
+    (batch,) = parse_chunk(data, 0, 5_000, ChunkStats())
+    assert write_batch(coll, list(batch.values())) == 0  # every row a new document
+    assert write_batch(coll, list(batch.values())) == 1_000  # a redelivery: all met
+    assert coll.count_documents({}) == 1_000
