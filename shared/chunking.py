@@ -16,6 +16,20 @@ _SCAN = 64 * 1024
 MAX_LINE_BYTES = 64 * 1024 * 1024
 
 
+# Small files still spread over every worker process (at least this many chunks), large
+# ones use the configured size; a chunk is never below 1 MiB (per-task overhead) unless
+# configured so, and never so small that a job has more than MAX_CHUNKS of them (the job
+# document lists the chunks counted, within MongoDB's 16 MB document limit).
+TARGET_CHUNKS = 64
+MIN_CHUNK_BYTES = 1024 * 1024
+MAX_CHUNKS = 100_000
+
+
+def chunk_size_for(file_size: int, configured: int) -> int:
+    size = min(configured, max(MIN_CHUNK_BYTES, file_size // TARGET_CHUNKS))
+    return max(size, -(-file_size // MAX_CHUNKS), 1)
+
+
 class LineTooLong(ValueError):
     """No line break where one must be; the message is shown to the user."""
 

@@ -27,7 +27,10 @@ def _look(inbox: Path) -> dict[str, tuple[int, int]]:
         for entry in entries:
             if is_ignored(entry.name) or not entry.is_file(follow_symlinks=False):
                 continue
-            st = entry.stat(follow_symlinks=False)
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # claimed by a racing scan since it was listed
             seen[entry.name] = (st.st_size, st.st_mtime_ns)
     return seen
 

@@ -21,7 +21,7 @@ from kombu.exceptions import OperationalError
 from pymongo.database import Database
 
 from shared import datasets, job_records
-from shared.chunking import LineTooLong, plan_chunks, read_range
+from shared.chunking import LineTooLong, chunk_size_for, plan_chunks, read_range
 from shared.file_checks import SNIFF_BYTES, sniff_problem
 from shared.log_context import job_id_var
 from shared.mongo import UNAVAILABLE_ERRORS
@@ -47,9 +47,6 @@ settings = get_settings()
 RETRYABLE_ERRORS = (*UNAVAILABLE_ERRORS, OperationalError)
 UPLOAD_NAME = re.compile(r"[0-9a-f]{32}\.csv")
 HEARTBEAT_EVERY_S = 5.0
-# The job document lists the chunks counted so far (16 MB document limit): a huge file with a
-# small CHUNK_SIZE_BYTES gets larger chunks rather than more of them.
-MAX_CHUNKS = 100_000
 
 
 class JobFailed(Exception):
@@ -192,7 +189,7 @@ def plan_job(self: Task, job_id: str) -> None:
             fail_job(db, job_id, problem)
             return
         try:
-            chunks = plan_chunks(f, size, max(settings.chunk_size_bytes, -(-size // MAX_CHUNKS)))
+            chunks = plan_chunks(f, size, chunk_size_for(size, settings.chunk_size_bytes))
         except LineTooLong as exc:
             fail_job(db, job_id, str(exc))
             return

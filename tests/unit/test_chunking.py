@@ -60,3 +60,17 @@ def test_a_file_without_line_feeds_is_refused_instead_of_read_whole() -> None:
     data = b"a,1,2018-08-04 05:32:31 +0200\r" * (MAX_LINE_BYTES // 20)
     with pytest.raises(LineTooLong, match="CR-only line endings are not supported"):
         plan_chunks(io.BytesIO(data), len(data), 1024)
+
+
+@given(file_size=st.integers(0, 10**13), configured=st.integers(1, 1 << 30))
+def test_chunk_size_spreads_small_files_and_bounds_the_chunk_count(
+    file_size: int, configured: int
+) -> None:
+    from shared.chunking import MAX_CHUNKS, MIN_CHUNK_BYTES, TARGET_CHUNKS, chunk_size_for
+
+    size = chunk_size_for(file_size, configured)
+    assert size >= 1 and -(-file_size // size) <= MAX_CHUNKS
+    if -(-file_size // configured) <= MAX_CHUNKS:
+        assert size <= configured
+        if file_size >= TARGET_CHUNKS * MIN_CHUNK_BYTES and configured >= MIN_CHUNK_BYTES:
+            assert -(-file_size // size) >= min(TARGET_CHUNKS, -(-file_size // configured))
