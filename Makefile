@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install system-deps lint bench clean
+.PHONY: run test install system-deps lint bench bench-deps clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,10 +38,18 @@ test: lint
 
 # Benchmarks (each starts its own services; MONGO_URL points them at a real MongoDB).
 # BENCH_ARGS='--append-results' records the blocks in bench/RESULTS.md.
-bench: install
+# The lookup benchmarks drive load with wrk (Debian's package).
+bench-deps:
+	@command -v wrk >/dev/null 2>&1 || { \
+		echo "installing wrk"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q wrk; }
+
+bench: install bench-deps
 	$(PY) -m bench.parse $(BENCH_ARGS)
 	$(PY) -m bench.ingest $(BENCH_ARGS)
 	$(PY) -m bench.lookups $(BENCH_ARGS)
+	$(PY) -m bench.latency $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -14,7 +14,7 @@ def test_parse_bench_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str]) -> 
     assert "rows/s per core" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", ["bench.ingest", "bench.lookups"])
+@pytest.mark.parametrize("name", ["bench.ingest", "bench.lookups", "bench.latency"])
 def test_bench_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     module = importlib.import_module(name)
     with pytest.raises(SystemExit) as exc:
