@@ -50,6 +50,7 @@ bench: install bench-deps
 	$(PY) -m bench.ingest $(BENCH_ARGS)
 	$(PY) -m bench.lookups $(BENCH_ARGS)
 	$(PY) -m bench.latency $(BENCH_ARGS)
+	$(PY) -m bench.api_scaling $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -14,7 +14,9 @@ def test_parse_bench_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str]) -> 
     assert "rows/s per core" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", ["bench.ingest", "bench.lookups", "bench.latency"])
+@pytest.mark.parametrize(
+    "name", ["bench.ingest", "bench.lookups", "bench.latency", "bench.api_scaling"]
+)
 def test_bench_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     module = importlib.import_module(name)
     with pytest.raises(SystemExit) as exc:
