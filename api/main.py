@@ -20,9 +20,7 @@ from api.errors import install_error_handlers
 from api.fast_lookup import FastLookupMiddleware
 from api.job_queue import JobQueue
 from api.metrics import MetricsExporter
-from api.request_id import RequestIdMiddleware
-from api.request_limits import RequestLimits
-from api.request_metrics import RequestMetricsMiddleware
+from api.request_context import RequestContextMiddleware
 from api.routes import datasets, health, jobs, metrics, promotions, uploads
 from api.services import Services
 from api.upload_stream import sweep_orphan_parts
@@ -97,9 +95,7 @@ def create_app(settings: Settings | None = None, fast_lookups: bool = True) -> F
     install_error_handlers(app)
     if fast_lookups:
         app.add_middleware(FastLookupMiddleware)  # innermost: the others see every request
-    app.add_middleware(RequestLimits)
-    app.add_middleware(RequestIdMiddleware)
-    app.add_middleware(RequestMetricsMiddleware)  # outermost: times everything
+    app.add_middleware(RequestContextMiddleware)  # outermost: limits, request id, metrics
     app.include_router(promotions.router)
     app.include_router(uploads.router)
     app.include_router(jobs.router)
