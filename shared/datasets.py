@@ -247,15 +247,18 @@ def mark_ready(db: Database[Any], version: int, **fields: Any) -> bool:
     return result.matched_count == 1
 
 
-def mark_failed(db: Database[Any], version: int) -> str | None:
-    """building -> failed. Returns the state afterwards: ``failed``, or ``ready`` when the
-    load had already completed (finalization decided its fate), None if unknown."""
+def mark_failed(db: Database[Any], version: int, states: tuple[str, ...] = (BUILDING,)) -> None:
+    """building (or one of ``states``) -> failed; repeat-safe."""
     db[META_COLLECTION].update_one(
-        {"_id": version_doc_id(version), "state": BUILDING},
+        {"_id": version_doc_id(version), "state": {"$in": list(states)}},
         {"$set": {"state": FAILED, "failed_at": now()}},
     )
-    doc = get_version(db, version)
-    return doc.get("state") if doc else None
+
+
+def settle_version(db: Database[Any], version: int) -> None:
+    """Finalization is over (live or superseded): from now on the keep policy may drop it.
+    Until then cleanup leaves a ready version alone, even one beyond the keep count."""
+    db[META_COLLECTION].update_one({"_id": version_doc_id(version)}, {"$set": {"settled": True}})
 
 
 def get_version(db: Database[Any], version: int) -> dict[str, Any] | None:
@@ -316,7 +319,11 @@ def versions_to_drop(db: Database[Any], keep: int) -> list[int]:
     ones need no decision, their collections are orphans)."""
     active = read_active_sync(db)
     active_version = active.version if active else None
-    ready = db[META_COLLECTION].find({**VERSION_RECORDS, "state": READY}).sort("version", -1)
+    ready = (
+        db[META_COLLECTION]
+        .find({**VERSION_RECORDS, "state": READY, "settled": True})
+        .sort("version", -1)
+    )
     drop: list[int] = []
     kept = 1 if active_version is not None else 0
     for doc in ready:

@@ -233,7 +233,8 @@ def chunk_totals(db: Database[Any], job_id: str) -> dict[str, int]:
                         "rows_valid": {"$sum": "$rows_valid"},
                         "rows_rejected": {"$sum": "$rows_rejected"},
                         "written": {"$sum": "$written"},
-                        "conflicts": {"$sum": "$conflicts"},
+                        # A record from before these fields existed forces the exact count.
+                        "conflicts": {"$sum": {"$ifNull": ["$conflicts", 1]}},
                     }
                 },
             ]
@@ -300,18 +301,33 @@ def set_phase(db: Database[Any], job_id: str, phase: str) -> None:
     )
 
 
+def claim_finalization(db: Database[Any], job_id: str) -> bool:
+    """From here on only the finalizer (or, if it dies, the watchdog) decides the outcome:
+    a failing duplicate delivery of a chunk can no longer fail a job whose data may be
+    about to go live. False if the job already ended."""
+    result = db[JOBS].update_one(
+        {"_id": job_id, "status": RUNNING},
+        {"$set": {"finalizing": True, "updated_at": now()}},
+    )
+    return result.matched_count == 1
+
+
 def finish_job(
     db: Database[Any],
     job_id: str,
     status: str,
     idle_since: datetime | None = None,
+    not_finalizing: bool = False,
     **fields: Any,
 ) -> bool:
     """Finish once: a job that already ended keeps its outcome. With ``idle_since`` (the
-    watchdog), only if the job has not moved since then, so a job that wakes up wins."""
+    watchdog), only if the job has not moved since then, so a job that wakes up wins; with
+    ``not_finalizing``, only if the finalizer has not claimed it."""
     query: dict[str, Any] = {"_id": job_id, "status": {"$nin": list(FINISHED)}}
     if idle_since is not None:
         query["updated_at"] = {"$lt": idle_since}
+    if not_finalizing:
+        query["finalizing"] = {"$ne": True}
     result = db[JOBS].update_one(
         query,
         {

@@ -20,7 +20,9 @@ def load_dataset(db: Any, version: int, lines: list[str], job_id: str = "fixture
         write_batch(coll, list(batch.values()))
     rows = coll.estimated_document_count()
     datasets.set_version_state(db, version, datasets.READY, rows=rows)
-    return datasets.activate_if_newest(db, version, rows, job_id)
+    live = datasets.activate_if_newest(db, version, rows, job_id)
+    datasets.settle_version(db, version)
+    return live
 
 
 def expected_rows(path: Path) -> dict[str, tuple[str, float, str]]:

@@ -12,7 +12,7 @@ from celery import Celery
 
 from shared.logging_setup import configure_logging
 from shared.settings import get_settings
-from shared.task_names import FAIL_STALLED_JOBS, SCAN_INBOX
+from shared.task_names import CLEANUP_DATASETS, FAIL_STALLED_JOBS, SCAN_INBOX
 
 settings = get_settings()
 configure_logging(settings.log_level, settings.log_format)
@@ -41,6 +41,13 @@ app.conf.update(
     beat_schedule={
         "fail-stalled-jobs": {
             "task": FAIL_STALLED_JOBS,
+            "schedule": settings.watchdog_period_s,
+            "options": {"expires": settings.watchdog_period_s},
+        },
+        # Collections of dropped or failed versions, once their grace period has passed
+        # (also catches a delayed cleanup that was lost and late inserts of failed jobs).
+        "cleanup-datasets": {
+            "task": CLEANUP_DATASETS,
             "schedule": settings.watchdog_period_s,
             "options": {"expires": settings.watchdog_period_s},
         },

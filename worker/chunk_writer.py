@@ -17,6 +17,10 @@ from pymongo.collection import Collection
 from pymongo.errors import AutoReconnect, BulkWriteError
 
 DUPLICATE_KEY = 11000
+# Failover, shutdown and network codes a shard may report per document through mongos.
+TRANSIENT_CODES = frozenset(
+    {6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436, 63, 150, 133}
+)
 
 
 def _failed_duplicates(exc: BulkWriteError, ops_or_docs: list[Any]) -> list[Any]:
@@ -29,9 +33,13 @@ def _failed_duplicates(exc: BulkWriteError, ops_or_docs: list[Any]) -> list[Any]
         raise AutoReconnect(f"write concern not satisfied: {details['writeConcernErrors'][0]}")
     failed = []
     for err in details.get("writeErrors", []):
-        if err.get("code") != DUPLICATE_KEY:
-            raise AutoReconnect(f"write error {err.get('code')}: {err.get('errmsg')}")
-        failed.append(ops_or_docs[err["index"]])
+        code = err.get("code")
+        if code == DUPLICATE_KEY:
+            failed.append(ops_or_docs[err["index"]])
+        elif code in TRANSIENT_CODES:
+            raise AutoReconnect(f"write error {code}: {err.get('errmsg')}")
+        else:
+            raise exc  # deterministic: retrying the chunk would fail the same way
     return failed
 
 

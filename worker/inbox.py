@@ -56,7 +56,11 @@ def _create_job(
 
 
 def _give_back(claimed: Path, final: Path, path: Path) -> None:
-    """The store is unreachable: return the file to the inbox for the next scan."""
+    """Return the file to the inbox for the next scan. If the partner has meanwhile dropped
+    a new file under the same name, the old one comes back under another name instead of
+    replacing it."""
+    if path.exists():
+        path = path.with_name(f"{path.stem}.returned-{uuid.uuid4().hex[:8]}{path.suffix}")
     if claimed.exists():
         os.rename(claimed, path)
         final.unlink(missing_ok=True)

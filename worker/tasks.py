@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pymongo
 from celery import Task
 from kombu.exceptions import OperationalError
 from pymongo.database import Database
@@ -47,6 +48,7 @@ settings = get_settings()
 RETRYABLE_ERRORS = (*UNAVAILABLE_ERRORS, OperationalError)
 UPLOAD_NAME = re.compile(r"[0-9a-f]{32}\.csv")
 HEARTBEAT_EVERY_S = 5.0
+COUNT_TIMEOUT_S = 3600
 
 
 class JobFailed(Exception):
@@ -89,7 +91,7 @@ class IngestTask(Task):  # type: ignore[misc]
         else:
             reason = f"internal error in {self.name.split('.')[-1]}: {type(exc).__name__}: {exc}"
         try:
-            fail_job(database(), job_id, reason)
+            fail_job(database(), job_id, reason, settle=self.name == FINALIZE_JOB)
         except RETRYABLE_ERRORS:
             log.error("job %s failed (%s) and could not be marked failed", job_id, reason)
 
@@ -99,43 +101,63 @@ def upload_path(file_name: str) -> Path:
 
 
 def fail_job(
-    db: Database[Any], job_id: str, error: str, idle_since: datetime | None = None, **fields: Any
+    db: Database[Any],
+    job_id: str,
+    error: str,
+    idle_since: datetime | None = None,
+    settle: bool = False,
+    **fields: Any,
 ) -> None:
-    """End a job that cannot complete; safe to repeat (a retry after a partial failure
-    finishes what the first attempt left)."""
+    """End a job that cannot complete. Once the finalizer has claimed the job, only
+    ``settle`` callers (the finalizer's own failure, the watchdog) may end it: whether its
+    data went live decides the outcome. Repeat-safe: a job already failed only gets its
+    version record repaired."""
     job = job_records.load_job(db, job_id)
     if job is None or job["status"] == job_records.SUCCEEDED:
         return
     version = job["version"]
-    if datasets.mark_failed(db, version) == datasets.READY:
-        _settle_completed_load(db, job, error, idle_since)
+    if job["status"] == job_records.FAILED:
+        datasets.mark_failed(db, version)  # what an interrupted earlier call may have left
         return
-    if job_records.finish_job(
-        db, job_id, job_records.FAILED, idle_since=idle_since, error=error, **fields
+    if job.get("finalizing"):
+        if settle:
+            _settle_finalization(db, job, error, idle_since)
+        return
+    if not job_records.finish_job(
+        db,
+        job_id,
+        job_records.FAILED,
+        idle_since=idle_since,
+        not_finalizing=True,
+        error=error,
+        **fields,
     ):
-        log.warning("job %s failed: %s", job_id, error)
+        return  # it moved (watchdog), the finalizer claimed it, or it ended meanwhile
+    log.warning("job %s failed: %s", job_id, error)
+    datasets.mark_failed(db, version)
     job_records.delete_chunk_results(db, job_id)
     _schedule_cleanup(job.get("file"))
 
 
-def _settle_completed_load(
+def _settle_finalization(
     db: Database[Any], job: dict[str, Any], error: str, idle_since: datetime | None
 ) -> None:
-    """Every row was in and finalization had begun when this failure came (a redelivered
-    task, or the watchdog after finalization died). Whether the data went live decides."""
+    """The finalizer failed or died after claiming the job."""
+    version = job["version"]
     active = datasets.read_active_sync(db)
-    if active is not None and active.version == job["version"]:
+    if active is not None and active.version == version:
         job_records.finish_job(
-            db, job["_id"], job_records.SUCCEEDED, idle_since, dataset_version=job["version"]
+            db, job["_id"], job_records.SUCCEEDED, idle_since, dataset_version=version
         )
-    else:
-        job_records.finish_job(
-            db,
-            job["_id"],
-            job_records.FAILED,
-            idle_since,
-            error=f"{error}; version {job['version']} was loaded completely but not activated",
-        )
+    elif job_records.finish_job(
+        db,
+        job["_id"],
+        job_records.FAILED,
+        idle_since,
+        error=f"{error}; version {version} was loaded completely but not activated",
+    ):
+        datasets.mark_failed(db, version, (datasets.BUILDING, datasets.READY))
+    job_records.delete_chunk_results(db, job["_id"])
     _schedule_cleanup(job.get("file"))
 
 
@@ -177,6 +199,9 @@ def plan_job(self: Task, job_id: str) -> None:
     version = job["version"]
     job_records.ensure_indexes(db)
     datasets.register_version(db, version, job_id)
+    if not job_records.heartbeat(db, job_id):  # failed (watchdog) while this task waited
+        datasets.mark_failed(db, version)
+        return
     if _stop_superseded(db, job):
         return
     if not path.exists():
@@ -220,6 +245,8 @@ def load_chunk(self: Task, job_id: str, index: int, start: int, end: int) -> Non
         written += len(batch)
         conflicts += write_batch(coll, list(batch.values()))
     del data
+    if not job_records.heartbeat(db, job_id):
+        return  # ended meanwhile: its chunk results were already removed
     job_records.save_chunk_result(
         db, job_id, index, start, end, stats, written=written, conflicts=conflicts
     )
@@ -257,7 +284,8 @@ def _distinct_rows(db: Database[Any], version: int, totals: dict[str, int]) -> i
     estimate could hide rows the load lost."""
     if totals["conflicts"] == 0:
         return totals["written"]
-    return int(db[datasets.collection_name(version)].count_documents({}))
+    with pymongo.timeout(COUNT_TIMEOUT_S):  # a scan of a billion ids outlasts socket timeouts
+        return int(db[datasets.collection_name(version)].count_documents({}))
 
 
 @app.task(base=IngestTask, name=FINALIZE_JOB, bind=True)
@@ -281,9 +309,12 @@ def finalize_job(self: Task, job_id: str) -> None:
     if duplicates < 0:
         fail_job(db, job_id, f"the dataset holds {distinct} rows, more than the file's valid rows")
         return
+    if not job_records.claim_finalization(db, job_id):
+        return  # the job was failed meanwhile
     if not datasets.mark_ready(db, version, rows=distinct, ready_at=now()):
-        return  # the job was failed meanwhile; its version stays out of reach
+        return  # the watchdog settled it as failed; its version stays out of reach
     activated = datasets.activate_if_newest(db, version, distinct, job_id)
+    datasets.settle_version(db, version)
     if activated:
         announce_active(settings.redis_url.get_secret_value(), version)
     job_records.finish_job(
@@ -325,6 +356,7 @@ def fail_stalled_jobs() -> int:
             f"'{job['phase']}'; a worker may have died); it was stopped and the active "
             "dataset is unchanged - upload the file again",
             idle_since=cutoff,
+            settle=True,
         )
     _sweep_uploads(db, cutoff.timestamp())
     return len(stalled)

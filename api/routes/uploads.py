@@ -73,7 +73,7 @@ async def accept_upload(request: Request, services: Services, source: str) -> Re
         # Allocated as the upload starts: of two uploads, the one submitted later wins even
         # when an earlier, larger one finishes arriving after it. An unused number is harmless.
         version = await datasets.allocate_version(services.db)
-    except UNAVAILABLE_ERRORS as exc:
+    except (*UNAVAILABLE_ERRORS, RuntimeError) as exc:  # RuntimeError: the counter kept racing
         return _unavailable("store", job_id, exc)
     try:
         stored = await receive_upload(

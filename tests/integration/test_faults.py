@@ -371,3 +371,29 @@ def test_store_down_during_a_load_fails_the_job_and_keeps_the_old_dataset(
     finally:
         worker.stop()
         store.stop()
+
+
+def test_once_the_finalizer_claims_a_job_only_it_or_the_watchdog_ends_it(
+    settings: Settings, mongo_db: Any
+) -> None:
+    from worker.tasks import fail_job, fail_stalled_jobs
+
+    load_dataset(mongo_db, 7, ["a,1,2018-08-04 05:32:31 +0200"])  # its data went live
+    datasets.register_version(mongo_db, 8, "dead")
+    datasets.mark_ready(mongo_db, 8)  # complete, but the finalizer died before the switch
+    long_ago = now() - timedelta(seconds=settings.job_stall_timeout_s + 60)
+    for job_id, version in (("live", 7), ("dead", 8)):
+        job = job_records.new_job(job_id, version, f"{job_id}.csv", 10, "upload")
+        job.update(status=job_records.RUNNING, finalizing=True, updated_at=long_ago)
+        mongo_db[job_records.JOBS].insert_one(job)
+
+    fail_job(mongo_db, "live", "a redelivered chunk failed")  # not the finalizer: ignored
+    assert mongo_db[job_records.JOBS].find_one({"_id": "live"})["status"] == "running"
+
+    assert fail_stalled_jobs() == 2
+    live = mongo_db[job_records.JOBS].find_one({"_id": "live"})
+    assert live["status"] == "succeeded" and live["dataset_version"] == 7
+    dead = mongo_db[job_records.JOBS].find_one({"_id": "dead"})
+    assert dead["status"] == "failed" and "loaded completely but not activated" in dead["error"]
+    assert datasets.get_version(mongo_db, 8)["state"] == datasets.FAILED  # type: ignore[index]
+    assert datasets.read_active_sync(mongo_db).version == 7  # type: ignore[union-attr]

@@ -198,11 +198,16 @@ def test_cleanup_activation_and_failure_cannot_race_into_a_missing_dataset(
     # A failed version's collection goes once the grace period has passed.
     datasets.register_version(mongo_db, 4, "job4")
     mongo_db.create_collection(datasets.collection_name(4))
-    assert datasets.mark_failed(mongo_db, 4) == datasets.FAILED
+    datasets.mark_failed(mongo_db, 4)
     assert not datasets.mark_ready(mongo_db, 4)  # a finalizer arriving late cannot revive it
     assert datasets.collections_to_drop(mongo_db, grace_s=60) == []
     assert datasets.collections_to_drop(mongo_db, grace_s=0) == [datasets.collection_name(4)]
-    # Once ready, a late failure cannot take it away.
+    # Once ready, a late failure cannot take it away; until finalization settles it, the
+    # keep policy leaves it alone even beyond the keep count.
     datasets.register_version(mongo_db, 5, "job5")
     assert datasets.mark_ready(mongo_db, 5)
-    assert datasets.mark_failed(mongo_db, 5) == datasets.READY
+    datasets.mark_failed(mongo_db, 5)
+    assert datasets.get_version(mongo_db, 5)["state"] == datasets.READY  # type: ignore[index]
+    assert 5 not in datasets.versions_to_drop(mongo_db, keep=1)
+    datasets.settle_version(mongo_db, 5)
+    assert 5 in datasets.versions_to_drop(mongo_db, keep=1)
