@@ -110,13 +110,19 @@ class GunzipFileWriter:
         self.tmp_path.unlink(missing_ok=True)
 
 
+TOUCH_EVERY_PIECES = 64
+
+
 def store_file(source: Path, final_path: Path, max_bytes: int) -> tuple[int, bool]:
     """Copy ``source`` to ``final_path`` through the writer; (bytes stored, was gzip)."""
     writer = GunzipFileWriter(final_path.parent, max_bytes, role="inbox")
     try:
         with source.open("rb") as f:
-            while piece := f.read(FLUSH_BYTES):
+            for count, piece in enumerate(iter(lambda: f.read(FLUSH_BYTES), b"")):
                 writer.write_many([piece])
+                if count % TOUCH_EVERY_PIECES == 0:
+                    # Still in use: sweeps of stale files in uploads/ go by mtime.
+                    os.utime(source)
         return writer.finish(final_path), bool(writer.compressed)
     except BaseException:
         writer.abort()

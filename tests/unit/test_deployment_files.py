@@ -43,9 +43,13 @@ def test_store_and_broker_are_pinned_private_and_authenticated(compose: dict[str
         assert "ports" not in services[name], f"{name} must not be published"
     assert "MONGO_INITDB_ROOT_PASSWORD" in services["mongo"]["environment"]
     text = (ROOT / "docker-compose.yml").read_text()
-    for required in ("WRITE_TOKEN", "MONGO_PASSWORD", "FLOWER_BASIC_AUTH"):
+    for required in ("WRITE_TOKEN", "MONGO_PASSWORD", "MONGO_ROOT_PASSWORD", "FLOWER_BASIC_AUTH"):
         assert "${" + required + ":?" in text, f"{required} must be required"
     assert 'PRODUCTION: "true"' in text
+    # The service connects as its own readWrite user, created at init, never as root.
+    assert "mongodb://promotions:${MONGO_PASSWORD" in text and "authSource=vervedb" in text
+    init = (ROOT / "deploy" / "mongo-init.js").read_text()
+    assert 'role: "readWrite", db: "vervedb"' in init and "MONGO_APP_PASSWORD" in init
 
 
 @pytest.mark.parametrize("dockerfile", ["Dockerfile.api", "Dockerfile.worker"])
