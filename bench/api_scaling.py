@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import statistics
-import sys
 from pathlib import Path
 
 import psutil
 
-from bench.common import add_common_args, report, table
-from bench.lookups import _warm, load, wait_live, wrk
+from bench.common import report, table
+from bench.lookups import _warm, add_load_args, load, require_wrk, wait_live, wrk
 from bench.parse import data_file
 from bench.stack import Stack, stack
 from devstack.services import Service, api_command, free_port
@@ -53,14 +51,9 @@ def _run(st: Stack, api_workers: int, hot: Path, args: argparse.Namespace) -> di
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=20_000)
-    parser.add_argument("--hot-ids", type=int, default=2000)
-    parser.add_argument("--seconds", type=int, default=8)
-    parser.add_argument("--connections", type=int, default=64)
-    add_common_args(parser)
+    add_load_args(parser)
     args = parser.parse_args(argv)
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is needed: apt-get install wrk (make bench installs it)")
+    require_wrk()
     path = data_file(args.rows, seed=3, clean=True)
     results: dict[int, list[dict[str, float]]] = {1: [], 2: []}
     with stack() as st:

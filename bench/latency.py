@@ -12,15 +12,14 @@ import argparse
 import asyncio
 import json
 import random
-import shutil
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from bench.common import add_common_args, report, table
-from bench.lookups import _warm, load, wait_live, wrk
+from bench.common import report, table
+from bench.lookups import _warm, add_load_args, load, require_wrk, wait_live, wrk
 from bench.parse import data_file
 from bench.stack import stack
 
@@ -90,14 +89,9 @@ def client_main(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=20_000)
-    parser.add_argument("--hot-ids", type=int, default=2000)
-    parser.add_argument("--seconds", type=int, default=10, help="per measurement")
-    parser.add_argument("--connections", type=int, default=64)
-    add_common_args(parser)
+    add_load_args(parser, seconds=10)
     args = parser.parse_args(argv)
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is needed: apt-get install wrk (make bench installs it)")
+    require_wrk()
     path = data_file(args.rows, seed=3, clean=True)
     with stack(api=True) as st:
         assert st.api_url is not None and st.api is not None and st.api.proc is not None

@@ -148,17 +148,26 @@ async def _find_one_loop(
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_load_args(parser: argparse.ArgumentParser, seconds: int = 8) -> None:
+    """Options every wrk-driven lookup benchmark shares, plus --runs / --append-results."""
     parser.add_argument("--rows", type=int, default=20_000, help="dataset rows")
     parser.add_argument("--hot-ids", type=int, default=2000, help="ids used for cache hits")
-    parser.add_argument("--seconds", type=int, default=8, help="per measurement")
+    parser.add_argument("--seconds", type=int, default=seconds, help="per measurement")
     parser.add_argument("--connections", type=int, default=64, help="concurrency")
-    parser.add_argument("--skip-miss", action="store_true", help="cache hits only")
     add_common_args(parser)
-    args = parser.parse_args(argv)
+
+
+def require_wrk() -> None:
     if shutil.which("wrk") is None:
-        sys.exit("wrk is needed: apt-get install wrk")
+        sys.exit("wrk is needed: apt-get install wrk (make bench installs it)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_load_args(parser)
+    parser.add_argument("--skip-miss", action="store_true", help="cache hits only")
+    args = parser.parse_args(argv)
+    require_wrk()
     path = data_file(args.rows, seed=3, clean=True)
     with stack(api=True) as st:
         assert st.api_url is not None
