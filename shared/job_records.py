@@ -295,12 +295,6 @@ def stalled_jobs(db: Database[Any], cutoff: datetime) -> list[dict[str, Any]]:
     )
 
 
-def set_phase(db: Database[Any], job_id: str, phase: str) -> None:
-    db[JOBS].update_one(
-        {"_id": job_id, "status": RUNNING}, {"$set": {"phase": phase, "updated_at": now()}}
-    )
-
-
 def claim_finalization(db: Database[Any], job_id: str) -> bool:
     """From here on only the finalizer (or, if it dies, the watchdog) decides the outcome:
     a failing duplicate delivery of a chunk can no longer fail a job whose data may be

@@ -51,10 +51,6 @@ HEARTBEAT_EVERY_S = 5.0
 COUNT_TIMEOUT_S = 3600
 
 
-class JobFailed(Exception):
-    """A problem with the job's input or state, not with the infrastructure."""
-
-
 class IngestTask(Task):  # type: ignore[misc]
     """Retries store outages with backoff; when retries run out, the job fails clearly."""
 
