@@ -23,8 +23,9 @@ from api.metrics import MetricsExporter
 from api.request_context import RequestContextMiddleware
 from api.routes import datasets, health, jobs, metrics, promotions, uploads
 from api.services import Services
-from api.upload_stream import sweep_orphan_parts
+from api.upload_stream import UPLOAD_ROLE
 from shared.cache import PromotionCache
+from shared.gunzip_file_writer import sweep_orphan_parts
 from shared.logging_setup import configure_logging
 from shared.mongo import async_client
 from shared.settings import Settings, get_settings
@@ -69,7 +70,7 @@ def create_app(settings: Settings | None = None, fast_lookups: bool = True) -> F
         services = build_services(settings)
         app.state.services = services
         log.info("starting API with %s", settings.safe_summary())
-        removed = await asyncio.to_thread(sweep_orphan_parts, settings.uploads_dir)
+        removed = await asyncio.to_thread(sweep_orphan_parts, settings.uploads_dir, UPLOAD_ROLE)
         if removed:
             log.warning("removed %d partial uploads left by a stopped API process", len(removed))
         await services.watcher.start()

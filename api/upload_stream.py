@@ -9,8 +9,6 @@ nothing the client sends becomes part of a path.
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +17,6 @@ from starlette.requests import Request
 
 from shared.gunzip_file_writer import (
     FLUSH_BYTES,
-    PART_SUFFIX,
     GunzipFileWriter,
     StoredFileError,
 )
@@ -34,31 +31,6 @@ class UploadError(Exception):
         super().__init__(detail)
         self.status_code = status_code
         self.detail = detail
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def sweep_orphan_parts(directory: Path) -> list[Path]:
-    """Remove partial uploads left by API processes of this host that died mid-upload
-    (killed, restarted); a live process's own partial files are left alone."""
-    prefix = f".{UPLOAD_ROLE}-{socket.gethostname()}-"
-    removed: list[Path] = []
-    if not directory.is_dir():
-        return removed
-    for path in directory.glob(f"{prefix}*{PART_SUFFIX}"):
-        pid_text = path.name[len(prefix) :].split("-", 1)[0]
-        if pid_text.isdigit() and not _pid_alive(int(pid_text)):
-            path.unlink(missing_ok=True)
-            removed.append(path)
-    return removed
 
 
 @dataclass

@@ -72,9 +72,11 @@ def promotion_from_doc(doc: dict[str, Any]) -> dict[str, Any]:
 # One record per version; the pointer document carries a ``version`` field too.
 VERSION_RECORDS = {"version": {"$exists": True}, "_id": {"$ne": ACTIVE_ID}}
 
-# Versions follow submission order (the newest submitted file wins): one counter document.
-NEXT_VERSION_FILTER = {"_id": COUNTER_ID}
-NEXT_VERSION_UPDATE = {"$inc": {"n": 1}}
+# Versions follow submission order (the newest submitted file wins): one counter document,
+# created once and then only incremented. (An upserting increment races when two first
+# uploads arrive together: MongoDB answers one with a duplicate-key error.)
+NEXT_VERSION = ({"_id": COUNTER_ID}, {"$inc": {"n": 1}})
+COUNTER_START = {"_id": COUNTER_ID, "n": 0}
 
 
 def ready_version_filter(version: int) -> dict[str, Any]:
@@ -130,22 +132,14 @@ def refusal(version: int, doc: dict[str, Any] | None) -> str:
 
 
 async def allocate_version(db: AsyncDatabase[Any]) -> int:
-    # Concurrent first upserts of the counter can lose the race: MongoDB may answer with a
-    # duplicate-key error, and the dev server with no document. The counter exists by then,
-    # so the next attempt increments it.
-    for _ in range(5):
-        try:
-            doc = await db[META_COLLECTION].find_one_and_update(
-                NEXT_VERSION_FILTER,
-                NEXT_VERSION_UPDATE,
-                upsert=True,
-                return_document=ReturnDocument.AFTER,
-            )
-        except DuplicateKeyError:
-            continue
-        if doc is not None:
-            return int(doc["n"])
-    raise RuntimeError("could not allocate a dataset version (counter upsert kept racing)")
+    meta = db[META_COLLECTION]
+    doc = await meta.find_one_and_update(*NEXT_VERSION, return_document=ReturnDocument.AFTER)
+    if doc is None:  # the very first upload: create the counter, then count
+        with contextlib.suppress(DuplicateKeyError):
+            await meta.insert_one(COUNTER_START)
+        doc = await meta.find_one_and_update(*NEXT_VERSION, return_document=ReturnDocument.AFTER)
+    assert doc is not None  # the counter exists now
+    return int(doc["n"])
 
 
 async def read_active(db: AsyncDatabase[Any]) -> ActiveDataset | None:
@@ -185,19 +179,14 @@ async def activate_version_async(db: AsyncDatabase[Any], version: int) -> Active
 
 
 def allocate_version_sync(db: Database[Any]) -> int:
-    for _ in range(5):  # see allocate_version: a racing first upsert is retried
-        try:
-            doc = db[META_COLLECTION].find_one_and_update(
-                NEXT_VERSION_FILTER,
-                NEXT_VERSION_UPDATE,
-                upsert=True,
-                return_document=ReturnDocument.AFTER,
-            )
-        except DuplicateKeyError:
-            continue
-        if doc is not None:
-            return int(doc["n"])
-    raise RuntimeError("could not allocate a dataset version (counter upsert kept racing)")
+    meta = db[META_COLLECTION]
+    doc = meta.find_one_and_update(*NEXT_VERSION, return_document=ReturnDocument.AFTER)
+    if doc is None:  # see allocate_version
+        with contextlib.suppress(DuplicateKeyError):
+            meta.insert_one(COUNTER_START)
+        doc = meta.find_one_and_update(*NEXT_VERSION, return_document=ReturnDocument.AFTER)
+    assert doc is not None  # the counter exists now
+    return int(doc["n"])
 
 
 def register_version(db: Database[Any], version: int, job_id: str) -> None:

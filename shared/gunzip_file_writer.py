@@ -29,9 +29,38 @@ class StoredFileError(ValueError):
         self.too_large = too_large
 
 
+def _host_prefix(role: str) -> str:
+    return f".{role}-{socket.gethostname()}-"
+
+
 def part_file_prefix(role: str) -> str:
     """Temporary names carry host and pid, so a restarted process can tell its own leftovers."""
-    return f".{role}-{socket.gethostname()}-{os.getpid()}-"
+    return f"{_host_prefix(role)}{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_orphan_parts(directory: Path, role: str) -> list[Path]:
+    """Remove partial files that processes of this host left when they died mid-write
+    (killed, restarted); a live process's own partial files are left alone."""
+    prefix = _host_prefix(role)
+    removed: list[Path] = []
+    if not directory.is_dir():
+        return removed
+    for path in directory.glob(f"{prefix}*{PART_SUFFIX}"):
+        pid_text = path.name[len(prefix) :].split("-", 1)[0]
+        if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 class GunzipFileWriter:

@@ -11,8 +11,8 @@ import time
 import orjson
 from fastapi import APIRouter, Depends, Path
 from fastapi.responses import Response
+from pymongo.errors import ServerSelectionTimeoutError
 
-from api.errors import STORE_UNAVAILABLE
 from api.metrics import STORE_LOOKUP_LATENCY
 from api.responses import json_response
 from api.schemas import Problem, Promotion
@@ -52,10 +52,8 @@ async def lookup(services: Services, promotion_id: str) -> Response:
     """The answer for a syntactically valid id."""
     active = services.watcher.current
     if active is None:
-        if not services.watcher.known:
-            return json_response(
-                {"detail": STORE_UNAVAILABLE}, status_code=503, headers={"Retry-After": "1"}
-            )
+        if not services.watcher.known:  # never read: "no dataset" would be a guess
+            raise ServerSelectionTimeoutError("the active dataset pointer has not been read yet")
         return json_response({"detail": NO_DATASET}, status_code=404)
     key = promotion_id.lower()
     body = await services.cache.get(active.version, key)
