@@ -259,6 +259,13 @@ def read_active_sync(db: Database[Any]) -> ActiveDataset | None:
     return ActiveDataset.from_doc(doc) if doc else None
 
 
+def newer_version_live(db: Database[Any], version: int) -> int | None:
+    """The newest version a job has activated, if newer than ``version``."""
+    pointer = db[META_COLLECTION].find_one({"_id": ACTIVE_ID}, {"high_water": 1})
+    high_water = int(pointer.get("high_water", 0)) if pointer else 0
+    return high_water if high_water > version else None
+
+
 def activate_if_newest(db: Database[Any], version: int, rows: int, job_id: str) -> bool:
     """Point readers at ``version`` unless a newer submission already went live."""
     at = now()

@@ -131,8 +131,7 @@ def fail_job(
         return  # it moved (watchdog), the finalizer claimed it, or it ended meanwhile
     log.warning("job %s failed: %s", job_id, error)
     datasets.mark_failed(db, version)
-    job_records.delete_chunk_results(db, job_id)
-    _schedule_cleanup(job.get("file"))
+    _clean_up_after(db, job)
 
 
 def _settle_finalization(
@@ -153,26 +152,20 @@ def _settle_finalization(
         error=f"{error}; version {version} was loaded completely but not activated",
     ):
         datasets.mark_failed(db, version, (datasets.BUILDING, datasets.READY))
+    _clean_up_after(db, job)
+
+
+def _clean_up_after(db: Database[Any], job: dict[str, Any]) -> None:
+    """A job ended: its chunk results go now; the upload file and versions beyond the keep
+    count now, and their collections once the grace period has passed."""
     job_records.delete_chunk_results(db, job["_id"])
-    _schedule_cleanup(job.get("file"))
-
-
-def _schedule_cleanup(file_name: str | None) -> None:
-    """Now (the upload file, versions beyond the keep count) and once the grace period has
-    passed (their collections, late inserts of a failed job)."""
-    cleanup_datasets.apply_async(kwargs={"file_name": file_name})
+    cleanup_datasets.apply_async(kwargs={"file_name": job.get("file")})
     cleanup_datasets.apply_async(countdown=settings.drop_grace_s + 5)
 
 
-def _newer_version_live(db: Database[Any], version: int) -> int | None:
-    """The newer version already live, if any: loading an older upload is wasted work."""
-    pointer = db[datasets.META_COLLECTION].find_one({"_id": datasets.ACTIVE_ID}, {"high_water": 1})
-    high_water = int(pointer.get("high_water", 0)) if pointer else 0
-    return high_water if high_water > version else None
-
-
 def _stop_superseded(db: Database[Any], job: dict[str, Any]) -> bool:
-    newer = _newer_version_live(db, job["version"])
+    """Loading an older upload once a newer one is live is wasted work."""
+    newer = datasets.newer_version_live(db, job["version"])
     if newer is None:
         return False
     fail_job(
@@ -332,8 +325,7 @@ def finalize_job(self: Task, job_id: str) -> None:
         totals["rows_rejected"],
         duplicates,
     )
-    job_records.delete_chunk_results(db, job_id)
-    _schedule_cleanup(job["file"])
+    _clean_up_after(db, job)
 
 
 @app.task(name=FAIL_STALLED_JOBS)
