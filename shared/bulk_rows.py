@@ -12,7 +12,7 @@ from __future__ import annotations
 import operator
 import re
 import struct
-from itertools import repeat
+from itertools import accumulate, repeat
 
 RUN_LINES = 2048  # lines per run: amortises the per-run calls, bounds the lists' memory
 
@@ -52,11 +52,16 @@ _ORDER = struct.Struct("<4sqx").pack  # "\x00\x12o\x00", o, end of document
 _join = b"".join
 
 
-def encode_run(run: bytes, first_order: int) -> tuple[list[str], list[bytes]]:
+def encode_run(run: bytes, run_offset: int) -> tuple[list[str], list[bytes]]:
     """Keys (ids lower-cased) and BSON documents of a run of well-formed lines.
 
-    Produces exactly ``encode_document`` for every row, with orders ``first_order + i``.
+    Produces exactly ``encode_document`` for every row, whose order is the byte offset of
+    its line in the file (``run_offset`` is the run's): plan-independent, so any two chunk
+    plans of one file agree on which duplicate row wins.
     """
+    line_lens = list(map(len, run.split(b"\n")))
+    del line_lens[-2:]  # a line starts after each line but the last (and the b"" after it)
+    offsets = accumulate(map(operator.add, line_lens, repeat(1)), initial=run_offset)
     if b"\r" in run:  # only right before "\n" in a well-formed run
         run = run.replace(b"\r\n", b"\n")
     fields = run.replace(b"\n", b",").split(b",")
@@ -73,7 +78,7 @@ def encode_run(run: bytes, first_order: int) -> tuple[list[str], list[bytes]]:
         repeat(b"\x02expiration_date\x00"),
         date_lens,
     )
-    orders = map(_ORDER, repeat(b"\x00\x12o\x00"), range(first_order, first_order + len(keys)))
+    orders = map(_ORDER, repeat(b"\x00\x12o\x00"), offsets)
     if keys == raw_ids:
         heads = map(_HEAD, sizes, repeat(b"\x02_id\x00"), key_lens)
         docs = list(map(_join, zip(heads, keys, price_date, dates, orders, strict=True)))

@@ -167,26 +167,28 @@ class ChunkStats:
             self.rejects.append((line_no, reason))
 
 
-def split_lines(data: bytes, is_file_start: bool) -> list[str]:
-    """Lines of a line-aligned chunk, decoded; undecodable bytes become surrogates."""
-    text = data.decode("utf-8", errors="surrogateescape")
-    if is_file_start and text.startswith("\ufeff"):
-        text = text[1:]
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return lines
+def _lines(data: bytes, chunk_start: int) -> Iterator[tuple[int, str]]:
+    """(byte offset in the file, decoded line) of each line of a line-aligned chunk;
+    undecodable bytes become surrogates, a BOM at the file start is skipped."""
+    pos = len(_BOM) if chunk_start == 0 and data.startswith(_BOM) else 0
+    size = len(data)
+    while pos < size:
+        newline = data.find(b"\n", pos)
+        stop = size if newline < 0 else newline
+        yield chunk_start + pos, data[pos:stop].decode("utf-8", errors="surrogateescape")
+        pos = stop + 1
 
 
 def _parse_line(
-    line: str, index: int, chunk_start: int, stats: ChunkStats
+    line: str, index: int, offset: int, is_file_start: bool, stats: ChunkStats
 ) -> tuple[str, bytes] | None:
-    """One line through the strict validator: (key, document), or None (skipped, rejected)."""
+    """One line through the strict validator: (key, document), or None (skipped, rejected).
+    ``index`` is the line's position in its chunk, ``offset`` its byte offset in the file."""
     stats.lines += 1
     line = line.rstrip("\r")
     if not line.strip():
         return None
-    if chunk_start == 0 and index == 0 and line.strip().lower() == HEADER:
+    if is_file_start and index == 0 and line.strip().lower() == HEADER:
         return None
     stats.rows_read += 1
     try:
@@ -195,7 +197,7 @@ def _parse_line(
         stats.reject(index + 1, str(exc))
         return None
     stats.rows_valid += 1
-    return row_id.lower(), encode_document(row_id, price, expiration, chunk_start + index)
+    return row_id.lower(), encode_document(row_id, price, expiration, offset)
 
 
 def parse_chunk_strict(
@@ -203,8 +205,8 @@ def parse_chunk_strict(
 ) -> Iterator[dict[str, bytes]]:
     """``parse_chunk`` line by line through the strict validator: the reference semantics."""
     batch: dict[str, bytes] = {}
-    for index, line in enumerate(split_lines(data, chunk_start == 0)):
-        row = _parse_line(line, index, chunk_start, stats)
+    for index, (offset, line) in enumerate(_lines(data, chunk_start)):
+        row = _parse_line(line, index, offset, chunk_start == 0, stats)
         if row is None:
             continue
         batch[row[0]] = row[1]
@@ -220,8 +222,8 @@ def parse_chunk(
 ) -> Iterator[dict[str, bytes]]:
     """Yield batches of encoded documents keyed by ``_id`` (last row in a batch wins).
 
-    The ordering key of a row is ``chunk_start + line index in chunk``: every line holds at
-    least one byte, so keys grow with file position and never collide between chunks.
+    The ordering key of a row is the byte offset of its line in the file: it grows with
+    file position, never collides between chunks and does not depend on the chunk plan.
 
     Same results as ``parse_chunk_strict``, batch for batch: runs of well-formed lines are
     validated and encoded in bulk (``shared.bulk_rows``); any other line, such as a header,
@@ -234,7 +236,7 @@ def parse_chunk(
     while pos < size:
         end = fast_run_end(data, pos)
         if end > pos:
-            keys, docs = encode_run(data[pos:end], chunk_start + index)
+            keys, docs = encode_run(data[pos:end], chunk_start + pos)
             count = len(keys)
             stats.lines += count
             stats.rows_read += count
@@ -256,7 +258,7 @@ def parse_chunk(
         newline = data.find(b"\n", pos)
         stop = size if newline < 0 else newline
         line = data[pos:stop].decode("utf-8", errors="surrogateescape")
-        row = _parse_line(line, index, chunk_start, stats)
+        row = _parse_line(line, index, chunk_start + pos, chunk_start == 0, stats)
         if row is not None:
             batch[row[0]] = row[1]
             if len(batch) >= batch_rows:

@@ -74,3 +74,49 @@ def test_chunk_size_spreads_small_files_and_bounds_the_chunk_count(
         assert size <= configured
         if file_size >= TARGET_CHUNKS * MIN_CHUNK_BYTES and configured >= MIN_CHUNK_BYTES:
             assert -(-file_size // size) >= min(TARGET_CHUNKS, -(-file_size // configured))
+
+
+def _winners(data: bytes, chunk_size: int) -> dict[str, bytes]:
+    """Per id, the document that "the row nearest the end of the file wins" keeps when the
+    file is loaded with this chunk plan (largest ``o`` over every chunk and batch)."""
+    import bson
+
+    from shared.promotion_rows import ChunkStats, parse_chunk
+
+    best: dict[str, tuple[int, bytes]] = {}
+    for start, end in plan_chunks(io.BytesIO(data), len(data), chunk_size):
+        for batch in parse_chunk(data[start:end], start, 3, ChunkStats()):
+            for key, raw in batch.items():
+                order = bson.decode(raw)["o"]
+                if key not in best or best[key][0] < order:
+                    best[key] = (order, raw)
+    return {key: raw for key, (_, raw) in best.items()}
+
+
+@settings(max_examples=200)
+@given(
+    picks=st.lists(
+        st.tuples(st.sampled_from(["a", "B", "c"]), st.integers(0, 999), st.booleans()),
+        min_size=1,
+        max_size=40,
+    ),
+    sizes=st.tuples(st.integers(1, 300), st.integers(1, 300)),
+)
+def test_the_winning_duplicate_does_not_depend_on_the_chunk_plan(
+    picks: list[tuple[str, int, bool]], sizes: tuple[int, int]
+) -> None:
+    """Two plans of one file (a redelivered plan under another chunk size) must agree on
+    which of several rows with the same id wins: the one nearest the end of the file."""
+    rows = [
+        f"{row_id},{price}.5,2018-08-04 05:32:31 +0200 CEST{' ' * long}\n"
+        for row_id, price, long in picks
+    ]
+    data = "".join(rows).encode()
+    first, second = _winners(data, sizes[0]), _winners(data, sizes[1])
+    assert first == second
+    last_price = {row_id.lower(): price for row_id, price, _ in picks}
+    import bson
+
+    assert {k: bson.decode(v)["price"] for k, v in first.items()} == {
+        k: p + 0.5 for k, p in last_price.items()
+    }

@@ -122,9 +122,10 @@ def test_rejects_carry_line_numbers_within_the_chunk() -> None:
     assert stats.rows_read == 4 and stats.rows_valid == 2 and stats.rows_rejected == 2
 
 
-def test_last_row_of_a_batch_wins_and_order_grows_with_position() -> None:
-    data = b"A,1,2018-08-04 05:32:31 +0200\na,2,2018-08-04 05:32:31 +0200\n"
+def test_last_row_of_a_batch_wins_and_its_order_is_the_byte_offset_of_its_line() -> None:
+    first = b"A,1,2018-08-04 05:32:31 +0200\n"
+    data = first + b"a,2,2018-08-04 05:32:31 +0200\n"
     batches, _ = _chunk(data, start=1000)
     (batch,) = batches
     doc = bson.decode(batch["a"])
-    assert doc["price"] == 2 and doc["o"] == 1001 and "id" not in doc
+    assert doc["price"] == 2 and doc["o"] == 1000 + len(first) and "id" not in doc
