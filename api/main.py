@@ -27,7 +27,7 @@ from api.upload_stream import UPLOAD_ROLE
 from shared.cache import PromotionCache
 from shared.gunzip_file_writer import sweep_orphan_parts
 from shared.logging_setup import configure_logging
-from shared.mongo import async_client
+from shared.mongo import async_client, sync_client
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -46,12 +46,14 @@ def build_services(settings: Settings) -> Services:
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
     db = mongo[settings.mongo_db]
+    lifecycle_db = sync_client(settings, connect=False)[settings.mongo_db]
     cache = PromotionCache(redis, settings.cache_ttl_seconds, settings.negative_cache_ttl_seconds)
     watcher = ActiveVersionWatcher(db, redis, settings.pointer_poll_seconds)
     return Services(
         settings=settings,
         mongo=mongo,
         db=db,
+        lifecycle_db=lifecycle_db,
         redis=redis,
         cache=cache,
         watcher=watcher,
@@ -86,6 +88,7 @@ def create_app(settings: Settings | None = None, fast_lookups: bool = True) -> F
             services.queue.close()
             await services.redis.aclose()
             await services.mongo.close()
+            services.lifecycle_db.client.close()
 
     app = FastAPI(
         title="Promotions service",

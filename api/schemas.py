@@ -65,7 +65,7 @@ class DatasetVersionOut(BaseModel):
         }
     )
     version: int
-    state: str = Field(description="building | ready | failed | dropped")
+    state: str = Field(description="building | ready | failed | retired | removed")
     rows: int | None
     job_id: str | None
     created_at: str | None

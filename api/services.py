@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import Request
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.database import Database
 from redis.asyncio import Redis
 
 from api.active_version import ActiveVersionWatcher
@@ -22,6 +23,9 @@ class Services:
     settings: Settings
     mongo: AsyncMongoClient[Any]
     db: AsyncDatabase[Any]
+    # Rare operator actions (rollback) run ``shared.lifecycle``, the one implementation of
+    # every state change, in a thread on this small synchronous client.
+    lifecycle_db: Database[Any]
     redis: Redis
     cache: PromotionCache
     watcher: ActiveVersionWatcher

@@ -1,4 +1,6 @@
 """Job records: one MongoDB document per ingestion job, plus one result document per chunk.
+This module holds their shape, counters and queries; status changes are in
+``shared.lifecycle``.
 
 Counters on the job document move by atomic ``$inc`` guarded by ``$addToSet`` of the chunk
 index, so a redelivered chunk is counted once; pollers read one document instead of asking
@@ -15,14 +17,11 @@ from pymongo import DESCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.database import Database
 
+from shared.lifecycle import FINALIZING, FINISHED, JOB_STATUSES, JOBS, QUEUED, RUNNING
 from shared.promotion_rows import MAX_REJECTS_KEPT, ChunkStats
 from shared.timeutil import iso, now
 
-JOBS = "jobs"
 CHUNKS = "job_chunks"
-
-QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
-FINISHED = (SUCCEEDED, FAILED)
 
 PUBLIC_FIELDS = (
     "status",
@@ -59,6 +58,8 @@ def new_job(
         "_id": job_id,
         "status": QUEUED,
         "phase": "queued",
+        "enqueued_at": None,  # set once the plan task is with the broker
+        "plan_attempts": 1,
         "source": source,
         "original_name": original_name,
         "file": file_name,
@@ -106,6 +107,12 @@ async def delete_job(db: AsyncDatabase[Any], job_id: str) -> None:
     await db[JOBS].delete_one({"_id": job_id})
 
 
+async def mark_enqueued(db: AsyncDatabase[Any], job_id: str) -> None:
+    """The plan task is with the broker: from now on only a stall makes the watchdog send
+    it again (a job never marked is sent again at once)."""
+    await db[JOBS].update_one({"_id": job_id}, {"$set": {"enqueued_at": now()}})
+
+
 async def get_job(db: AsyncDatabase[Any], job_id: str) -> dict[str, Any] | None:
     return await db[JOBS].find_one({"_id": job_id}, {"done_chunks": 0})
 
@@ -117,7 +124,7 @@ async def list_jobs(db: AsyncDatabase[Any], limit: int) -> list[dict[str, Any]]:
 
 async def count_by_status(db: AsyncDatabase[Any]) -> dict[str, int]:
     """Every status, zero included, so dashboards see a series drop to 0."""
-    counts = dict.fromkeys((QUEUED, RUNNING, SUCCEEDED, FAILED), 0)
+    counts: dict[str, int] = dict.fromkeys(JOB_STATUSES, 0)
     cursor = await db[JOBS].aggregate([{"$group": {"_id": "$status", "n": {"$sum": 1}}}])
     async for doc in cursor:
         counts[str(doc["_id"])] = int(doc["n"])
@@ -131,40 +138,17 @@ def insert_job(db: Database[Any], doc: dict[str, Any]) -> None:
     db[JOBS].insert_one(doc)
 
 
+def mark_enqueued_sync(db: Database[Any], job_id: str) -> None:
+    db[JOBS].update_one({"_id": job_id}, {"$set": {"enqueued_at": now()}})
+
+
 def load_job(db: Database[Any], job_id: str) -> dict[str, Any] | None:
     return db[JOBS].find_one({"_id": job_id}, {"done_chunks": 0})
 
 
-def start_job(db: Database[Any], job_id: str, phase: str) -> dict[str, Any] | None:
-    """Move a queued or running job to ``phase``; None if it already finished."""
-    db[JOBS].update_one({"_id": job_id, "started_at": None}, {"$set": {"started_at": now()}})
-    return db[JOBS].find_one_and_update(
-        {"_id": job_id, "status": {"$nin": list(FINISHED)}},
-        {
-            "$set": {
-                "status": RUNNING,
-                "phase": phase,
-                f"phase_at.{phase}": now(),
-                "updated_at": now(),
-            }
-        },
-        projection={"done_chunks": 0},
-        return_document=ReturnDocument.AFTER,
-    )
-
-
-def set_plan(db: Database[Any], job_id: str, chunks_total: int) -> None:
-    db[JOBS].update_one(
-        {"_id": job_id, "status": RUNNING},
-        {
-            "$set": {
-                "chunks_total": chunks_total,
-                "phase": "loading",
-                "phase_at.loading": now(),  # phase timings for benchmarks and debugging
-                "updated_at": now(),
-            }
-        },
-    )
+def done_chunk_indexes(db: Database[Any], job_id: str) -> set[int]:
+    doc = db[JOBS].find_one({"_id": job_id}, {"done_chunks": 1}) or {}
+    return set(doc.get("done_chunks") or [])
 
 
 def save_chunk_result(
@@ -274,7 +258,7 @@ def heartbeat(db: Database[Any], job_id: str) -> bool:
     """Mark progress (the watchdog fails jobs that stop moving); False if the job is no
     longer running, so its loaders stop writing."""
     result = db[JOBS].update_one(
-        {"_id": job_id, "status": RUNNING}, {"$set": {"updated_at": now()}}
+        {"_id": job_id, "status": {"$in": [RUNNING, FINALIZING]}}, {"$set": {"updated_at": now()}}
     )
     return result.matched_count == 1
 
@@ -293,49 +277,6 @@ def stalled_jobs(db: Database[Any], cutoff: datetime) -> list[dict[str, Any]]:
             {"done_chunks": 0, "rejects": 0},
         )
     )
-
-
-def claim_finalization(db: Database[Any], job_id: str) -> bool:
-    """From here on only the finalizer (or, if it dies, the watchdog) decides the outcome:
-    a failing duplicate delivery of a chunk can no longer fail a job whose data may be
-    about to go live. False if the job already ended."""
-    result = db[JOBS].update_one(
-        {"_id": job_id, "status": RUNNING},
-        {"$set": {"finalizing": True, "updated_at": now()}},
-    )
-    return result.matched_count == 1
-
-
-def finish_job(
-    db: Database[Any],
-    job_id: str,
-    status: str,
-    idle_since: datetime | None = None,
-    not_finalizing: bool = False,
-    **fields: Any,
-) -> bool:
-    """Finish once: a job that already ended keeps its outcome. With ``idle_since`` (the
-    watchdog), only if the job has not moved since then, so a job that wakes up wins; with
-    ``not_finalizing``, only if the finalizer has not claimed it."""
-    query: dict[str, Any] = {"_id": job_id, "status": {"$nin": list(FINISHED)}}
-    if idle_since is not None:
-        query["updated_at"] = {"$lt": idle_since}
-    if not_finalizing:
-        query["finalizing"] = {"$ne": True}
-    result = db[JOBS].update_one(
-        query,
-        {
-            "$set": {
-                "status": status,
-                "phase": "done",
-                "finished_at": now(),
-                "updated_at": now(),
-                **fields,
-            },
-            "$unset": {"done_chunks": ""},  # only needed while chunks are counted
-        },
-    )
-    return result.modified_count == 1
 
 
 def delete_chunk_results(db: Database[Any], job_id: str) -> None:

@@ -32,9 +32,13 @@ def _client_options(settings: Settings, socket_timeout_ms: int | None) -> dict[s
     }
 
 
-def sync_client(settings: Settings, socket_timeout_ms: int | None = 120_000) -> MongoClient[Any]:
+def sync_client(
+    settings: Settings, socket_timeout_ms: int | None = 120_000, connect: bool = True
+) -> MongoClient[Any]:
     return MongoClient(
-        settings.mongo_url.get_secret_value(), **_client_options(settings, socket_timeout_ms)
+        settings.mongo_url.get_secret_value(),
+        **_client_options(settings, socket_timeout_ms),
+        connect=connect,
     )
 
 

@@ -67,14 +67,18 @@ class Settings(BaseSettings):
     # watchdog_period_s); longer than the visibility timeout, so redelivery gets its chance.
     job_stall_timeout_s: int = Field(default=1800, ge=1)
     watchdog_period_s: float = Field(default=60, gt=0)
+    # A queued job whose plan task was lost is sent again by the watchdog, this many sends
+    # in all, before it fails (its file is kept until then).
+    plan_attempts: int = Field(default=3, ge=1)
     # With backoff doubling from task_retry_backoff_s up to 60 s (jittered), 10 retries ride
     # out a store or broker outage of a few minutes before the job fails.
     task_max_retries: int = Field(default=10, ge=0)
     task_retry_backoff_s: float = Field(default=2.0, ge=0)
     worker_concurrency: int = Field(default=2, ge=1)
     versions_to_keep: int = Field(default=2, ge=1)
-    # Collections of dropped or failed versions are removed only after this long: readers
-    # still on the previous version (<= 1 s) and a racing rollback never lose their data.
+    # Collections of retired or failed versions are removed only after this long, and only
+    # if the pointer has not named them for this long: readers still on the previous
+    # version (<= 1 s) and a racing rollback never lose their data.
     drop_grace_s: float = Field(default=120, ge=0)
 
     # Drop folder (<data_dir>/inbox): scanned by the beat schedule every inbox_poll_seconds; a

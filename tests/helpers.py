@@ -6,23 +6,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shared import datasets
+from shared import datasets, lifecycle
 from shared.promotion_rows import ChunkStats, parse_chunk
 from worker.chunk_writer import write_batch
 
 
 def load_dataset(db: Any, version: int, lines: list[str], job_id: str = "fixture") -> bool:
     """Load rows straight into a version collection and try to make it live."""
-    datasets.register_version(db, version, job_id)
+    lifecycle.register_version(db, version, job_id)
     stats = ChunkStats()
     coll = db[datasets.collection_name(version)]
     for batch in parse_chunk("".join(f"{line}\n" for line in lines).encode(), 0, 1000, stats):
         write_batch(coll, list(batch.values()))
     rows = coll.estimated_document_count()
-    datasets.set_version_state(db, version, datasets.READY, rows=rows)
-    live = datasets.activate_if_newest(db, version, rows, job_id)
-    datasets.settle_version(db, version)
-    return live
+    assert lifecycle.mark_ready(db, version, rows)
+    return lifecycle.activate_if_newest(db, version, rows, job_id) in ("switched", "already")
 
 
 def expected_rows(path: Path) -> dict[str, tuple[str, float, str]]:

@@ -14,32 +14,31 @@ from typing import Any
 from bson.raw_bson import RawBSONDocument
 from pymongo import InsertOne, ReplaceOne
 from pymongo.collection import Collection
-from pymongo.errors import AutoReconnect, BulkWriteError
+from pymongo.errors import BulkWriteError
+
+from shared.errors import PermanentError, StoreBusy, is_transient_code
 
 DUPLICATE_KEY = 11000
-# Failover, shutdown and network codes a shard may report per document through mongos.
-TRANSIENT_CODES = frozenset(
-    {6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436, 63, 150, 133}
-)
 
 
 def _failed_duplicates(exc: BulkWriteError, ops_or_docs: list[Any]) -> list[Any]:
-    """The operations that hit an existing id. Anything else is raised as a retryable
-    error: a write-concern error (a failover may roll the batch back) or a shard's
-    not-primary/interrupted error must make the task retry the chunk, which is idempotent,
-    and never count as written."""
+    """The operations that hit an existing id. A write-concern error (a failover may roll
+    the batch back) or a shard's not-primary / stale-routing / interrupted error raises
+    ``StoreBusy``: the task retries the chunk, which is idempotent, and nothing counts as
+    written. Any other error is deterministic (retrying would fail the same way):
+    ``PermanentError``."""
     details = exc.details
     if details.get("writeConcernErrors"):
-        raise AutoReconnect(f"write concern not satisfied: {details['writeConcernErrors'][0]}")
+        raise StoreBusy(f"write concern not satisfied: {details['writeConcernErrors'][0]}")
     failed = []
     for err in details.get("writeErrors", []):
         code = err.get("code")
         if code == DUPLICATE_KEY:
             failed.append(ops_or_docs[err["index"]])
-        elif code in TRANSIENT_CODES:
-            raise AutoReconnect(f"write error {code}: {err.get('errmsg')}")
+        elif is_transient_code(code):
+            raise StoreBusy(f"write error {code}: {err.get('errmsg')}")
         else:
-            raise exc  # deterministic: retrying the chunk would fail the same way
+            raise PermanentError(f"the store refused a row: error {code}: {err.get('errmsg')}")
     return failed
 
 

@@ -14,9 +14,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from kombu.exceptions import OperationalError
 from pymongo.database import Database
 
-from shared import datasets, job_records
+from shared import datasets, job_records, lifecycle
 from shared.file_checks import GZIP_MAGIC
 from shared.gunzip_file_writer import StoredFileError, store_file
 from shared.log_context import job_id_var
@@ -25,7 +26,7 @@ from shared.task_names import SCAN_INBOX
 from worker.celery_app import app
 from worker.inbox_files import claim, ready_files
 from worker.store import database
-from worker.tasks import plan_job
+from worker.tasks import send_plan
 
 log = logging.getLogger(__name__)
 settings = get_settings()
@@ -96,10 +97,14 @@ def ingest_file(db: Database[Any], path: Path) -> str | None:
             raise
         claimed.unlink(missing_ok=True)  # a bad file, or the original of an inflated gzip
         if error:
-            job_records.finish_job(db, job_id, job_records.FAILED, error=error)
+            lifecycle.fail_job(db, job_id, error)
             log.warning("inbox file %r failed: %s", path.name, error)
         else:
-            plan_job.apply_async(args=[job_id], task_id=f"plan-{job_id}")
+            try:
+                send_plan(job_id)
+            except (OperationalError, OSError) as exc:
+                # The job is recorded and its file kept: the watchdog sends it again.
+                log.warning("job %s recorded but not yet queued (%s)", job_id, exc)
     finally:
         job_id_var.reset(token)
     return job_id

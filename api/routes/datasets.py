@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -12,7 +13,8 @@ from api.auth import require_writer
 from api.responses import json_response
 from api.schemas import ActiveDatasetOut, DatasetVersionOut, Problem
 from api.services import Services, get_services
-from shared.datasets import ActiveDataset, activate_version_async, list_versions_async, read_active
+from shared.datasets import ActiveDataset, list_versions_async, read_active
+from shared.lifecycle import ActivationRefused, VersionRecord, activate_by_hand
 from shared.pointer_channel import announce_active_async
 from shared.timeutil import iso
 
@@ -57,7 +59,7 @@ async def list_datasets(
         [
             {
                 "version": doc["version"],
-                "state": doc.get("state"),
+                "state": VersionRecord.from_doc(doc).state,
                 "rows": doc.get("rows"),
                 "job_id": doc.get("job_id"),
                 "created_at": iso(doc.get("created_at")),
@@ -75,7 +77,7 @@ async def list_datasets(
     responses={
         401: {"model": Problem},
         403: {"model": Problem},
-        409: {"model": Problem, "description": "Unknown, failed, dropped or still loading"},
+        409: {"model": Problem, "description": "Unknown, failed, removed or still loading"},
         503: {"model": Problem},
     },
     dependencies=[Depends(require_writer)],
@@ -85,8 +87,8 @@ async def activate_dataset(
     version: int = Path(ge=1), services: Services = Depends(get_services)
 ) -> Response:
     try:
-        active = await activate_version_async(services.db, version)
-    except LookupError as exc:
+        active = await asyncio.to_thread(activate_by_hand, services.lifecycle_db, version)
+    except ActivationRefused as exc:
         return json_response({"detail": str(exc)}, status_code=409)
     log.info("dataset version %d activated by hand (%d rows)", version, active.rows)
     # Other processes learn it from the channel (or their poll); this one at once.

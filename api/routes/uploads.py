@@ -91,6 +91,7 @@ async def accept_upload(request: Request, services: Services, source: str) -> Re
         await job_records.create_job(services.db, doc)
         job_created = True
         await asyncio.to_thread(services.queue.enqueue_plan, job_id)
+        await job_records.mark_enqueued(services.db, job_id)
     except (QueueUnavailable, *UNAVAILABLE_ERRORS) as exc:
         final_path.unlink(missing_ok=True)
         if job_created:

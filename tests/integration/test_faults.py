@@ -24,7 +24,7 @@ from pydantic import SecretStr
 from api.main import create_app
 from cli.generate import generate
 from devstack.services import Service, api_command, free_port, redis_command
-from shared import datasets, job_records
+from shared import datasets, job_records, lifecycle
 from shared.settings import Settings
 from shared.timeutil import now
 from tests.conftest import _LOGS, wait_for
@@ -106,7 +106,7 @@ def test_concurrent_uploads_the_newest_submitted_wins(
     # Every other version still kept holds exactly its own file.
     for version, path in zip(versions, paths, strict=True):
         state = datasets.get_version(mongo_db, version)
-        if state and state["state"] == datasets.READY:
+        if state and state["state"] == lifecycle.READY:
             assert _dataset(mongo_db, version) == expected_rows(path)
 
 
@@ -269,8 +269,8 @@ def test_watchdog_fails_a_job_nobody_works_on_and_sweeps_its_file(
     load_dataset(mongo_db, 1, ["a,1,2018-08-04 05:32:31 +0200"])
     long_ago = now() - timedelta(seconds=settings.job_stall_timeout_s + 60)
     lost = job_records.new_job("lost", 2, "lost.csv", 10, "upload")
-    lost.update(status=job_records.RUNNING, phase="loading", updated_at=long_ago)
-    mongo_db[job_records.JOBS].insert_one(lost)
+    lost.update(status=lifecycle.RUNNING, phase="loading", updated_at=long_ago)
+    mongo_db[lifecycle.JOBS].insert_one(lost)
     stale_file = settings.uploads_dir / "orphan.csv"
     stale_file.write_text("x")
     os.utime(stale_file, (long_ago.timestamp(), long_ago.timestamp()))
@@ -278,7 +278,7 @@ def test_watchdog_fails_a_job_nobody_works_on_and_sweeps_its_file(
     fresh_file.write_text("x")
 
     assert fail_stalled_jobs() == 1
-    job = mongo_db[job_records.JOBS].find_one({"_id": "lost"})
+    job = mongo_db[lifecycle.JOBS].find_one({"_id": "lost"})
     assert job["status"] == "failed" and "made no progress" in job["error"]
     assert datasets.read_active_sync(mongo_db).version == 1  # type: ignore[union-attr]
     assert not stale_file.exists() and fresh_file.exists()
@@ -287,8 +287,8 @@ def test_watchdog_fails_a_job_nobody_works_on_and_sweeps_its_file(
     waiting = job_records.new_job("waiting", 3, "w.csv", 10, "upload")
     waiting.update(updated_at=long_ago)
     busy = job_records.new_job("busy", 4, "b.csv", 10, "upload")
-    busy.update(status=job_records.RUNNING)
-    mongo_db[job_records.JOBS].insert_many([waiting, busy])
+    busy.update(status=lifecycle.RUNNING)
+    mongo_db[lifecycle.JOBS].insert_many([waiting, busy])
     assert fail_stalled_jobs() == 0
 
 
@@ -371,29 +371,3 @@ def test_store_down_during_a_load_fails_the_job_and_keeps_the_old_dataset(
     finally:
         worker.stop()
         store.stop()
-
-
-def test_once_the_finalizer_claims_a_job_only_it_or_the_watchdog_ends_it(
-    settings: Settings, mongo_db: Any
-) -> None:
-    from worker.tasks import fail_job, fail_stalled_jobs
-
-    load_dataset(mongo_db, 7, ["a,1,2018-08-04 05:32:31 +0200"])  # its data went live
-    datasets.register_version(mongo_db, 8, "dead")
-    datasets.mark_ready(mongo_db, 8)  # complete, but the finalizer died before the switch
-    long_ago = now() - timedelta(seconds=settings.job_stall_timeout_s + 60)
-    for job_id, version in (("live", 7), ("dead", 8)):
-        job = job_records.new_job(job_id, version, f"{job_id}.csv", 10, "upload")
-        job.update(status=job_records.RUNNING, finalizing=True, updated_at=long_ago)
-        mongo_db[job_records.JOBS].insert_one(job)
-
-    fail_job(mongo_db, "live", "a redelivered chunk failed")  # not the finalizer: ignored
-    assert mongo_db[job_records.JOBS].find_one({"_id": "live"})["status"] == "running"
-
-    assert fail_stalled_jobs() == 2
-    live = mongo_db[job_records.JOBS].find_one({"_id": "live"})
-    assert live["status"] == "succeeded" and live["dataset_version"] == 7
-    dead = mongo_db[job_records.JOBS].find_one({"_id": "dead"})
-    assert dead["status"] == "failed" and "loaded completely but not activated" in dead["error"]
-    assert datasets.get_version(mongo_db, 8)["state"] == datasets.FAILED  # type: ignore[index]
-    assert datasets.read_active_sync(mongo_db).version == 7  # type: ignore[union-attr]

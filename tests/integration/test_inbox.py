@@ -15,7 +15,7 @@ import pytest
 
 from cli.generate import generate
 from devstack.services import Service, beat_command
-from shared import job_records
+from shared import lifecycle
 from shared.settings import Settings
 from tests.conftest import _LOGS, wait_for
 from tests.helpers import expected_rows
@@ -35,8 +35,8 @@ def _drop(settings: Settings, name: str, rows: int, seed: int, age_s: float = 5.
 
 
 def _finished(mongo_db: Any, job_id: str, timeout: float = 120) -> dict[str, Any]:
-    done = {"_id": job_id, "status": {"$in": list(job_records.FINISHED)}}
-    return wait_for(lambda: mongo_db[job_records.JOBS].find_one(done), timeout)  # type: ignore[no-any-return]
+    done = {"_id": job_id, "status": {"$in": list(lifecycle.FINISHED)}}
+    return wait_for(lambda: mongo_db[lifecycle.JOBS].find_one(done), timeout)  # type: ignore[no-any-return]
 
 
 def test_a_dropped_file_becomes_one_job_even_when_scans_race(
@@ -53,7 +53,7 @@ def test_a_dropped_file_becomes_one_job_even_when_scans_race(
     assert scan_inbox() == []  # a third scan finds nothing left
     job_ids = [job_id for found in results for job_id in found]
     assert len(job_ids) == 1
-    assert mongo_db[job_records.JOBS].count_documents({}) == 1
+    assert mongo_db[lifecycle.JOBS].count_documents({}) == 1
     job = _finished(mongo_db, job_ids[0])
     assert job["status"] == "succeeded", job
     assert job["source"] == "inbox" and job["original_name"] == "partner.csv"
@@ -73,7 +73,7 @@ def test_temporary_names_and_unsettled_files_are_left_alone(
     fresh = _drop(settings, "still-writing.csv", 10, seed=40, age_s=0)
     assert scan_inbox() == []
     assert sorted(p.name for p in settings.inbox_dir.iterdir()) == sorted([*names, fresh.name])
-    assert mongo_db[job_records.JOBS].count_documents({}) == 0
+    assert mongo_db[lifecycle.JOBS].count_documents({}) == 0
     # Renamed into place (the partner convention), it is taken on the next scan.
     os.rename(settings.inbox_dir / "partner.csv.part", settings.inbox_dir / "partner.csv")
     old = time.time() - 5
@@ -116,9 +116,9 @@ def test_celery_beat_schedules_the_scan(mongo_db: Any, settings: Settings, tmp_p
     beat.start()
     try:
         _drop(settings, "scheduled.csv", 500, seed=60)
-        job = wait_for(lambda: mongo_db[job_records.JOBS].find_one({"source": "inbox"}), 60)
+        job = wait_for(lambda: mongo_db[lifecycle.JOBS].find_one({"source": "inbox"}), 60)
         job = _finished(mongo_db, job["_id"])
         assert job["status"] == "succeeded" and job["rows_loaded"] == 500
     finally:
         beat.stop()
-    assert mongo_db[job_records.JOBS].count_documents({}) == 1
+    assert mongo_db[lifecycle.JOBS].count_documents({}) == 1

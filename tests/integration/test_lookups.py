@@ -127,37 +127,6 @@ def test_store_down_is_503_never_404(clean_state: None, settings: Settings, tmp_
         mongo.stop()
 
 
-def test_older_submission_never_replaces_newer_and_rollback_is_explicit(
-    clean_state: None, mongo_db: Any
-) -> None:
-    assert load_dataset(mongo_db, 3, [ROW])
-    assert not load_dataset(mongo_db, 2, [ROW])  # finished later, submitted earlier
-    assert datasets.read_active_sync(mongo_db).version == 3  # type: ignore[union-attr]
-    assert datasets.activate_version(mongo_db, 2).version == 2  # manual rollback
-    assert not load_dataset(mongo_db, 1, [ROW])  # still older than the high-water mark
-    assert load_dataset(mongo_db, 4, [ROW])
-    with pytest.raises(LookupError):
-        datasets.activate_version(mongo_db, 99)
-
-
-def test_old_versions_beyond_the_keep_count_are_chosen_for_dropping(
-    clean_state: None, mongo_db: Any
-) -> None:
-    for version in (1, 2, 3, 4):
-        load_dataset(mongo_db, version, [ROW])
-    assert datasets.versions_to_drop(mongo_db, keep=2) == [2, 1]
-    datasets.activate_version(mongo_db, 1)
-    assert datasets.versions_to_drop(mongo_db, keep=2) == [3, 2]
-
-
-def test_a_repeated_activation_of_the_live_version_is_not_superseded(
-    clean_state: None, mongo_db: Any
-) -> None:
-    assert load_dataset(mongo_db, 5, [ROW])
-    assert datasets.activate_if_newest(mongo_db, 5, 1, "fixture")  # redelivered finalizer
-    assert not datasets.activate_if_newest(mongo_db, 4, 1, "older")
-
-
 def test_store_unreachable_at_start_is_503_not_no_dataset(
     clean_state: None, settings: Settings
 ) -> None:
@@ -170,44 +139,3 @@ def test_store_unreachable_at_start_is_503_not_no_dataset(
     with TestClient(create_app(dead)) as c:
         r = c.get(f"/promotions/{KEY}")
         assert r.status_code == 503 and "unavailable" in r.json()["detail"]
-
-
-def test_cleanup_activation_and_failure_cannot_race_into_a_missing_dataset(
-    clean_state: None, mongo_db: Any
-) -> None:
-    for version in (1, 2, 3):
-        load_dataset(mongo_db, version, [ROW])
-    # Cleanup decides v1 is beyond the keep count while a rollback to v1 is under way.
-    assert datasets.versions_to_drop(mongo_db, keep=2) == [1]
-    assert datasets.mark_dropped(mongo_db, 1)
-    # Within the grace period nothing is dropped, so the rollback that lands now revives it.
-    assert datasets.collections_to_drop(mongo_db, grace_s=60) == []
-    datasets.set_version_state(mongo_db, 1, datasets.READY)  # the rollback's own check passed
-    datasets.mark_dropped(mongo_db, 1)  # ... and cleanup marks it again right after
-    # The rollback's pointer switch, then its confirmation:
-    mongo_db[datasets.META_COLLECTION].update_one(
-        {"_id": datasets.ACTIVE_ID}, {"$set": {"version": 1}}
-    )
-    mongo_db[datasets.META_COLLECTION].update_one(
-        datasets.confirm_live_filter(1), datasets.confirm_live_update(datasets.now())
-    )
-    assert datasets.get_version(mongo_db, 1)["state"] == datasets.READY  # type: ignore[index]
-    # The pointer's collection is never dropped, whatever the records say.
-    datasets.set_version_state(mongo_db, 1, datasets.DROPPED, dropped_at=datasets.now())
-    assert datasets.collection_name(1) not in datasets.collections_to_drop(mongo_db, grace_s=0)
-    # A failed version's collection goes once the grace period has passed.
-    datasets.register_version(mongo_db, 4, "job4")
-    mongo_db.create_collection(datasets.collection_name(4))
-    datasets.mark_failed(mongo_db, 4)
-    assert not datasets.mark_ready(mongo_db, 4)  # a finalizer arriving late cannot revive it
-    assert datasets.collections_to_drop(mongo_db, grace_s=60) == []
-    assert datasets.collections_to_drop(mongo_db, grace_s=0) == [datasets.collection_name(4)]
-    # Once ready, a late failure cannot take it away; until finalization settles it, the
-    # keep policy leaves it alone even beyond the keep count.
-    datasets.register_version(mongo_db, 5, "job5")
-    assert datasets.mark_ready(mongo_db, 5)
-    datasets.mark_failed(mongo_db, 5)
-    assert datasets.get_version(mongo_db, 5)["state"] == datasets.READY  # type: ignore[index]
-    assert 5 not in datasets.versions_to_drop(mongo_db, keep=1)
-    datasets.settle_version(mongo_db, 5)
-    assert 5 in datasets.versions_to_drop(mongo_db, keep=1)

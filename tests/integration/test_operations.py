@@ -14,7 +14,7 @@ from pydantic import SecretStr
 
 from api.main import create_app
 from devstack.services import Service, api_command, free_port
-from shared import datasets, job_records
+from shared import datasets, job_records, lifecycle
 from shared.settings import Settings
 from tests.conftest import wait_for
 from tests.helpers import load_dataset
@@ -47,7 +47,7 @@ def test_metrics_expose_the_series_and_move_after_lookups(
     client: TestClient, mongo_db: Any
 ) -> None:
     load_dataset(mongo_db, 1, [ROW, "other,1,2018-08-04 05:32:31 +0200 CEST"])
-    mongo_db[job_records.JOBS].insert_one(job_records.new_job("j1", 1, "x.csv", 10, "upload"))
+    mongo_db[lifecycle.JOBS].insert_one(job_records.new_job("j1", 1, "x.csv", 10, "upload"))
     wait_for(lambda: _serving(client, 1), 5)
     before = scrape(client)
     assert value(before, "promotions_active_dataset_version") == 1
@@ -109,7 +109,7 @@ def test_datasets_lists_kept_versions_with_the_active_flag(
 ) -> None:
     load_dataset(mongo_db, 1, [ROW], job_id="job-1")
     load_dataset(mongo_db, 2, [ROW, "x,1,2018-08-04 05:32:31 +0200 CEST"], job_id="job-2")
-    datasets.register_version(mongo_db, 3, "job-3")  # still loading
+    lifecycle.register_version(mongo_db, 3, "job-3")  # still loading
     listed = client.get("/datasets").json()
     assert [(d["version"], d["state"], d["active"]) for d in listed] == [
         (3, "building", False),
@@ -150,15 +150,27 @@ def test_rollback_refuses_what_is_not_a_kept_complete_version(
 ) -> None:
     load_dataset(mongo_db, 1, [ROW])
     load_dataset(mongo_db, 2, [ROW])
-    datasets.set_version_state(mongo_db, 1, datasets.DROPPED)
-    datasets.register_version(mongo_db, 3, "job-3")
-    datasets.set_version_state(mongo_db, 3, datasets.FAILED)
-    datasets.register_version(mongo_db, 4, "job-4")
-    for version, words in ((99, "does not exist"), (1, "was dropped"), (3, "failed"), (4, "still")):
+    assert lifecycle.retire_version(mongo_db, 1)
+    assert lifecycle.remove_version(mongo_db, 1, grace_s=0)
+    lifecycle.register_version(mongo_db, 3, "job-3")
+    assert lifecycle.fail_version(mongo_db, 3)
+    lifecycle.register_version(mongo_db, 4, "job-4")
+    for version, words in ((99, "does not exist"), (1, "was removed"), (3, "failed"), (4, "still")):
         r = client.post(f"/datasets/{version}/activate")
         assert r.status_code == 409 and words in r.json()["detail"], r.text
     assert client.get("/datasets/active").json()["version"] == 2
     assert client.post("/datasets/0/activate").status_code == 422
+
+
+def test_a_retired_version_can_be_activated_until_it_is_removed(
+    client: TestClient, mongo_db: Any
+) -> None:
+    load_dataset(mongo_db, 1, [ROW])
+    load_dataset(mongo_db, 2, [ROW])
+    assert lifecycle.retire_version(mongo_db, 1)
+    r = client.post("/datasets/1/activate")
+    assert r.status_code == 200 and r.json()["version"] == 1, r.text
+    assert lifecycle.read_record(mongo_db, 1).state == "ready"  # type: ignore[union-attr]
 
 
 def test_rollback_needs_the_write_token(clean_state: None, settings: Settings) -> None:

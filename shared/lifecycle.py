@@ -1,0 +1,619 @@
+"""The dataset lifecycle: job states, version states and the pointer, as one model.
+
+Everything that can happen to an upload and to the dataset it becomes is a named transition
+here, each one compare-and-set on the store, so that concurrent and repeated task
+deliveries, the watchdog, cleanup and operators cannot race into a wrong state. The
+decisions (a job's outcome, which versions to retire, which collections to remove) are plain
+functions over snapshots, testable without services. README "Dataset lifecycle" has the
+diagram and the invariants this module keeps:
+
+1. The pointer names a ``ready`` version whose collection exists.
+2. A collection is removed only when no pointer value of the last ``DROP_GRACE_S`` named it.
+3. An accepted file ends in a finished job or stays retriable; it is deleted only after its
+   job ended.
+4. A succeeded job's version holds exactly its distinct valid rows.
+5. The keep policy keeps the newest settled versions and always the active one.
+
+The pointer document is the arbiter of what may be read: it names the live version, keeps a
+short history of the versions it named and until when (invariant 2), and a ``barred`` set of
+versions that must never be named again (failed after being loaded, or being removed). A
+version is barred *on the pointer document* before its collection is dropped or it is
+declared failed, so the single-document atomicity of MongoDB decides every race between
+"make it live" and "make it go away", on a replica set and through mongos alike.
+Clocks: ``until`` and the grace period use the hosts' clocks; skew must stay far below
+``DROP_GRACE_S`` (120 s by default).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from pymongo import ReturnDocument
+from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
+
+from shared.datasets import (
+    ACTIVE_ID,
+    COLLECTION_PREFIX,
+    META_COLLECTION,
+    VERSION_RECORDS,
+    ActiveDataset,
+    collection_name,
+    version_doc_id,
+)
+from shared.timeutil import now
+
+log = logging.getLogger(__name__)
+
+JOBS = "jobs"
+
+JobStatus = Literal["queued", "running", "finalizing", "succeeded", "failed"]
+QUEUED: JobStatus = "queued"
+RUNNING: JobStatus = "running"
+# Claimed by the finalizer: from here on only it (or, if it dies, the watchdog) ends the job,
+# and whether its data went live decides the outcome.
+FINALIZING: JobStatus = "finalizing"
+SUCCEEDED: JobStatus = "succeeded"
+FAILED: JobStatus = "failed"
+JOB_STATUSES: tuple[JobStatus, ...] = (QUEUED, RUNNING, FINALIZING, SUCCEEDED, FAILED)
+FINISHED: tuple[JobStatus, ...] = (SUCCEEDED, FAILED)
+UNFINISHED: tuple[JobStatus, ...] = (QUEUED, RUNNING, FINALIZING)
+
+VersionState = Literal["building", "ready", "failed", "retired", "removed"]
+BUILDING: VersionState = "building"
+READY: VersionState = "ready"
+FAILED_VERSION: VersionState = "failed"
+# Beyond the keep count: no longer offered, collection kept until the grace period passed.
+RETIRED: VersionState = "retired"
+REMOVED: VersionState = "removed"  # collection dropped; the record stays for the listing
+
+# Pointer history entries kept: far more switches than can happen within a grace period.
+HISTORY_KEPT = 32
+
+
+class ActivationRefused(Exception):
+    """A version cannot go live; the message is for the operator."""
+
+
+# --- snapshots and pure decisions ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pointer:
+    version: int | None
+    high_water: int
+    history: tuple[tuple[int, datetime], ...]  # (version, until), oldest first
+    barred: frozenset[int]
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any] | None) -> Pointer:
+        doc = doc or {}
+        version = doc.get("version")
+        return cls(
+            version=int(version) if version is not None else None,
+            high_water=int(doc.get("high_water", 0)),
+            history=tuple((int(h["version"]), h["until"]) for h in doc.get("history", [])),
+            barred=frozenset(int(v) for v in doc.get("barred", [])),
+        )
+
+    def named_since(self, version: int, cutoff: datetime) -> bool:
+        """Whether the pointer named ``version`` at any time since ``cutoff``. When history
+        older than ``cutoff`` was cut off, the answer is yes: not knowing is not "no"."""
+        if self.version == version:
+            return True
+        if any(v == version and until >= cutoff for v, until in self.history):
+            return True
+        return len(self.history) >= HISTORY_KEPT and self.history[0][1] >= cutoff
+
+    def ever_named(self, version: int) -> bool:
+        return self.version == version or any(v == version for v, _ in self.history)
+
+
+def _not_named_since(version: int, cutoff: datetime) -> dict[str, Any]:
+    """``Pointer.named_since`` as a query on the pointer document (negated)."""
+    return {
+        "version": {"$ne": version},
+        "history": {"$not": {"$elemMatch": {"version": version, "until": {"$gte": cutoff}}}},
+        "$or": [
+            {f"history.{HISTORY_KEPT - 1}": {"$exists": False}},
+            {"history.0.until": {"$lt": cutoff}},
+        ],
+    }
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    version: int
+    state: VersionState
+    collection: str
+    since: datetime | None  # when it entered its current state, for failed/retired
+    activated_at: datetime | None
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> VersionRecord:
+        state = doc.get("state", BUILDING)
+        if state == "dropped":  # the name before ``retired``
+            state = RETIRED
+        return cls(
+            version=int(doc["version"]),
+            state=state,
+            collection=doc.get("collection", collection_name(int(doc["version"]))),
+            since=doc.get("retired_at") or doc.get("dropped_at") or doc.get("failed_at"),
+            activated_at=doc.get("activated_at"),
+        )
+
+
+def versions_to_retire(records: list[VersionRecord], pointer: Pointer, keep: int) -> list[int]:
+    """Ready versions beyond the newest ``keep`` (the active one counts and always stays).
+    Only *settled* versions count: a ready version newer than ``high_water`` may be a job
+    between marking it ready and switching to it, so it is never retired."""
+    settled = sorted(
+        (
+            r.version
+            for r in records
+            if r.state == READY and r.version <= pointer.high_water and r.version != pointer.version
+        ),
+        reverse=True,
+    )
+    room = keep - (1 if pointer.version is not None else 0)
+    return settled[max(room, 0) :]
+
+
+def collections_to_remove(
+    names: list[str], records: list[VersionRecord], pointer: Pointer, cutoff: datetime
+) -> list[int]:
+    """Versions whose collection nothing will read again: failed or retired before
+    ``cutoff``, barred, or with no record at all; and not named by the pointer since
+    ``cutoff``."""
+    by_name = {r.collection: r for r in records}
+    out = []
+    for name in names:
+        suffix = name.removeprefix(COLLECTION_PREFIX)
+        if not name.startswith(COLLECTION_PREFIX) or not suffix.isdigit():
+            continue
+        version = int(suffix)
+        record = by_name.get(name)
+        expired = record is None or (
+            record.state in (FAILED_VERSION, RETIRED)
+            and record.since is not None
+            and record.since < cutoff
+        )
+        # A barred version is never live again (a remover may have died after barring it).
+        if not expired and not (version in pointer.barred and record and record.state != BUILDING):
+            continue
+        if not pointer.named_since(version, cutoff):
+            out.append(version)
+    return out
+
+
+def went_live(record: VersionRecord | None, pointer: Pointer, version: int) -> bool:
+    """Whether a version was ever switched to: the outcome of a job whose finalizer died."""
+    return (record is not None and record.activated_at is not None) or pointer.ever_named(version)
+
+
+StalledAction = Literal["requeue", "fail", "decide"]
+
+
+def stalled_action(job: dict[str, Any], plan_attempts: int) -> StalledAction:
+    """What the watchdog does with a job nobody is working on. A queued job never started:
+    nothing is lost by sending it again (``plan_attempts`` times at most). A running one
+    may have half its chunks loaded by dead workers: it fails. A finalizing one is decided
+    by whether its data went live."""
+    if job["status"] == QUEUED and int(job.get("plan_attempts", 1)) < plan_attempts:
+        return "requeue"
+    if job["status"] == FINALIZING:
+        return "decide"
+    return "fail"
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+def read_pointer(db: Database[Any]) -> Pointer:
+    return Pointer.from_doc(db[META_COLLECTION].find_one({"_id": ACTIVE_ID}))
+
+
+def read_records(db: Database[Any]) -> list[VersionRecord]:
+    return [VersionRecord.from_doc(d) for d in db[META_COLLECTION].find(VERSION_RECORDS)]
+
+
+def read_record(db: Database[Any], version: int) -> VersionRecord | None:
+    doc = db[META_COLLECTION].find_one({"_id": version_doc_id(version)})
+    return VersionRecord.from_doc(doc) if doc else None
+
+
+def version_collections(db: Database[Any]) -> list[str]:
+    return [n for n in db.list_collection_names() if n.startswith(COLLECTION_PREFIX)]
+
+
+# --- job transitions ------------------------------------------------------------------------
+
+
+def _job_update(db: Database[Any], query: dict[str, Any], update: dict[str, Any]) -> bool:
+    return db[JOBS].update_one(query, update).modified_count == 1
+
+
+def requeue_job(db: Database[Any], job_id: str, idle_since: datetime | None) -> bool:
+    """queued -> queued, counted: the plan task was lost or never sent."""
+    query: dict[str, Any] = {"_id": job_id, "status": QUEUED}
+    if idle_since is not None:
+        query["updated_at"] = {"$lt": idle_since}
+    else:
+        query["enqueued_at"] = None
+    moved = _job_update(db, query, {"$set": {"updated_at": now()}, "$inc": {"plan_attempts": 1}})
+    if moved:
+        log.warning("job %s: queued but its plan task is lost; sending it again", job_id)
+    return moved
+
+
+def start_job(db: Database[Any], job_id: str) -> dict[str, Any] | None:
+    """queued -> running (a redelivered plan finds it running). None if it is finalizing
+    or finished: nothing to plan."""
+    at = now()
+    db[JOBS].update_one(
+        {"_id": job_id, "status": QUEUED},
+        {
+            "$set": {
+                "status": RUNNING,
+                "phase": "splitting",
+                "phase_at.splitting": at,
+                "started_at": at,
+                "updated_at": at,
+            }
+        },
+    )
+    return db[JOBS].find_one_and_update(
+        {"_id": job_id, "status": RUNNING},
+        {"$set": {"updated_at": at}},
+        projection={"done_chunks": 0},
+        return_document=ReturnDocument.AFTER,
+    )
+
+
+def record_plan(db: Database[Any], job_id: str, chunks_total: int, chunk_size: int) -> int:
+    """The first plan of a job wins; returns the chunk size of the recorded plan, so a
+    redelivered planner enqueues the very same chunks (counts are per chunk index)."""
+    at = now()
+    doc = db[JOBS].find_one_and_update(
+        {"_id": job_id, "status": RUNNING, "chunks_total": None},
+        {
+            "$set": {
+                "chunks_total": chunks_total,
+                "chunk_size": chunk_size,
+                "phase": "loading",
+                "phase_at.loading": at,
+                "updated_at": at,
+            }
+        },
+        projection={"chunk_size": 1},
+        return_document=ReturnDocument.AFTER,
+    )
+    if doc is None:
+        doc = db[JOBS].find_one({"_id": job_id}, {"chunk_size": 1}) or {}
+    return int(doc.get("chunk_size") or chunk_size)
+
+
+def fail_job(
+    db: Database[Any],
+    job_id: str,
+    error: str,
+    *,
+    idle_since: datetime | None = None,
+    **fields: Any,
+) -> bool:
+    """queued | running -> failed, and its version (still building) -> failed. With
+    ``idle_since`` (the watchdog) only if the job has not moved since. A job the finalizer
+    has claimed is not failed here: ``decide_finalization`` ends those."""
+    query: dict[str, Any] = {"_id": job_id, "status": {"$in": [QUEUED, RUNNING]}}
+    if idle_since is not None:
+        query["updated_at"] = {"$lt": idle_since}
+    job = db[JOBS].find_one_and_update(
+        query,
+        {
+            "$set": {
+                "status": FAILED,
+                "phase": "done",
+                "finished_at": now(),
+                "updated_at": now(),
+                "error": error,
+                **fields,
+            },
+            "$unset": {"done_chunks": ""},
+        },
+        projection={"version": 1},
+    )
+    if job is None:
+        return False
+    log.warning("job %s: -> failed: %s", job_id, error)
+    fail_version(db, int(job["version"]))
+    return True
+
+
+def claim_finalization(db: Database[Any], job_id: str) -> bool:
+    """running -> finalizing; True too for a redelivered finalizer of a claimed job."""
+    result = db[JOBS].update_one(
+        {"_id": job_id, "status": {"$in": [RUNNING, FINALIZING]}},
+        {"$set": {"status": FINALIZING, "phase": "activating", "updated_at": now()}},
+    )
+    return result.matched_count == 1
+
+
+def _end_finalization(
+    db: Database[Any],
+    job_id: str,
+    status: JobStatus,
+    idle_since: datetime | None,
+    **fields: Any,
+) -> bool:
+    query: dict[str, Any] = {"_id": job_id, "status": FINALIZING}
+    if idle_since is not None:
+        query["updated_at"] = {"$lt": idle_since}
+    return _job_update(
+        db,
+        query,
+        {
+            "$set": {
+                "status": status,
+                "phase": "done",
+                "finished_at": now(),
+                "updated_at": now(),
+                **fields,
+            },
+            "$unset": {"done_chunks": ""},
+        },
+    )
+
+
+def succeed_job(db: Database[Any], job_id: str, **fields: Any) -> bool:
+    """finalizing -> succeeded (the finalizer's last step)."""
+    return _end_finalization(db, job_id, SUCCEEDED, None, **fields)
+
+
+def decide_finalization(
+    db: Database[Any], job: dict[str, Any], error: str, idle_since: datetime | None = None
+) -> JobStatus | None:
+    """finalizing -> succeeded | failed, for a finalizer that failed or died: the job
+    succeeded if its version ever went live; otherwise the version is barred and failed
+    first, so a finalizer that wakes up later can no longer switch to it. None if the job
+    was not finalizing (or moved since ``idle_since``)."""
+    version = int(job["version"])
+    live = went_live(read_record(db, version), read_pointer(db), version)
+    if not live and not fail_version(db, version):
+        live = True  # it became live meanwhile: the pointer names it
+    if live:
+        pointer = read_pointer(db)
+        done = _end_finalization(
+            db,
+            job["_id"],
+            SUCCEEDED,
+            idle_since,
+            dataset_version=version,
+            superseded=pointer.version != version,
+        )
+        status: JobStatus = SUCCEEDED
+    else:
+        done = _end_finalization(
+            db,
+            job["_id"],
+            FAILED,
+            idle_since,
+            error=f"{error}; version {version} was loaded but never went live",
+        )
+        status = FAILED
+    if not done:
+        return None
+    log.warning("job %s: finalization did not complete (%s) -> %s", job["_id"], error, status)
+    return status
+
+
+# --- version transitions ----------------------------------------------------------------
+
+
+def register_version(db: Database[Any], version: int, job_id: str) -> None:
+    """-> building; idempotent (a redelivered planner finds the record there)."""
+    db[META_COLLECTION].update_one(
+        {"_id": version_doc_id(version)},
+        {
+            "$setOnInsert": {
+                "version": version,
+                "collection": collection_name(version),
+                "job_id": job_id,
+                "state": BUILDING,
+                "created_at": now(),
+            }
+        },
+        upsert=True,
+    )
+
+
+def _version_update(
+    db: Database[Any], version: int, states: tuple[VersionState, ...], update: dict[str, Any]
+) -> bool:
+    result = db[META_COLLECTION].update_one(
+        {"_id": version_doc_id(version), "state": {"$in": list(states)}}, update
+    )
+    return result.matched_count == 1
+
+
+def mark_ready(db: Database[Any], version: int, rows: int) -> bool:
+    """building -> ready once every row is in (repeat-safe); False if it failed meanwhile."""
+    return _version_update(
+        db, version, (BUILDING, READY), {"$set": {"state": READY, "rows": rows, "ready_at": now()}}
+    )
+
+
+def fail_version(db: Database[Any], version: int) -> bool:
+    """building | ready -> failed. A ready version is barred on the pointer first; False
+    (nothing changed) if the pointer names it: then it is live, not failed."""
+    failed = {"$set": {"state": FAILED_VERSION, "failed_at": now()}}
+    if _version_update(db, version, (BUILDING,), failed):
+        return True
+    record = read_record(db, version)
+    if record is None or record.state != READY:
+        return True  # failed already, or never registered
+    if not _bar(db, version, {"version": {"$ne": version}}):
+        return False
+    return _version_update(db, version, (READY,), failed)
+
+
+SwitchOutcome = Literal["switched", "already", "superseded", "barred"]
+
+
+def _ensure_pointer(db: Database[Any]) -> None:
+    with contextlib.suppress(DuplicateKeyError):
+        db[META_COLLECTION].insert_one(
+            {"_id": ACTIVE_ID, "version": None, "high_water": 0, "history": [], "barred": []}
+        )
+
+
+def _bar(db: Database[Any], version: int, guard: dict[str, Any]) -> bool:
+    """Put ``version`` in the pointer's barred set if ``guard`` holds on the pointer."""
+    _ensure_pointer(db)
+    result = db[META_COLLECTION].update_one(
+        {"_id": ACTIVE_ID, **guard}, {"$addToSet": {"barred": version}}
+    )
+    return result.matched_count == 1
+
+
+def _switch(
+    db: Database[Any], version: int, fields: dict[str, Any], newest_only: bool
+) -> SwitchOutcome:
+    """Move the pointer to ``version``, recording what it named before and until when.
+    Optimistic: the update matches only the pointer value just read."""
+    _ensure_pointer(db)
+    meta = db[META_COLLECTION]
+    while True:
+        pointer = read_pointer(db)
+        if version in pointer.barred:
+            return "barred"
+        if newest_only and pointer.high_water >= version:
+            return "already" if pointer.ever_named(version) else "superseded"
+        if pointer.version == version and not newest_only:
+            return "already"
+        at = now()
+        update: dict[str, Any] = {
+            "$set": {"version": version, "activated_at": at, **fields},
+            "$max": {"high_water": version},
+        }
+        if pointer.version is not None:
+            update["$push"] = {
+                "history": {
+                    "$each": [{"version": pointer.version, "until": at}],
+                    "$slice": -HISTORY_KEPT,
+                }
+            }
+        query: dict[str, Any] = {
+            "_id": ACTIVE_ID,
+            "version": pointer.version,
+            "barred": {"$ne": version},
+            "high_water": pointer.high_water,
+        }
+        if meta.update_one(query, update).matched_count == 1:
+            return "switched"
+
+
+def _revive(db: Database[Any], version: int, **fields: Any) -> bool:
+    """retired (or ready) -> ready."""
+    return _version_update(
+        db,
+        version,
+        (READY, RETIRED),
+        {"$set": {"state": READY, **fields}, "$unset": {"retired_at": ""}},
+    )
+
+
+def _confirm_live(db: Database[Any], version: int) -> None:
+    """After the pointer names a version: ready again if a cleanup retired it meanwhile."""
+    _revive(db, version, activated_at=now())
+
+
+def activate_if_newest(db: Database[Any], version: int, rows: int, job_id: str) -> SwitchOutcome:
+    """A job's switch, unless a newer submission already went live (``superseded``) or the
+    version was failed meanwhile (``barred``). ``already``: a redelivered finalizer whose
+    switch happened before."""
+    outcome = _switch(db, version, {"rows": rows, "job_id": job_id}, newest_only=True)
+    if outcome in ("switched", "already"):
+        _confirm_live(db, version)
+    log.info("version %d: switch %s", version, outcome)
+    return outcome
+
+
+def refusal(version: int, record: VersionRecord | None) -> str:
+    """Why ``version`` cannot be activated, in a sentence for the operator."""
+    if record is None:
+        return f"dataset version {version} does not exist"
+    if record.state == REMOVED:
+        return f"dataset version {version} was removed (only the newest complete ones are kept)"
+    if record.state == FAILED_VERSION:
+        return f"dataset version {version} failed to load; it was never complete"
+    if record.state == BUILDING:
+        return f"dataset version {version} is still loading"
+    return f"dataset version {version} is being removed and can no longer be activated"
+
+
+def activate_by_hand(db: Database[Any], version: int) -> ActiveDataset:
+    """Rollback (or roll forward) to a kept version: ready, or retired but not yet removed
+    (it comes back). Raises ``ActivationRefused`` with the reason."""
+    revived = _revive(db, version)
+    record = read_record(db, version)
+    if not revived or record is None:
+        raise ActivationRefused(refusal(version, record))
+    doc = db[META_COLLECTION].find_one({"_id": version_doc_id(version)}) or {}
+    fields = {"rows": doc.get("rows", 0), "job_id": doc.get("job_id")}
+    if _switch(db, version, fields, newest_only=False) == "barred":
+        raise ActivationRefused(refusal(version, record))
+    _confirm_live(db, version)
+    log.info("version %d: -> live (by hand)", version)
+    pointer = db[META_COLLECTION].find_one({"_id": ACTIVE_ID})
+    assert pointer is not None  # _switch made it
+    return ActiveDataset.from_doc(pointer)
+
+
+def retire_version(db: Database[Any], version: int) -> bool:
+    """ready -> retired (keep policy), decided on a snapshot that may be stale: if the
+    pointer names the version after the change, it goes back to ready. (An activation
+    that moved the pointer before this read is seen here; one after it revives the version
+    itself, in ``_confirm_live``.)"""
+    if not _version_update(
+        db, version, (READY,), {"$set": {"state": RETIRED, "retired_at": now()}}
+    ):
+        return False
+    if read_pointer(db).version == version:
+        _revive(db, version)
+        log.info("version %d: not retired, it went live meanwhile", version)
+        return False
+    log.info("version %d: -> retired", version)
+    return True
+
+
+def remove_version(db: Database[Any], version: int, grace_s: float) -> bool:
+    """failed | retired (or no record) -> removed: barred on the pointer only if the pointer
+    has not named it for ``grace_s``, then its collection is dropped. Repeat-safe: a
+    remover that died after barring is finished by the next one."""
+    cutoff = now() - timedelta(seconds=grace_s)
+    if not _bar(db, version, _not_named_since(version, cutoff)):
+        return False
+    db.drop_collection(collection_name(version))
+    # Barred, so never live again: whatever its record says (an activation attempt that
+    # lost to the bar may have revived it, "dropped" is the name before "retired").
+    db[META_COLLECTION].update_one(
+        {
+            "_id": version_doc_id(version),
+            "state": {"$in": [FAILED_VERSION, RETIRED, READY, "dropped"]},
+        },
+        {"$set": {"state": REMOVED, "removed_at": now()}},
+    )
+    log.info("version %d: -> removed (collection dropped)", version)
+    return True
+
+
+def repair_live_version(db: Database[Any]) -> None:
+    """The live version must be ready: a retire that died between its two steps leaves it
+    retired. (Cleanup runs this first.)"""
+    pointer = read_pointer(db)
+    if pointer.version is not None:
+        _revive(db, pointer.version)

@@ -1,0 +1,237 @@
+"""The dataset lifecycle against the real store: the races reported in issue #9, each
+replayed step by step, and the rules every transition keeps."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared import datasets, job_records, lifecycle
+from shared.settings import Settings
+from shared.timeutil import now
+from tests.helpers import load_dataset
+from worker import job_steps, upkeep
+from worker.finalizing import finalize_steps
+
+pytestmark = pytest.mark.usefixtures("clean_state")
+
+ROW = "a,1,2018-08-04 05:32:31 +0200"
+
+
+def _exists(db: Any, version: int) -> bool:
+    return datasets.collection_name(version) in db.list_collection_names()
+
+
+def _cleanup(db: Any, keep: int, grace_s: float) -> upkeep.CleanupPlan:
+    return upkeep.plan_cleanup(db, keep, grace_s, now())
+
+
+def _job(db: Any, settings: Settings, job_id: str, version: int, lines: list[str]) -> None:
+    """A job whose file is stored and whose chunks all loaded: ready to finalize."""
+    (settings.uploads_dir / f"{job_id}.csv").write_text("".join(f"{x}\n" for x in lines))
+    db[lifecycle.JOBS].insert_one(
+        job_records.new_job(job_id, version, f"{job_id}.csv", 10, "upload")
+    )
+    chunks: list[tuple[int, int, int]] = []
+    assert not job_steps.plan(db, settings, job_id, lambda *c: chunks.append(c))
+    outcomes = [job_steps.load(db, settings, job_id, *c) for c in chunks]
+    assert outcomes[-1] == "last"
+
+
+def _finalize(db: Any, settings: Settings, job_id: str, stop_after: str | None = None) -> None:
+    for step in finalize_steps(db, settings, job_id, lambda v: None):
+        if step == stop_after:
+            return  # the finalizer dies here
+
+
+def test_older_submission_never_replaces_newer_and_rollback_is_explicit(mongo_db: Any) -> None:
+    assert load_dataset(mongo_db, 3, [ROW])
+    assert not load_dataset(mongo_db, 2, [ROW])  # finished later, submitted earlier
+    assert lifecycle.activate_by_hand(mongo_db, 2).version == 2  # manual rollback
+    assert not load_dataset(mongo_db, 1, [ROW])  # still older than the high-water mark
+    assert load_dataset(mongo_db, 4, [ROW])
+    with pytest.raises(lifecycle.ActivationRefused, match="does not exist"):
+        lifecycle.activate_by_hand(mongo_db, 99)
+
+
+def test_a_repeated_switch_by_a_redelivered_finalizer_is_not_superseded(mongo_db: Any) -> None:
+    assert load_dataset(mongo_db, 5, [ROW])
+    assert lifecycle.activate_if_newest(mongo_db, 5, 1, "fixture") == "already"
+    assert lifecycle.activate_if_newest(mongo_db, 4, 1, "older") == "superseded"
+
+
+def test_defect_1_a_rollback_racing_cleanup_keeps_its_version_live_and_ready(
+    mongo_db: Any,
+) -> None:
+    """Cleanup reads the pointer (v3), an operator rolls back to v1, cleanup goes on with its
+    stale reading: v1 must stay ready, and its collection must survive the next switch."""
+    for version in (1, 2, 3):
+        load_dataset(mongo_db, version, [ROW])
+    stale = _cleanup(mongo_db, keep=1, grace_s=60)
+    assert stale.retire == [2, 1]
+    lifecycle.activate_by_hand(mongo_db, 1)
+    upkeep.apply_cleanup(mongo_db, stale, grace_s=60)
+    assert lifecycle.read_record(mongo_db, 1).state == lifecycle.READY  # type: ignore[union-attr]
+    assert lifecycle.activate_by_hand(mongo_db, 1).version == 1  # still offered
+
+    # The next switch: v1 was live a moment ago, so its collection outlives the grace period
+    # whatever its record says.
+    assert load_dataset(mongo_db, 4, [ROW])
+    lifecycle.retire_version(mongo_db, 1)
+    mongo_db[datasets.META_COLLECTION].update_one(
+        {"_id": datasets.version_doc_id(1)}, {"$set": {"retired_at": now() - timedelta(days=1)}}
+    )
+    upkeep.apply_cleanup(mongo_db, _cleanup(mongo_db, keep=1, grace_s=60), grace_s=60)
+    assert _exists(mongo_db, 1)
+    assert not lifecycle.remove_version(mongo_db, 1, grace_s=60)
+
+
+def test_defect_1_a_brand_new_live_version_is_not_retired_by_a_cleanup_read_before_it(
+    mongo_db: Any,
+) -> None:
+    load_dataset(mongo_db, 1, [ROW])
+    lifecycle.register_version(mongo_db, 2, "job2")
+    mongo_db[datasets.collection_name(2)].insert_one({"_id": "a", "price": 1.0})
+    assert lifecycle.mark_ready(mongo_db, 2, 1)
+    stale = _cleanup(mongo_db, keep=1, grace_s=0)  # pointer still on v1
+    assert lifecycle.activate_if_newest(mongo_db, 2, 1, "job2") == "switched"
+    upkeep.apply_cleanup(mongo_db, stale, grace_s=0)
+    assert lifecycle.read_record(mongo_db, 2).state == lifecycle.READY  # type: ignore[union-attr]
+    assert _exists(mongo_db, 2)
+
+
+def test_a_failed_version_goes_after_the_grace_period_and_a_late_finalizer_cannot_revive_it(
+    mongo_db: Any,
+) -> None:
+    load_dataset(mongo_db, 1, [ROW])
+    lifecycle.register_version(mongo_db, 4, "job4")
+    mongo_db.create_collection(datasets.collection_name(4))
+    assert lifecycle.fail_version(mongo_db, 4)
+    assert not lifecycle.mark_ready(mongo_db, 4, 1)
+    assert _cleanup(mongo_db, keep=2, grace_s=60).remove == []
+    assert _cleanup(mongo_db, keep=2, grace_s=0).remove == [4]
+    upkeep.apply_cleanup(mongo_db, _cleanup(mongo_db, keep=2, grace_s=0), grace_s=0)
+    assert not _exists(mongo_db, 4)
+    assert lifecycle.read_record(mongo_db, 4).state == lifecycle.REMOVED  # type: ignore[union-attr]
+
+
+def test_defect_2_a_drop_folder_job_whose_enqueue_failed_is_sent_again_not_deleted(
+    mongo_db: Any, settings: Settings
+) -> None:
+    from kombu.exceptions import OperationalError
+
+    import worker.inbox as inbox
+
+    settings.inbox_dir.mkdir(parents=True, exist_ok=True)
+    dropped = settings.inbox_dir / "partner.csv"
+    dropped.write_text(f"{ROW}\n")
+    sent: list[str] = []
+
+    def broker_down(job_id: str) -> None:
+        raise OperationalError("Error 111 connecting to the broker. Connection refused.")
+
+    original = inbox.send_plan
+    inbox.send_plan = broker_down  # type: ignore[assignment]
+    try:
+        job_id = inbox.ingest_file(mongo_db, dropped)
+    finally:
+        inbox.send_plan = original
+    assert job_id is not None
+    job = mongo_db[lifecycle.JOBS].find_one({"_id": job_id})
+    assert job["status"] == lifecycle.QUEUED and job["enqueued_at"] is None
+    stored = settings.uploads_dir / job["file"]
+    assert stored.exists()
+
+    later = now() + timedelta(seconds=settings.job_stall_timeout_s + 60)
+    assert upkeep.watchdog(mongo_db, settings, later, sent.append) == []
+    assert sent == [job_id]  # sent again, not failed
+    job = mongo_db[lifecycle.JOBS].find_one({"_id": job_id})
+    assert job["status"] == lifecycle.QUEUED and job["plan_attempts"] == 2
+    upkeep.sweep_uploads(mongo_db, settings.uploads_dir, later.timestamp())
+    assert stored.exists()  # the partner's only copy stays while the job can run
+
+
+def test_defect_3_a_finalizer_dying_after_the_switch_leaves_a_version_the_keep_policy_drops(
+    mongo_db: Any, settings: Settings
+) -> None:
+    _job(mongo_db, settings, "j1", 1, [ROW])
+    _finalize(mongo_db, settings, "j1", stop_after="switched")
+    later = now() + timedelta(seconds=settings.job_stall_timeout_s + 60)
+    assert upkeep.watchdog(mongo_db, settings, later, lambda j: None) == ["j1"]
+    job = mongo_db[lifecycle.JOBS].find_one({"_id": "j1"})
+    assert job["status"] == lifecycle.SUCCEEDED and job["dataset_version"] == 1
+    load_dataset(mongo_db, 2, [ROW])
+    load_dataset(mongo_db, 3, [ROW])
+    assert _cleanup(mongo_db, keep=2, grace_s=60).retire == [1]
+
+
+def test_defect_3_a_finalizer_dying_before_the_switch_fails_its_ready_version_for_good(
+    mongo_db: Any, settings: Settings
+) -> None:
+    load_dataset(mongo_db, 1, [ROW])
+    _job(mongo_db, settings, "j2", 2, [ROW])
+    steps = finalize_steps(mongo_db, settings, "j2", lambda v: None)
+    assert [next(steps) for _ in range(4)][-1] == "ready"  # stalls here (not dead)
+    later = now() + timedelta(seconds=settings.job_stall_timeout_s + 60)
+    assert upkeep.watchdog(mongo_db, settings, later, lambda j: None) == ["j2"]
+    job = mongo_db[lifecycle.JOBS].find_one({"_id": "j2"})
+    assert job["status"] == lifecycle.FAILED and "never went live" in job["error"]
+    assert lifecycle.read_record(mongo_db, 2).state == lifecycle.FAILED_VERSION  # type: ignore[union-attr]
+    list(steps)  # the stalled finalizer wakes up: it cannot switch to a failed version
+    assert datasets.read_active_sync(mongo_db).version == 1  # type: ignore[union-attr]
+
+
+def test_only_the_finalizer_or_the_watchdog_ends_a_claimed_job(
+    mongo_db: Any, settings: Settings
+) -> None:
+    _job(mongo_db, settings, "j3", 1, [ROW])
+    _finalize(mongo_db, settings, "j3", stop_after="claimed")
+    assert not lifecycle.fail_job(mongo_db, "j3", "a redelivered chunk failed")
+    assert mongo_db[lifecycle.JOBS].find_one({"_id": "j3"})["status"] == lifecycle.FINALIZING
+    _finalize(mongo_db, settings, "j3")  # redelivered finalizer completes the job
+    job = mongo_db[lifecycle.JOBS].find_one({"_id": "j3"})
+    assert job["status"] == lifecycle.SUCCEEDED and not job["superseded"]
+
+
+def test_defect_4_a_long_count_keeps_the_job_alive_for_the_watchdog(
+    mongo_db: Any, settings: Settings
+) -> None:
+    _job(mongo_db, settings, "slow", 1, [ROW])
+    quick = settings.model_copy(update={"job_stall_timeout_s": 1})
+
+    def slow_count(db: Any, version: int, totals: dict[str, int]) -> int:
+        time.sleep(3)  # a scan of a billion ids, in miniature
+        return totals["written"]
+
+    def finalize() -> None:
+        for _ in finalize_steps(mongo_db, settings, "slow", lambda v: None, slow_count, 0.2):
+            pass
+
+    thread = threading.Thread(target=finalize)
+    thread.start()
+    time.sleep(2)  # longer than the stall timeout, within the count
+    ended = upkeep.watchdog(mongo_db, quick, now(), lambda j: None)
+    thread.join()
+    assert ended == []
+    job = mongo_db[lifecycle.JOBS].find_one({"_id": "slow"})
+    assert job["status"] == lifecycle.SUCCEEDED, job.get("error")
+
+
+def test_a_redelivered_plan_under_other_settings_enqueues_the_recorded_plan(
+    mongo_db: Any, settings: Settings, tmp_path: Path
+) -> None:
+    lines = [f"id{i},1,2018-08-04 05:32:31 +0200" for i in range(2000)]
+    (settings.uploads_dir / "p.csv").write_text("".join(f"{x}\n" for x in lines))
+    mongo_db[lifecycle.JOBS].insert_one(job_records.new_job("p", 1, "p.csv", 10, "upload"))
+    first: list[tuple[int, int, int]] = []
+    small = settings.model_copy(update={"chunk_size_bytes": 5_000})
+    job_steps.plan(mongo_db, small, "p", lambda *c: first.append(c))
+    again: list[tuple[int, int, int]] = []
+    other = settings.model_copy(update={"chunk_size_bytes": 7_000})
+    job_steps.plan(mongo_db, other, "p", lambda *c: again.append(c))
+    assert again == first and len(first) > 1

@@ -1,0 +1,317 @@
+"""Model-based test of the dataset lifecycle against the real dev store.
+
+Hypothesis interleaves, in any order: uploads starting (some whose plan task never reaches
+the broker, as a drop-folder claim whose enqueue failed), plans, chunk deliveries
+(duplicates and redeliveries included), finalizers that run to the end or die after any of
+their steps, cleanup from a fresh or a stale snapshot, rollbacks, the watchdog and the clock
+moving on. After every step it checks the invariants of ``shared.lifecycle``. With the fix of
+issue #9's defect 1, 2 or 3 reverted, it finds a counterexample (see the commit message).
+
+The clock is the test's own (lifecycle times are compared with it), so grace periods and
+stall timeouts are exact, and nothing here sleeps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from shared import datasets, job_records, lifecycle
+from shared.settings import Settings
+from tests.conftest import reset_state
+from worker import job_steps, upkeep
+from worker.finalizing import finalize_steps
+
+GRACE_S = 50
+STALL_S = 100
+KEEP = 1
+FINALIZER_STEPS = ["checked", "counted", "claimed", "ready", "switched", "announced"]
+IDS = ["a", "B", "c", "d"]
+MOSTLY = st.sampled_from([True, True, True, False])
+
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.at = START
+
+    def __call__(self) -> datetime:
+        return self.at
+
+
+class Lifecycle(RuleBasedStateMachine):
+    db: Any
+    settings: Settings
+    clock: Clock
+    redis: Any
+
+    jobs = Bundle("jobs")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.files: dict[str, list[str]] = {}  # job -> lines
+        self.chunks: dict[str, list[tuple[int, int, int]]] = {}
+        self.sent: set[str] = set()
+        self.stale: upkeep.CleanupPlan | None = None
+        self.last_named: dict[int, datetime] = {}
+        self.collections: set[int] = set()
+
+    @initialize()
+    def empty_store(self) -> None:
+        reset_state(self.db, self.redis, self.settings)
+        self.clock.at = START
+
+    # --- rules ---------------------------------------------------------------------
+
+    @rule(
+        target=jobs,
+        rows=st.lists(
+            st.tuples(st.sampled_from(IDS), st.integers(1, 9), MOSTLY),
+            min_size=1,
+            max_size=6,
+        ),
+        sent=MOSTLY,
+        steps=st.sampled_from(["none", "load", "finish", "finish", "die"]),
+        die_after=st.sampled_from(FINALIZER_STEPS),
+    )
+    def upload(
+        self, rows: list[tuple[str, int, bool]], sent: bool, steps: str, die_after: str
+    ) -> Any:
+        """A new upload; most are sent, and loaded or finished at once (each step can also
+        come later, on its own, interleaved with anything else)."""
+        version = datasets.allocate_version_sync(self.db)
+        job_id = f"job{version}"
+        lines = [
+            f"{rid},{price},2018-08-04 05:32:31 +0200" if valid else f"{rid},-{price},x"
+            for rid, price, valid in rows
+        ]
+        (self.settings.uploads_dir / f"{job_id}.csv").write_text(
+            "".join(f"{line}\n" for line in lines)
+        )
+        self.db[lifecycle.JOBS].insert_one(
+            job_records.new_job(job_id, version, f"{job_id}.csv", 10, "inbox")
+        )
+        self.files[job_id] = lines
+        if sent:  # otherwise: the claim's enqueue failed
+            job_records.mark_enqueued_sync(self.db, job_id)
+            self.sent.add(job_id)
+            if steps != "none":
+                self.load_everything(job_id, redeliver=False)
+            if steps in ("finish", "die"):
+                self.finalize(job_id, die_after if steps == "die" else None)
+        return job_id
+
+    def plan(self, job: str) -> None:
+        if job not in self.sent:
+            return  # no task was ever sent for it
+        found: list[tuple[int, int, int]] = []
+        job_steps.plan(self.db, self.settings, job, lambda *c: found.append(c))
+        if found:
+            self.chunks[job] = found
+
+    @rule(job=jobs, redeliver=st.booleans())
+    def load_everything(self, job: str, redeliver: bool) -> None:
+        """Plan and every chunk in one step (each may also happen on its own)."""
+        self.plan(job)
+        chunks = self.chunks.get(job, [])
+        for chunk in chunks + chunks[:1] if redeliver else chunks[::-1]:
+            job_steps.load(self.db, self.settings, job, *chunk)
+
+    @precondition(lambda self: bool(self.chunks))
+    @rule(job=jobs, pick=st.integers(0, 20))
+    def deliver_chunk(self, job: str, pick: int) -> None:
+        chunks = self.chunks.get(job)
+        if chunks:
+            job_steps.load(self.db, self.settings, job, *chunks[pick % len(chunks)])
+
+    @rule(
+        job=jobs,
+        stop_after=st.one_of(st.none(), st.none(), st.sampled_from(FINALIZER_STEPS)),
+    )
+    def finalize(self, job: str, stop_after: str | None) -> None:
+        for step in finalize_steps(self.db, self.settings, job, lambda v: None):
+            if step == stop_after:
+                return  # the finalizer dies here
+
+    @rule(job=jobs)
+    def rollback(self, job: str) -> None:
+        version = int(job.removeprefix("job"))
+        with contextlib.suppress(lifecycle.ActivationRefused):
+            lifecycle.activate_by_hand(self.db, version)
+
+    @rule()
+    def read_for_cleanup(self) -> None:
+        self.stale = upkeep.plan_cleanup(self.db, KEEP, GRACE_S, self.clock())
+
+    @precondition(lambda self: self.stale is not None)
+    @rule()
+    def cleanup_from_stale_read(self) -> None:
+        assert self.stale is not None
+        upkeep.apply_cleanup(self.db, self.stale, GRACE_S)
+        self.stale = None
+
+    @rule(job=jobs, racing=st.sampled_from(["rollback", "finalize"]), pick=st.integers(0, 9))
+    def cleanup_racing(self, job: str, racing: str, pick: int) -> None:
+        """Cleanup reads, then a switch lands - a rollback to a version that cleanup is about
+        to retire, or a job's switch - then cleanup acts on what it read. (The split rules
+        above make the same races, less often.)"""
+        stale = upkeep.plan_cleanup(self.db, KEEP, GRACE_S, self.clock())
+        if racing == "rollback" and stale.retire:
+            self.rollback(f"job{stale.retire[pick % len(stale.retire)]}")
+        elif racing == "finalize":
+            self.finalize(job, None)
+        upkeep.apply_cleanup(self.db, stale, GRACE_S)
+
+    @rule()
+    def cleanup(self) -> None:
+        plan = upkeep.plan_cleanup(self.db, KEEP, GRACE_S, self.clock())
+        upkeep.apply_cleanup(self.db, plan, GRACE_S)
+        self._check_keep_policy()
+
+    @rule(after_silence=st.booleans())
+    def watchdog(self, after_silence: bool) -> None:
+        """The periodic task: lost plans sent again, stalled jobs ended, stale files swept;
+        now, or after a silence longer than the stall timeout."""
+        if after_silence:
+            self.clock.at += timedelta(seconds=STALL_S + 1)
+        upkeep.watchdog(self.db, self.settings, self.clock(), self.sent.add)
+        upkeep.sweep_uploads(self.db, self.settings.uploads_dir, self.clock().timestamp() + 1)
+
+    @rule(seconds=st.sampled_from([1, 30, 60, 150]))
+    def tick(self, seconds: int) -> None:
+        self.clock.at += timedelta(seconds=seconds)
+
+    # --- invariants ------------------------------------------------------------------
+
+    def _records(self) -> dict[int, lifecycle.VersionRecord]:
+        return {r.version: r for r in lifecycle.read_records(self.db)}
+
+    def _existing(self) -> set[int]:
+        names = lifecycle.version_collections(self.db)
+        return {int(n.removeprefix(datasets.COLLECTION_PREFIX)) for n in names}
+
+    @invariant()
+    def pointer_names_a_ready_version_whose_collection_exists(self) -> None:
+        pointer = lifecycle.read_pointer(self.db)
+        if pointer.version is None:
+            return
+        record = self._records().get(pointer.version)
+        assert record is not None and record.state == lifecycle.READY, record
+        assert pointer.version in self._existing()
+
+    @invariant()
+    def a_collection_goes_only_when_no_pointer_value_of_the_grace_period_named_it(self) -> None:
+        pointer = lifecycle.read_pointer(self.db)
+        now = self.clock()
+        if pointer.version is not None:
+            self.last_named[pointer.version] = now
+        existing = self._existing()
+        for version in self.collections - existing:
+            named = self.last_named.get(version)
+            assert named is None or now - named >= timedelta(seconds=GRACE_S), (version, named)
+        self.collections = existing
+
+    @invariant()
+    def an_accepted_file_stays_while_its_job_can_run_and_is_never_given_up_unsent(self) -> None:
+        for job in self.db[lifecycle.JOBS].find({}):
+            if job["status"] in lifecycle.UNFINISHED:
+                assert (self.settings.uploads_dir / job["file"]).exists(), job["_id"]
+            if job["status"] == lifecycle.FAILED and "no progress" in (job["error"] or ""):
+                never_planned = job.get("chunks_total") is None
+                assert not never_planned or job["plan_attempts"] >= self.settings.plan_attempts, job
+
+    @invariant()
+    def a_succeeded_job_holds_exactly_its_distinct_valid_rows(self) -> None:
+        existing = self._existing()
+        for job in self.db[lifecycle.JOBS].find({"status": lifecycle.SUCCEEDED}):
+            version = job["version"]
+            valid = [line for line in self.files[job["_id"]] if ",-" not in line]
+            distinct = {line.split(",")[0].lower() for line in valid}
+            assert job["rows_loaded"] == len(valid)
+            assert job["duplicates"] == len(valid) - len(distinct)
+            if version in existing:
+                coll = self.db[datasets.collection_name(version)]
+                assert coll.count_documents({}) == len(distinct), job["_id"]
+
+    def _check_keep_policy(self) -> None:
+        """Right after a cleanup from a fresh read: the active version and the newest
+        ``KEEP - 1`` other settled versions are ready, no other settled one is."""
+        pointer = lifecycle.read_pointer(self.db)
+        records = self._records()
+        ready = {v for v, r in records.items() if r.state == lifecycle.READY}
+        settled = sorted((v for v in ready if v <= pointer.high_water), reverse=True)
+        others = [v for v in settled if v != pointer.version]
+        assert len(others) <= KEEP - (1 if pointer.version is not None else 0), records
+
+    @invariant()
+    def a_ready_version_newer_than_every_switch_is_one_being_finalized(self) -> None:
+        """Else it would never be settled, so never retired: kept forever."""
+        high_water = lifecycle.read_pointer(self.db).high_water
+        finalizing = {
+            j["version"] for j in self.db[lifecycle.JOBS].find({"status": lifecycle.FINALIZING})
+        }
+        for record in lifecycle.read_records(self.db):
+            if record.state == lifecycle.READY and record.version > high_water:
+                assert record.version in finalizing, record
+
+
+@pytest.mark.slow
+def test_lifecycle_model(
+    mongo_db: Any, redis_client: Any, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    for module in (lifecycle, job_records):
+        monkeypatch.setattr(module, "now", clock)
+    model_settings = settings.model_copy(
+        update={
+            "chunk_size_bytes": 40,
+            "insert_batch_rows": 2,
+            "reject_ratio": 0.5,
+            "job_stall_timeout_s": STALL_S,
+            "drop_grace_s": GRACE_S,
+            "versions_to_keep": KEEP,
+            "plan_attempts": 2,
+        }
+    )
+
+    class Machine(Lifecycle):
+        def __init__(self) -> None:
+            # Set before the base class looks at the machine's attributes (a Database
+            # answers any attribute name with a collection).
+            self.db = mongo_db
+            self.redis = redis_client
+            self.settings = model_settings
+            self.clock = clock
+            super().__init__()
+
+    run_state_machine_as_test(
+        Machine,
+        settings=settings_for_ci(),
+    )
+
+
+def settings_for_ci() -> settings:
+    """80 examples in CI (about 30 s here); LIFECYCLE_MODEL_EXAMPLES searches deeper."""
+    return settings(
+        max_examples=int(os.environ.get("LIFECYCLE_MODEL_EXAMPLES", "80")),
+        stateful_step_count=30,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )

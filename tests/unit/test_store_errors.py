@@ -1,0 +1,112 @@
+"""Which driver errors retry, which fail the job: every transient code, write-concern
+errors, stale routing through mongos, against crafted driver errors (no server can be made
+to fail over here)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pymongo.errors import (
+    AutoReconnect,
+    BulkWriteError,
+    OperationFailure,
+    ServerSelectionTimeoutError,
+    WriteConcernError,
+)
+
+from shared.errors import (
+    TRANSIENT_CODES,
+    PermanentError,
+    StoreBusy,
+    StoreUnavailable,
+    store_errors,
+    translate,
+)
+from worker.chunk_writer import write_batch
+
+
+class RefusingCollection:
+    """Answers every insert_many with one crafted BulkWriteError."""
+
+    def __init__(self, error: BulkWriteError) -> None:
+        self.error = error
+
+    def insert_many(self, docs: Any, ordered: bool) -> None:
+        raise self.error
+
+
+def _bulk_error(write_errors: list[dict[str, Any]], wc_errors: list[Any] | None = None) -> Any:
+    return BulkWriteError(
+        {
+            "writeErrors": write_errors,
+            "writeConcernErrors": wc_errors or [],
+            "nInserted": 0,
+        }
+    )
+
+
+ROW = b"\x05\x00\x00\x00\x00"  # an empty BSON document: the writer never looks inside
+
+
+def test_a_write_concern_error_retries_the_chunk_and_is_never_counted() -> None:
+    """A failover can roll the whole batch back: counting it as written loses data."""
+    error = _bulk_error([], [{"code": 64, "errmsg": "waiting for replication timed out"}])
+    with pytest.raises(StoreBusy, match="write concern"):
+        write_batch(RefusingCollection(error), [ROW])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("code", sorted(TRANSIENT_CODES))
+def test_each_transient_code_retries_the_chunk(code: int) -> None:
+    error = _bulk_error([{"index": 0, "code": code, "errmsg": "x"}])
+    with pytest.raises(StoreBusy, match=f"error {code}"):
+        write_batch(RefusingCollection(error), [ROW])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("code", [13388, 11601, 63, 150])  # StaleConfig, Interrupted, stale
+def test_mongos_stale_routing_and_interruptions_are_transient(code: int) -> None:
+    assert code in TRANSIENT_CODES
+
+
+@pytest.mark.parametrize("code", [2, 121, 10334, 17280])  # BadValue, validation, too large
+def test_a_deterministic_write_error_fails_the_job(code: int) -> None:
+    error = _bulk_error([{"index": 0, "code": code, "errmsg": "no"}])
+    with pytest.raises(PermanentError, match=f"error {code}"):
+        write_batch(RefusingCollection(error), [ROW])  # type: ignore[arg-type]
+
+
+def test_a_transient_error_after_duplicates_still_retries() -> None:
+    """Duplicates alone are resolved; one transient error among them retries all."""
+    error = _bulk_error(
+        [
+            {"index": 0, "code": 11000, "errmsg": "dup"},
+            {"index": 1, "code": 13388, "errmsg": "stale config"},
+        ]
+    )
+    with pytest.raises(StoreBusy):
+        write_batch(RefusingCollection(error), [ROW, ROW])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (AutoReconnect("primary stepped down"), StoreUnavailable),
+        (ServerSelectionTimeoutError("no primary"), StoreUnavailable),
+        (WriteConcernError("waiting for replication timed out", 64, {}), StoreBusy),
+        (OperationFailure("StaleConfig", 13388), StoreBusy),
+        (OperationFailure("Interrupted", 11601), StoreBusy),
+        (OperationFailure("not primary", 10107), StoreBusy),
+    ],
+)
+def test_driver_errors_become_the_services_own_kinds(error: Exception, kind: type) -> None:
+    """A single-document metadata write that meets a failover longer than the driver's one
+    retry must retry the task, not fail the job as an internal error."""
+    with pytest.raises(kind), store_errors():
+        raise error
+
+
+@pytest.mark.parametrize("error", [OperationFailure("bad", 2), OperationFailure("auth", 13)])
+def test_other_driver_errors_pass_unchanged(error: OperationFailure) -> None:
+    assert translate(error) is None
+    with pytest.raises(OperationFailure), store_errors():
+        raise error
