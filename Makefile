@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install system-deps lint bench bench-deps clean
+.PHONY: run test test-cluster install system-deps lint bench bench-deps clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,12 +14,16 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	touch $(STAMP)
 
 # Redis comes from Debian's packages when the machine lacks it (the tests start their own
-# redis-server; `make run` starts one when none answers at REDIS_URL).
+# redis-server; `make run` starts one when none answers at REDIS_URL), and so does `ip`
+# (iproute2): the cluster test builds its hosts from network namespaces with it.
 system-deps:
-	@command -v redis-server >/dev/null 2>&1 || { \
-		echo "installing redis-server"; \
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing="$$missing iproute2"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q redis-server; }
+		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q $$missing; fi
 
 install: system-deps $(STAMP)
 
@@ -31,9 +35,16 @@ lint: install
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy shared
 
-# pytest exits 5 when it collected no tests: that must fail, never pass silently.
+# pytest exits 5 when it collected no tests: that must fail, never pass silently. Skips are
+# listed with their reason (-rs). The suite includes the multi-host cluster test
+# (tests/cluster, ~2 min, needs root); REQUIRE_NETNS=1 turns its skip into a failure.
 test: lint
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
+	$(PY) -m pytest -q -rs -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# Only the multi-host cluster test.
+test-cluster: install
+	$(PY) -m pytest -q -rs -p no:cacheprovider tests/cluster $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 # Benchmarks (each starts its own services; MONGO_URL points them at a real MongoDB).

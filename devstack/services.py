@@ -38,12 +38,12 @@ def _tool(name: str) -> str:
     return str(local) if local.exists() else (shutil.which(name) or name)
 
 
-def mongo_command(port: int, storage: str) -> list[str]:
+def mongo_command(port: int, storage: str, host: str = "127.0.0.1") -> list[str]:
     """secantusd: the MongoDB-wire-compatible dev/test server (never used in production)."""
     return [
         _tool("secantusd-py"),
         "--host",
-        "127.0.0.1",
+        host,
         "--port",
         str(port),
         "--storage-path",
@@ -53,13 +53,13 @@ def mongo_command(port: int, storage: str) -> list[str]:
     ]
 
 
-def redis_command(port: int, directory: str) -> list[str]:
+def redis_command(port: int, directory: str, host: str = "127.0.0.1") -> list[str]:
     return [
         _tool("redis-server"),
         "--port",
         str(port),
         "--bind",
-        "127.0.0.1",
+        host,
         "--save",
         "",
         "--appendonly",
@@ -127,11 +127,13 @@ class Service:
         env: Mapping[str, str] | None = None,
         port: int | None = None,
         log_path: Path | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         self.name = name
         self.argv = list(argv)
         self.env = {**os.environ, **(env or {})}
         self.port = port
+        self.host = host  # where wait_ready looks for the port
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -155,7 +157,7 @@ class Service:
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}{self._tail()}")
-            if self.port is None or port_open("127.0.0.1", self.port):
+            if self.port is None or port_open(self.host, self.port):
                 return self
             time.sleep(0.1)
         raise TimeoutError(f"{self.name} did not listen on {self.port} in {timeout}s{self._tail()}")

@@ -14,6 +14,26 @@ from shared.logging_setup import configure_logging
 from shared.settings import get_settings
 from shared.task_names import CLEANUP_DATASETS, FAIL_STALLED_JOBS, SCAN_INBOX
 
+
+def redelivery_options(visibility_timeout_s: int) -> dict[str, int]:
+    """Broker options that bound redelivery of a lost worker's tasks by the visibility
+    timeout plus at most 10 % of it (at most 10 s).
+
+    Every worker sweeps the broker for unacknowledged tasks older than the visibility
+    timeout; kombu's defaults sweep only every 10th tick of 10 s, adding up to 100 s (seen
+    in the cluster test: 83 s after a 15 s timeout, so the watchdog failed the job). One
+    sweep per tick is one small ZRANGE per worker. The sweep's lock is held for
+    milliseconds; a host lost while holding it blocks every sweep until it expires, so it
+    expires after the visibility timeout (kombu: 300 s) at most.
+    """
+    return {
+        "visibility_timeout": visibility_timeout_s,
+        "unacked_restore_interval": max(1, min(10, visibility_timeout_s // 10)),
+        "unacked_restore_throttle": 1,
+        "unacked_mutex_expire": min(300, visibility_timeout_s),
+    }
+
+
 settings = get_settings()
 configure_logging(settings.log_level, settings.log_format)
 
@@ -29,7 +49,7 @@ app.conf.update(
     task_ignore_result=True,
     task_serializer="json",
     accept_content=["json"],
-    broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
+    broker_transport_options=redelivery_options(settings.broker_visibility_timeout_s),
     broker_connection_retry_on_startup=True,
     worker_concurrency=settings.worker_concurrency,
     worker_send_task_events=True,
