@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -87,7 +88,9 @@ def create_app(settings: Settings | None = None, fast_lookups: bool = True) -> F
             await services.redis.aclose()
             await services.mongo.close()
 
-    app = FastAPI(
+    # Swagger UI and ReDoc load their scripts and styles from this app, never from a CDN:
+    # /docs and /redoc work on machines without internet access.
+    app = FastAPIOffline(
         title="Promotions service",
         version="1.0.0",
         description="Look promotions up by id; upload partner CSV files that replace the dataset.",

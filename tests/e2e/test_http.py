@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -74,10 +75,19 @@ def test_health_and_docs(http: httpx.Client) -> None:
     assert http.get("/healthz").json() == {"status": "ok"}
     ready = http.get("/readyz")
     assert ready.status_code == 200 and ready.json()["checks"] == {"store": "ok", "cache": "ok"}
-    assert http.get("/docs").status_code == 200
+    for page in ("/docs", "/redoc"):
+        html = http.get(page)
+        assert html.status_code == 200
+        # Every script and stylesheet comes from this app: the docs work without internet.
+        assets = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', html.text)
+        assert assets and "cdn" not in html.text, html.text
+        for asset in assets:
+            assert asset.startswith("/") and http.get(asset).status_code == 200, asset
     spec = http.get("/openapi.json").json()
     for path, methods in spec["paths"].items():
         for method, op in methods.items():
             assert op.get("summary"), f"{method.upper()} {path} has no summary"
+    job_fields = spec["components"]["schemas"]["JobStatus"]["properties"]
+    assert {"rows_per_s", "eta_s", "phase_durations_s"} <= set(job_fields)
     promotion = spec["components"]["schemas"]["Promotion"]
     assert promotion["examples"][0]["price"] == 60.683466
