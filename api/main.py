@@ -22,7 +22,7 @@ from api.fast_lookup import FastLookupMiddleware
 from api.job_queue import JobQueue
 from api.metrics import MetricsExporter
 from api.request_context import RequestContextMiddleware
-from api.routes import datasets, health, jobs, metrics, promotions, uploads
+from api.routes import datasets, health, jobs, metrics, promotions, ui, uploads
 from api.services import Services
 from api.upload_stream import UPLOAD_ROLE
 from shared.cache import PromotionCache
@@ -106,6 +106,7 @@ def create_app(settings: Settings | None = None, fast_lookups: bool = True) -> F
     app.include_router(datasets.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    ui.mount(app)
     return app
 
 
