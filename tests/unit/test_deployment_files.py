@@ -103,6 +103,27 @@ def test_compose_config_validates() -> None:
     assert done.returncode == 0, done.stderr
 
 
+def test_the_development_env_file_does_not_leak_into_the_stack() -> None:
+    """Compose substitutes ${VAR} from the .env beside the file: the stack's own service URLs
+    must win over the development values there (127.0.0.1)."""
+    assert (ROOT / ".env").exists()
+    done = subprocess.run(
+        [*_compose_client(), "config"],
+        cwd=ROOT,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **_COMPOSE_ENV},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    services = yaml.safe_load(done.stdout)["services"]
+    for name in ("api", "worker", "beat", "flower"):
+        env = services[name]["environment"]
+        assert env["REDIS_URL"] == "redis://cache:6379/0", name
+        assert env["BROKER_URL"] == "redis://redis:6379/0", name
+        assert "127.0.0.1" not in env["MONGO_URL"], name
+
+
 def test_compose_check_rejects_a_broken_file_and_missing_secrets(tmp_path: Path) -> None:
     """The check above can fail: an unknown option or a missing required secret does."""
     text = (ROOT / "docker-compose.yml").read_text()
