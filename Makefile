@@ -44,7 +44,7 @@ run: install
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy shared
+	$(PY) -m mypy shared cli devstack
 
 # pytest exits 5 when it collected no tests: that must fail, never pass silently.
 test: lint
