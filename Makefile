@@ -13,17 +13,30 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-# Redis comes from Debian's packages when the machine lacks it (the tests start their own
-# redis-server; `make run` starts one when none answers at REDIS_URL), and so does `ip`
-# (iproute2): the cluster test builds its hosts from network namespaces with it.
+# System packages come from Debian's archive when the machine lacks them:
+# - redis-server: the tests start their own; `make run` starts one when none answers at REDIS_URL;
+# - docker-compose: `make test` validates docker-compose.yml with a real compose client
+#   (`docker compose` v2 is used instead where it exists);
+# - ip (iproute2): the cluster test builds its hosts from network namespaces with it;
+# - chromium (+ a font): the operator page test drives it headless through Playwright (never a
+#   browser download). If it cannot be installed, that one test skips and says why.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_GET := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 \
+		|| missing="$$missing docker-compose"; \
 	command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing="$$missing iproute2"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
-		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q $$missing; fi
+		$(APT_GET) update -q && $(APT_GET) install -y -q --no-install-recommends $$missing; \
+	fi
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing chromium"; \
+		{ $(APT_GET) update -q && $(APT_GET) install -y -q --no-install-recommends \
+			chromium fonts-dejavu-core; } \
+		|| echo "WARNING: chromium could not be installed; the operator page test will skip" >&2; }
 
 install: system-deps $(STAMP)
 
@@ -33,7 +46,7 @@ run: install
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy shared
+	$(PY) -m mypy shared cli devstack
 
 # pytest exits 5 when it collected no tests: that must fail, never pass silently. Skips are
 # listed with their reason (-rs). The suite includes the multi-host cluster test

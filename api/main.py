@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -21,7 +22,7 @@ from api.fast_lookup import FastLookupMiddleware
 from api.job_queue import JobQueue
 from api.metrics import MetricsExporter
 from api.request_context import RequestContextMiddleware
-from api.routes import datasets, health, jobs, metrics, promotions, uploads
+from api.routes import datasets, health, jobs, metrics, promotions, ui, uploads
 from api.services import Services
 from api.upload_stream import UPLOAD_ROLE
 from shared.cache import PromotionCache
@@ -90,7 +91,9 @@ def create_app(settings: Settings | None = None, fast_lookups: bool = True) -> F
             await services.mongo.close()
             services.lifecycle_db.client.close()
 
-    app = FastAPI(
+    # Swagger UI and ReDoc load their scripts and styles from this app, never from a CDN:
+    # /docs and /redoc work on machines without internet access.
+    app = FastAPIOffline(
         title="Promotions service",
         version="1.0.0",
         description="Look promotions up by id; upload partner CSV files that replace the dataset.",
@@ -106,6 +109,7 @@ def create_app(settings: Settings | None = None, fast_lookups: bool = True) -> F
     app.include_router(datasets.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    ui.mount(app)
     return app
 
 

@@ -131,6 +131,15 @@ class JobStatus(BaseModel):
                     "created_at": "2026-11-25T14:00:00Z",
                     "started_at": "2026-11-25T14:00:01Z",
                     "finished_at": "2026-11-25T14:00:04Z",
+                    "rows_per_s": 7407.4,
+                    "eta_s": None,
+                    "phase_durations_s": {
+                        "queued": 0.8,
+                        "splitting": 0.1,
+                        "loading": 2.7,
+                        "activating": 0.4,
+                        "total": 4.0,
+                    },
                 }
             ]
         }
@@ -153,3 +162,19 @@ class JobStatus(BaseModel):
     started_at: str | None = None
     finished_at: str | None = None
     original_name: str | None = Field(None, description="The file's name in the drop folder")
+    rows_per_s: float | None = Field(
+        None,
+        description="Rows loaded per second of the loading phase: so far while loading, the "
+        "phase's average once it is over; null before loading starts",
+    )
+    eta_s: float | None = Field(
+        None,
+        description="While loading: estimated seconds until every chunk is loaded, if the "
+        "remaining chunks go as fast as the finished ones; null before the first chunk ends "
+        "and outside the loading phase",
+    )
+    phase_durations_s: dict[str, float] | None = Field(
+        None,
+        description="Once the job has ended: seconds spent in each phase it reached "
+        "(queued, splitting, loading, activating) and in total",
+    )

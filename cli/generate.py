@@ -38,7 +38,7 @@ def generate(
     rng = random.Random(seed)
     ids: list[str] = []
     opener = gzip.open if compress else open
-    with opener(path, "wt", encoding="utf-8", newline="") as out:  # type: ignore[operator]
+    with opener(path, "wt", encoding="utf-8", newline="") as out:
         f: IO[str] = out
         for _ in range(rows):
             roll = rng.random()

@@ -1,4 +1,4 @@
-"""Upload a file and follow its job to the end, with a progress bar."""
+"""Upload a file (bytes, rate, ETA), then follow its job (rows, rows/s, ETA, rejects) to the end."""
 
 from __future__ import annotations
 
@@ -9,57 +9,80 @@ from typing import Any
 
 import httpx
 
+from cli.client import EXIT_JOB_FAILED, EXIT_OK, EXIT_UNAVAILABLE, Api, CliError, check
+from cli.progress import CountingReader, Reporter, human_seconds
+
 TERMINAL = ("succeeded", "failed")
 
 
-def _bar(job: dict[str, Any], width: int = 30) -> str:
-    total = job.get("chunks_total") or 0
-    done = job.get("chunks_done") or 0
-    filled = int(width * done / total) if total else 0
-    return (
-        f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total or '?'} chunks "
-        f"{job.get('rows_loaded', 0)} rows, {job.get('rows_rejected', 0)} rejected "
-        f"({job.get('phase')})"
-    )
-
-
-def upload(client: httpx.Client, path: Path, token: str | None) -> dict[str, Any]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    with path.open("rb") as f:
-        response = client.post(
-            "/add-promotions/", files={"file": (path.name, f)}, headers=headers, timeout=None
-        )
-    if response.status_code != 202:
-        raise SystemExit(f"upload refused ({response.status_code}): {response.text}")
-    accepted: dict[str, Any] = response.json()
+def upload(api: Api, path: Path, reporter: Reporter) -> dict[str, Any]:
+    total = path.stat().st_size
+    reporter.upload_started(path.name, total)
+    try:
+        with path.open("rb") as f, api.errors(f"upload of {path.name}"):
+            reader = CountingReader(f, reporter.upload_progress)
+            # No time limit on sending: a multi-GB file takes minutes; the server answers
+            # once the file is stored.
+            response = api.http.post(
+                "/add-promotions/",
+                files={"file": (path.name, reader, "text/csv")},  # type: ignore[dict-item]
+                timeout=httpx.Timeout(30.0, write=None, read=300.0),
+            )
+    finally:
+        reporter.upload_done()
+    accepted: dict[str, Any] = check(response, "upload refused").json()
     return accepted
 
 
-def follow(client: httpx.Client, job_id: str, poll_s: float = 0.5) -> dict[str, Any]:
-    while True:
-        job: dict[str, Any] = client.get(f"/jobs/{job_id}").raise_for_status().json()
-        if sys.stderr.isatty():
-            sys.stderr.write(_bar(job))
-            sys.stderr.flush()
-        if job["status"] in TERMINAL:
-            if sys.stderr.isatty():
-                sys.stderr.write("\n")
-            return job
-        time.sleep(poll_s)
+def follow(api: Api, job_id: str, reporter: Reporter, poll_s: float = 1.0) -> dict[str, Any]:
+    """Poll the job until it ends; transient errors while polling are retried, not fatal:
+    the job goes on on the server whatever happens to this terminal."""
+    reporter.job_started(job_id)
+    try:
+        misses = 0
+        while True:
+            try:
+                job: dict[str, Any] = api.get_json(f"/jobs/{job_id}", f"job {job_id}")
+                misses = 0
+            except CliError as exc:
+                misses += 1
+                if exc.exit_code != EXIT_UNAVAILABLE or misses >= 30:
+                    raise
+                time.sleep(poll_s)
+                continue
+            reporter.job_progress(job)
+            if job["status"] in TERMINAL:
+                return job
+            time.sleep(poll_s)
+    finally:
+        reporter.job_done()
 
 
-def ingest(path: Path, url: str, token: str | None) -> int:
-    with httpx.Client(base_url=url, timeout=30) as client:
-        accepted = upload(client, path, token)
-        print(f"job {accepted['job_id']} queued")
-        job = follow(client, accepted["job_id"])
+def report(job: dict[str, Any]) -> int:
+    """The outcome on stdout (stderr for a failure) and the exit code."""
+    job_id = job["job_id"]
+    durations = job.get("phase_durations_s") or {}
+    took = ""
+    if durations:
+        phases = ", ".join(f"{k} {human_seconds(v)}" for k, v in durations.items() if k != "total")
+        took = f" in {human_seconds(durations.get('total'))} ({phases})"
     if job["status"] == "failed":
-        print(f"job {job['job_id']} failed: {job['error']}", file=sys.stderr)
-        return 1
+        after = f" (after{took})" if took else ""
+        print(f"job {job_id} failed: {job['error']}{after}", file=sys.stderr)
+        return EXIT_JOB_FAILED
     note = " (superseded by a newer upload)" if job.get("superseded") else ""
+    rate = f", {job['rows_per_s']:.0f} rows/s" if job.get("rows_per_s") else ""
     print(
-        f"job {job['job_id']} succeeded: version {job['dataset_version']}{note}, "
-        f"{job['rows_loaded']} rows loaded, {job['rows_rejected']} rejected, "
+        f"job {job_id} succeeded{took}: version {job['dataset_version']}{note}, "
+        f"{job['rows_loaded']} rows loaded{rate}, {job['rows_rejected']} rejected, "
         f"{job['duplicates']} duplicates"
     )
-    return 0
+    if job.get("rows_rejected"):
+        print(f"rejected lines: promotions rejects {job_id} > rejects.csv")
+    return EXIT_OK
+
+
+def ingest(api: Api, path: Path, reporter: Reporter, poll_s: float) -> int:
+    accepted = upload(api, path, reporter)
+    print(f"job {accepted['job_id']} {accepted['status']}", flush=True)
+    return report(follow(api, accepted["job_id"], reporter, poll_s))

@@ -2,8 +2,10 @@
 
 Starts Redis (unless one already answers at REDIS_URL), the MongoDB-compatible dev server
 (unless one answers at MONGO_URL), the Celery worker, Celery beat, Flower and the API.
-Ctrl-C or SIGTERM stops everything in reverse order; if any process dies, the rest are
-stopped too.
+Ctrl-C, SIGTERM or SIGHUP stops everything in reverse order; if any process dies, the rest are
+stopped too. Nothing outlives the supervisor: its children get SIGTERM from the kernel when
+it dies, even by SIGKILL, and the next run first ends whatever a dead run left behind
+(``run_state``). Only one run at a time per ``DEVSTACK_DIR``.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import selectors
 import shutil
 import signal
 import sys
+from pathlib import Path
 from urllib.parse import urlsplit
 
+from devstack.run_state import AnotherRunActive, RunState
 from devstack.services import (
     ROOT,
     Service,
@@ -28,6 +32,8 @@ from devstack.services import (
 )
 from shared.settings import get_settings, redact_url
 
+DEV_FLOWER_LOGIN = "admin:change-me-flower"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 COLORS = ["\033[36m", "\033[33m", "\033[35m", "\033[32m", "\033[34m"]
 RESET = "\033[0m"
 
@@ -37,9 +43,21 @@ def _host_port(url: str, default_port: int) -> tuple[str, int]:
     return parts.hostname or "127.0.0.1", parts.port or default_port
 
 
+def _flower_login() -> str:
+    """FLOWER_BASIC_AUTH if set, else the documented development login (never in .env:
+    compose would take it from there for the deployed stack)."""
+    configured = get_settings().flower_basic_auth
+    return configured.get_secret_value() if configured else DEV_FLOWER_LOGIN
+
+
+def _devstack_dir() -> Path:
+    configured = get_settings().devstack_dir
+    return configured if configured.is_absolute() else ROOT / configured
+
+
 def plan_services() -> list[Service]:
     settings = get_settings()
-    data = ROOT / "data"
+    data = _devstack_dir()
     services: list[Service] = []
     seen_redis: set[int] = set()
     for url in (settings.redis_url, settings.broker_url):
@@ -49,17 +67,24 @@ def plan_services() -> list[Service]:
             if not port_open(host, port):
                 (data / "redis").mkdir(parents=True, exist_ok=True)
                 services.append(
-                    Service(f"redis:{port}", redis_command(port, str(data / "redis")), port=port)
+                    Service(
+                        f"redis:{port}",
+                        redis_command(port, str(data / "redis")),
+                        port=port,
+                        die_with_parent=True,
+                    )
                 )
     host, port = _host_port(settings.mongo_url.get_secret_value(), 27017)
     if host in ("127.0.0.1", "localhost") and not port_open(host, port):
         (data / "mongo").mkdir(parents=True, exist_ok=True)
-        services.append(Service("mongo", mongo_command(port, str(data / "mongo")), port=port))
+        services.append(
+            Service(
+                "mongo", mongo_command(port, str(data / "mongo")), port=port, die_with_parent=True
+            )
+        )
     settings.uploads_dir.mkdir(parents=True, exist_ok=True)
     settings.inbox_dir.mkdir(parents=True, exist_ok=True)
-    flower_env = {}
-    if settings.flower_basic_auth:
-        flower_env["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth.get_secret_value()
+    flower_env = {"FLOWER_BASIC_AUTH": _flower_login()}
     api_env = {}
     if settings.api_workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Several uvicorn processes: /metrics must merge their series (fresh files each run).
@@ -68,48 +93,85 @@ def plan_services() -> list[Service]:
         prom.mkdir(parents=True)
         api_env["PROMETHEUS_MULTIPROC_DIR"] = str(prom)
     services += [
-        Service("worker", worker_command(settings.worker_concurrency, "worker")),
-        Service("beat", beat_command(str(data / "celerybeat-schedule"))),
-        Service("flower", flower_command(settings.flower_port), env=flower_env),
+        Service(
+            "worker", worker_command(settings.worker_concurrency, "worker"), die_with_parent=True
+        ),
+        Service("beat", beat_command(str(data / "celerybeat-schedule")), die_with_parent=True),
+        Service(
+            "flower",
+            flower_command(settings.flower_port),
+            env=flower_env,
+            port=settings.flower_port,
+            die_with_parent=True,
+        ),
         Service(
             "api",
             api_command(settings.app_host, settings.app_port, settings.api_workers),
             env=api_env,
             port=settings.app_port,
+            die_with_parent=True,
         ),
     ]
     return services
 
 
+class _StopRequested(Exception):
+    """A stop signal while the stack was still starting."""
+
+
 def main() -> int:
     settings = get_settings()
+    state = RunState(_devstack_dir() / "run")
+    try:
+        ended = state.acquire()
+    except AnotherRunActive as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if ended:
+        print(f"ended processes left by a previous run: {', '.join(ended)}", file=sys.stderr)
     print(f"MongoDB: {redact_url(settings.mongo_url.get_secret_value())} db={settings.mongo_db}")
-    services = plan_services()
     selector = selectors.DefaultSelector()
     stopping = False
+    interruptible = True  # while starting: a stop signal ends a readiness wait at once
 
     def request_stop(signum: int, frame: object) -> None:
         nonlocal stopping
         stopping = True
+        if interruptible:
+            raise _StopRequested
 
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, request_stop)
     started: list[Service] = []
     exit_code = 0
     try:
+        services = plan_services()
         for i, service in enumerate(services):
             read_fd, write_fd = os.pipe()
+            # A stop signal between starting a child and recording it only sets the flag,
+            # so no child goes unrecorded (a blocked signal mask would be inherited instead).
+            interruptible = False
             service.start(stdout=write_fd)
+            started.append(service)
+            assert service.proc is not None
+            state.add(service.name, service.proc.pid)
+            interruptible = True
+            if stopping:
+                raise _StopRequested
             os.close(write_fd)
             selector.register(
                 os.fdopen(read_fd, "rb", buffering=0), selectors.EVENT_READ, (i, service)
             )
-            started.append(service)
             if service.port is not None:
                 service.wait_ready(90)
+        interruptible = False
         url = f"http://{settings.app_host}:{settings.app_port}"
+        flower = f"http://127.0.0.1:{settings.flower_port}"
+        login = "FLOWER_BASIC_AUTH" if settings.flower_basic_auth else DEV_FLOWER_LOGIN
         print(
-            f"\nStack is up: API {url} (docs {url}/docs), Flower http://127.0.0.1:{settings.flower_port}\n"
+            f"\nStack is up: API {url} (operator page {url}/ui, docs {url}/docs), "
+            f"Flower {flower} (login {login})\n",
+            flush=True,
         )
         buffers: dict[int, bytes] = {}
         while not stopping:
@@ -132,14 +194,19 @@ def main() -> int:
                 print(f"{dead[0].name} exited; stopping the stack", file=sys.stderr)
                 exit_code = 1
                 break
+    except _StopRequested:
+        pass
     except (RuntimeError, TimeoutError) as exc:
         print(f"could not start the stack: {exc}", file=sys.stderr)
         exit_code = 1
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        interruptible = False
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
         for service in reversed(started):
             print(f"stopping {service.name}", file=sys.stderr)
             service.stop()
+        state.release()
     return exit_code
 
 

@@ -4,6 +4,7 @@ same commands, so tests exercise what developers run."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -11,11 +12,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def free_port() -> int:
@@ -93,8 +95,9 @@ def beat_command(schedule_file: str) -> list[str]:
     return _celery("beat", "--loglevel", "INFO", "--schedule", schedule_file)
 
 
-def flower_command(port: int) -> list[str]:
-    return _celery("flower", f"--port={port}")
+def flower_command(port: int, address: str = "127.0.0.1") -> list[str]:
+    """Local only unless told otherwise: without FLOWER_BASIC_AUTH it has no login."""
+    return _celery("flower", f"--port={port}", f"--address={address}")
 
 
 def api_command(host: str, port: int, workers: int = 1) -> list[str]:
@@ -117,8 +120,25 @@ def api_command(host: str, port: int, workers: int = 1) -> list[str]:
     ]
 
 
+def _parent_death_signal(parent_pid: int) -> Callable[[], None] | None:
+    """Runs in the child between fork and exec: the kernel sends it SIGTERM when the process
+    that started it dies, even by SIGKILL (Linux ``PR_SET_PDEATHSIG``; kept across exec).
+    Elsewhere, None: the next ``make run`` still ends what is left (``run_state``)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded before fork: nothing to load after it
+
+    def set_signal() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent_pid:  # the parent died before prctl: no signal will come
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return set_signal
+
+
 class Service:
-    """A child process in its own process group, stopped with SIGTERM then SIGKILL."""
+    """A child process in its own process group, stopped with SIGTERM then SIGKILL.
+    ``die_with_parent``: the child also gets SIGTERM when this process dies (the supervisor)."""
 
     def __init__(
         self,
@@ -128,8 +148,10 @@ class Service:
         port: int | None = None,
         log_path: Path | None = None,
         host: str = "127.0.0.1",
+        die_with_parent: bool = False,
     ) -> None:
         self.name = name
+        self.die_with_parent = die_with_parent
         self.argv = list(argv)
         self.env = {**os.environ, **(env or {})}
         self.port = port
@@ -149,6 +171,7 @@ class Service:
             stdout=out,
             stderr=subprocess.STDOUT if out is not None else None,
             start_new_session=True,
+            preexec_fn=_parent_death_signal(os.getpid()) if self.die_with_parent else None,
         )
         return self
 

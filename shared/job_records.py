@@ -17,6 +17,7 @@ from pymongo import DESCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.database import Database
 
+from shared import job_progress
 from shared.lifecycle import FINALIZING, FINISHED, JOB_STATUSES, JOBS, QUEUED, RUNNING
 from shared.promotion_rows import MAX_REJECTS_KEPT, ChunkStats
 from shared.timeutil import iso, now
@@ -86,6 +87,7 @@ def public_job(doc: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"job_id": doc["_id"]}
     for key in PUBLIC_FIELDS:
         out[key] = iso(doc.get(key))
+    out.update(job_progress.progress_fields(doc, now()))  # rows/s, ETA, phase durations
     return out
 
 

@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     production: bool = False
     write_token: SecretStr | None = None
 
+    # `make run` only: where its dev store, Redis files and process record live (relative to
+    # the repository unless absolute).
+    devstack_dir: Path = Path("data")
+
     # Flower
     flower_port: int = 5555
     flower_basic_auth: SecretStr | None = None

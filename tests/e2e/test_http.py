@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import gzip
+import json
+import os
+import pty
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -62,6 +67,10 @@ def test_cli_ingest_follows_the_job_and_reports(api_url: str, tmp_path: Path) ->
     )
     assert done.returncode == 0, done.stderr
     assert "succeeded" in done.stdout and "2000 rows loaded" in done.stdout
+    assert "rows/s" in done.stdout and "loading" in done.stdout  # rate and phase durations
+    # Progress off a terminal: timestamped lines on stderr, upload then job.
+    assert re.search(r"\(100\.0%\)  [\d.]+ [KMG]?B/s  ETA", done.stderr), done.stderr
+    assert re.search(r"job \w{8}  done +2,000 rows  [\d,]+ rows/s  0 rejected", done.stderr)
     bad.write_text("this is not,a promotions,file\n" * 50)
     failed = subprocess.run(
         [*cli, "ingest", str(bad), "--url", api_url], capture_output=True, text=True, timeout=120
@@ -70,14 +79,93 @@ def test_cli_ingest_follows_the_job_and_reports(api_url: str, tmp_path: Path) ->
     assert "failed: none of the first 50 rows is valid" in failed.stderr
 
 
+def test_cli_progress_bars_on_a_terminal(api_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "p.csv"
+    generate(3_000, path, seed=24)
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "ingest", str(path), "--url", api_url],
+        stdout=subprocess.PIPE,
+        stderr=secondary,
+        env={**os.environ, "COLUMNS": "160", "TERM": "xterm"},
+    )
+    os.close(secondary)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        screen += chunk
+    assert proc.wait(120) == 0
+    os.close(primary)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.decode(errors="replace"))
+    assert re.search(r"uploading p\.csv .*/\d+\.\d+ kB .*B/s", text), text
+    assert re.search(r"succeeded .*3,000 rows  [\d,]+ rows/s  0 rejected", text), text
+
+
+def test_cli_jobs_job_datasets_and_activate(api_url: str, tmp_path: Path) -> None:
+    def promotions(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "cli.main", *args, "--url", api_url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    for seed in (31, 32):
+        path = tmp_path / f"{seed}.csv"
+        generate(1_000, path, seed=seed)
+        assert promotions("ingest", str(path)).returncode == 0
+    jobs = json.loads(promotions("jobs", "--json").stdout)
+    assert [j["status"] for j in jobs] == ["succeeded", "succeeded"]
+    table = promotions("jobs").stdout
+    assert all(j["job_id"] in table for j in jobs) and "1,000" in table
+    shown = promotions("job", jobs[0]["job_id"])
+    assert shown.returncode == 0 and "phase_durations_s" in shown.stdout
+    assert json.loads(promotions("job", jobs[1]["job_id"], "--json").stdout) == {
+        **jobs[1],
+        "rejects": [],
+    }
+    assert promotions("job", "0" * 32).returncode == 3
+
+    datasets = json.loads(promotions("datasets", "--json").stdout)
+    assert [(d["version"], d["active"]) for d in datasets][:2] == [
+        (jobs[0]["dataset_version"], True),
+        (jobs[1]["dataset_version"], False),
+    ]
+    older = jobs[1]["dataset_version"]
+    rolled = promotions("activate", str(older))
+    assert rolled.returncode == 0 and f"version {older} is active" in rolled.stdout
+    assert http_get(api_url, "/datasets/active")["version"] == older
+    assert "* " in promotions("datasets").stdout
+    refused = promotions("activate", "999")
+    assert refused.returncode == 3 and "409 dataset version 999 does not exist" in refused.stderr
+
+
+def http_get(api_url: str, path: str) -> Any:
+    return httpx.get(f"{api_url}{path}").json()
+
+
 def test_health_and_docs(http: httpx.Client) -> None:
     assert http.get("/healthz").json() == {"status": "ok"}
     ready = http.get("/readyz")
     assert ready.status_code == 200 and ready.json()["checks"] == {"store": "ok", "cache": "ok"}
-    assert http.get("/docs").status_code == 200
+    for page in ("/docs", "/redoc"):
+        html = http.get(page)
+        assert html.status_code == 200
+        # Every script and stylesheet comes from this app: the docs work without internet.
+        assets = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', html.text)
+        assert assets and "cdn" not in html.text, html.text
+        for asset in assets:
+            assert asset.startswith("/") and http.get(asset).status_code == 200, asset
     spec = http.get("/openapi.json").json()
     for path, methods in spec["paths"].items():
         for method, op in methods.items():
             assert op.get("summary"), f"{method.upper()} {path} has no summary"
+    job_fields = spec["components"]["schemas"]["JobStatus"]["properties"]
+    assert {"rows_per_s", "eta_s", "phase_durations_s"} <= set(job_fields)
     promotion = spec["components"]["schemas"]["Promotion"]
     assert promotion["examples"][0]["price"] == 60.683466

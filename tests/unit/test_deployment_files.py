@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -63,16 +64,73 @@ def test_images_are_slim_pinned_non_root_and_runtime_only(dockerfile: str) -> No
     assert ".env" in ignored and "data" in ignored
 
 
-@pytest.mark.skipif(
-    shutil.which("docker") is None
-    or subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0,
-    reason="no docker compose client on this machine",
-)
+def _compose_client() -> list[str]:
+    """A real compose client: Docker's v2 plugin where it exists, else Debian's
+    ``docker-compose`` (``make system-deps`` installs it). Missing is a failure, not a skip:
+    CI must never pass an unchecked compose file."""
+    if shutil.which("docker") and (
+        subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+    ):
+        return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    pytest.fail("no compose client: run `make system-deps` (installs Debian's docker-compose)")
+
+
+# What the stack requires from the environment; the check sees nothing else of ours.
+_COMPOSE_ENV = {
+    "WRITE_TOKEN": "t",
+    "MONGO_PASSWORD": "p",
+    "MONGO_ROOT_PASSWORD": "r",
+    "FLOWER_BASIC_AUTH": "a:b",
+}
+
+
+def _compose_config(compose_file: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/")}
+    return subprocess.run(
+        [*_compose_client(), "-f", str(compose_file), "config", "-q"],
+        cwd=compose_file.parent,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_compose_config_validates() -> None:
-    env = {
-        "WRITE_TOKEN": "t",
-        "MONGO_PASSWORD": "p",
-        "FLOWER_BASIC_AUTH": "a:b",
-        "PATH": "/usr/bin:/bin:/usr/local/bin",
-    }
-    subprocess.run(["docker", "compose", "config", "-q"], cwd=ROOT, env=env, check=True)
+    done = _compose_config(ROOT / "docker-compose.yml", _COMPOSE_ENV)
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_development_env_file_does_not_leak_into_the_stack() -> None:
+    """Compose substitutes ${VAR} from the .env beside the file: the stack's own service URLs
+    must win over the development values there (127.0.0.1)."""
+    assert (ROOT / ".env").exists()
+    done = subprocess.run(
+        [*_compose_client(), "config"],
+        cwd=ROOT,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **_COMPOSE_ENV},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    services = yaml.safe_load(done.stdout)["services"]
+    for name in ("api", "worker", "beat", "flower"):
+        env = services[name]["environment"]
+        assert env["REDIS_URL"] == "redis://cache:6379/0", name
+        assert env["BROKER_URL"] == "redis://redis:6379/0", name
+        assert "127.0.0.1" not in env["MONGO_URL"], name
+
+
+def test_compose_check_rejects_a_broken_file_and_missing_secrets(tmp_path: Path) -> None:
+    """The check above can fail: an unknown option or a missing required secret does."""
+    text = (ROOT / "docker-compose.yml").read_text()
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text(text.replace("  api:\n", "  api:\n    restart_policy_typo: always\n", 1))
+    done = _compose_config(broken, _COMPOSE_ENV)
+    assert done.returncode != 0 and "restart_policy_typo" in done.stderr, done.stderr
+    without = {k: v for k, v in _COMPOSE_ENV.items() if k != "MONGO_ROOT_PASSWORD"}
+    done = _compose_config(ROOT / "docker-compose.yml", without)
+    assert done.returncode != 0 and "MONGO_ROOT_PASSWORD" in done.stderr, done.stderr

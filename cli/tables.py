@@ -1,0 +1,112 @@
+"""Jobs, one job and datasets as tables on stdout (``--json`` prints the API's JSON instead)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from cli.progress import human_bytes, human_seconds
+
+STATUS_STYLE = {
+    "succeeded": "green",
+    "failed": "red",
+    "running": "cyan",
+    "finalizing": "cyan",
+    "queued": "yellow",
+}
+
+
+def _num(value: Any) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def _time(iso: str | None) -> str:
+    return "-" if not iso else iso.replace("T", " ").split(".")[0].rstrip("Z")
+
+
+def _status(job: dict[str, Any]) -> str:
+    status = str(job["status"])
+    style = STATUS_STYLE.get(status, "")
+    return f"[{style}]{status}[/]" if style else status
+
+
+def _file(job: dict[str, Any]) -> str:
+    return job.get("original_name") or f"{job.get('source')} {human_bytes(job['bytes_total'] or 0)}"
+
+
+def jobs_table(jobs: list[dict[str, Any]]) -> Table:
+    table = Table(title="Recent jobs (newest first)", title_justify="left")
+    for column in ("job", "status", "phase", "file", "submitted (UTC)", "rows", "rejected"):
+        table.add_column(column, justify="right" if column in ("rows", "rejected") else "left")
+    table.add_column("version", justify="right")
+    table.add_column("took / ETA", justify="right")
+    for job in jobs:
+        durations = job.get("phase_durations_s") or {}
+        took = (
+            human_seconds(durations["total"])
+            if "total" in durations
+            else (f"ETA {human_seconds(job['eta_s'])}" if job.get("eta_s") is not None else "-")
+        )
+        table.add_row(
+            job["job_id"],
+            _status(job),
+            str(job.get("phase")),
+            job.get("original_name")
+            or f"{job.get('source')} {human_bytes(job['bytes_total'] or 0)}",
+            _time(job.get("created_at")),
+            _num(job.get("rows_loaded")),
+            _num(job.get("rows_rejected")),
+            _num(job.get("dataset_version")),
+            took,
+        )
+    return table
+
+
+def job_table(job: dict[str, Any]) -> Table:
+    table = Table(title=f"Job {job['job_id']}", show_header=False, title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for key, value in job.items():
+        if key in ("job_id", "rejects"):
+            continue
+        if key == "status":
+            shown = _status(job)
+        elif key == "phase_durations_s" and value:
+            shown = ", ".join(f"{k} {human_seconds(v)}" for k, v in value.items())
+        elif isinstance(value, int) and not isinstance(value, bool):
+            shown = _num(value)
+        else:
+            shown = "-" if value is None else str(value)
+        table.add_row(key, shown)
+    rejects = job.get("rejects") or []
+    if rejects:
+        shown = "\n".join(f"line {r['line']}: {r['reason']}" for r in rejects[:10])
+        more = len(rejects) - 10
+        if more > 0 or (job.get("rows_rejected") or 0) > len(rejects):
+            shown += f"\n… all of them: promotions rejects {job['job_id']}"
+        table.add_row("rejects", shown)
+    return table
+
+
+def datasets_table(datasets: list[dict[str, Any]]) -> Table:
+    table = Table(title="Datasets (newest first; * = serving)", title_justify="left")
+    for column in ("", "version", "state", "rows", "job", "created (UTC)", "last activated"):
+        table.add_column(column, justify="right" if column in ("version", "rows") else "left")
+    for ds in datasets:
+        table.add_row(
+            "[bold magenta]*[/]" if ds.get("active") else "",
+            str(ds["version"]),
+            str(ds.get("state")),
+            _num(ds.get("rows")),
+            ds.get("job_id") or "-",
+            _time(ds.get("created_at")),
+            _time(ds.get("activated_at")),
+        )
+    return table
+
+
+def show(table: Table) -> None:
+    # Wide enough for full job ids when piped (no terminal to measure).
+    Console(width=None if Console().is_terminal else 200).print(table)

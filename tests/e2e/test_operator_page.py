@@ -1,0 +1,157 @@
+"""The operator page and the API docs in a real headless browser (Debian's chromium driven by
+Playwright; no browser download), with every request off this machine blocked, as on a host
+without internet access: upload a file, watch its job finish, roll back."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from cli.generate import generate
+from devstack.services import Service, api_command, free_port
+from tests.conftest import _LOGS
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# ReDoc's "API docs by Redocly" footer image: it hides itself when it cannot load (the only
+# request either docs page makes off this machine; nothing depends on it).
+REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
+TOKEN = "operator-page-test-token"
+# Set to a path to refresh the README's screenshot: PROMOTIONS_UI_SCREENSHOT=docs/operator-page.png
+SCREENSHOT = os.environ.get("PROMOTIONS_UI_SCREENSHOT")
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="no chromium on this machine: `make system-deps` installs Debian's package, and "
+    "could not here (see its warning)",
+)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """A page that may only reach 127.0.0.1: any other request is blocked and recorded."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    outside: list[str] = []
+
+    def only_local(route: Any) -> None:
+        host = urlsplit(route.request.url).hostname
+        if route.request.url.startswith("data:") or host in ("127.0.0.1", "localhost"):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", only_local)
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield pg
+    context.close()
+    outside = [url for url in outside if url != REDOC_LOGO]
+    assert outside == [], f"the page tried to reach other hosts: {outside}"
+    assert errors == [], f"JavaScript errors: {errors}"
+
+
+@pytest.fixture(scope="module")
+def token_api(services: None) -> Iterator[str]:
+    """The API with a write token, as operators run it."""
+    port = free_port()
+    svc = Service(
+        "api-token",
+        api_command("127.0.0.1", port),
+        env={"WRITE_TOKEN": TOKEN},
+        port=port,
+        log_path=_LOGS / "api-token.log",
+    )
+    svc.start().wait_ready(60)
+    yield f"http://127.0.0.1:{port}"
+    svc.stop()
+
+
+def test_swagger_ui_and_redoc_render_without_internet(page: Any, api_url: str) -> None:
+    page.goto(f"{api_url}/docs")
+    paths = page.locator(".swagger-ui .opblock-summary-path")
+    paths.first.wait_for(timeout=20_000)
+    assert "/promotions/{promotion_id}" in paths.all_inner_texts()
+    assert paths.count() >= 8
+    page.goto(f"{api_url}/redoc")
+    page.locator("h2", has_text="Progress and outcome of an ingestion job").wait_for(timeout=20_000)
+    assert page.locator("h1").first.inner_text().startswith("Promotions service")
+
+
+def _upload(page: Any, path: Path) -> str:
+    page.set_input_files("#upload-file", str(path))
+    page.click("#upload-button")
+    page.wait_for_selector("#upload-text >> text=/stored: job/", timeout=60_000)
+    found = re.search(r"job (\w+)", page.inner_text("#upload-text"))
+    assert found is not None
+    job_id = found.group(1)
+    page.wait_for_selector(f"tr[data-job-id='{job_id}'][data-status='succeeded']", timeout=120_000)
+    return job_id
+
+
+@pytest.mark.usefixtures("worker", "clean_state")
+def test_upload_watch_the_job_and_roll_back_in_the_browser(
+    page: Any, token_api: str, tmp_path: Path
+) -> None:
+    first, second = tmp_path / "first.csv", tmp_path / "second.csv"
+    generate(3_000, first, seed=41, bad_ratio=0.003)
+    generate(2_000, second, seed=42)
+
+    page.goto(f"{token_api}/ui")
+    assert page.url == f"{token_api}/ui/"
+    page.wait_for_selector("#jobs-empty:not([hidden])")
+    page.fill("#token", TOKEN)
+    page.dispatch_event("#token", "change")
+
+    first_job = _upload(page, first)
+    row = page.locator(f"tr[data-job-id='{first_job}']")
+    job = httpx.get(f"{token_api}/jobs/{first_job}").json()
+    assert job["rows_rejected"] > 0, job
+    text = row.inner_text()
+    assert f"{job['rows_loaded']:,} rows" in text and "rows/s" in text and "rejected" in text
+    assert f"loaded as version {job['dataset_version']}" in text and "serving" in text
+    link = row.locator("a.rejects-link")
+    assert link.get_attribute("href") == f"../jobs/{first_job}/rejects"
+    assert f"rejects ({job['rows_rejected']})" in link.inner_text()
+
+    second_job = _upload(page, second)
+    old = job["dataset_version"]
+    new = httpx.get(f"{token_api}/jobs/{second_job}").json()["dataset_version"]
+    page.wait_for_selector(f"#datasets tr[data-version='{new}'][data-active='true']")
+    assert "2,000 rows" in page.inner_text("#active")
+
+    # Roll back: the button asks for the write token; a wrong one is refused in the dialog.
+    page.click(f"#datasets tr[data-version='{old}'] button.activate")
+    assert page.locator("#activate-dialog").is_visible()
+    page.fill("#activate-token", "wrong-token")
+    page.click("#activate-confirm")
+    page.wait_for_selector("#activate-error:not([hidden])")
+    assert "403" in page.inner_text("#activate-error")
+    page.fill("#activate-token", TOKEN)
+    page.click("#activate-confirm")
+    page.wait_for_selector(f"#datasets tr[data-version='{old}'][data-active='true']")
+    assert not page.locator("#activate-dialog").is_visible()
+    assert httpx.get(f"{token_api}/datasets/active").json()["version"] == old
+    assert f"version {old}," in page.inner_text("#active")
+    page.wait_for_selector(f"tr[data-job-id='{first_job}'] >> text=serving")
+    assert "serving" not in page.locator(f"tr[data-job-id='{second_job}']").inner_text()
+    if SCREENSHOT:
+        page.screenshot(path=SCREENSHOT, full_page=True)
