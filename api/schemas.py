@@ -145,7 +145,7 @@ class JobStatus(BaseModel):
         }
     )
     job_id: str
-    status: str = Field(description="queued | running | succeeded | failed")
+    status: str = Field(description="queued | running | finalizing | succeeded | failed | held")
     phase: str = Field(description="queued | splitting | loading | activating | done")
     source: str | None = None
     bytes_total: int | None = None

@@ -12,7 +12,7 @@ import httpx
 from cli.client import EXIT_JOB_FAILED, EXIT_OK, EXIT_UNAVAILABLE, Api, CliError, check
 from cli.progress import CountingReader, Reporter, human_seconds
 
-TERMINAL = ("succeeded", "failed")
+TERMINAL = ("succeeded", "failed", "held")
 
 
 def upload(api: Api, path: Path, reporter: Reporter) -> dict[str, Any]:
@@ -66,9 +66,9 @@ def report(job: dict[str, Any]) -> int:
     if durations:
         phases = ", ".join(f"{k} {human_seconds(v)}" for k, v in durations.items() if k != "total")
         took = f" in {human_seconds(durations.get('total'))} ({phases})"
-    if job["status"] == "failed":
+    if job["status"] in ("failed", "held"):
         after = f" (after{took})" if took else ""
-        print(f"job {job_id} failed: {job['error']}{after}", file=sys.stderr)
+        print(f"job {job_id} {job['status']}: {job['error']}{after}", file=sys.stderr)
         return EXIT_JOB_FAILED
     note = " (superseded by a newer upload)" if job.get("superseded") else ""
     rate = f", {job['rows_per_s']:.0f} rows/s" if job.get("rows_per_s") else ""

@@ -51,7 +51,7 @@ def _stamp() -> str:
 def job_summary(job: dict[str, Any]) -> str:
     """``4/10 chunks  40,000 rows  5,000 rows/s  ETA 12s  3 rejected``"""
     parts = []
-    if job.get("chunks_total") and job.get("status") not in ("succeeded", "failed"):
+    if job.get("chunks_total") and job.get("status") not in ("succeeded", "failed", "held"):
         parts.append(f"{job.get('chunks_done', 0)}/{job['chunks_total']} chunks")
     parts.append(f"{job.get('rows_loaded') or 0:,} rows")
     if job.get("rows_per_s") is not None:
@@ -166,7 +166,7 @@ class Reporter:
         phase = str(job.get("phase"))
         total = job.get("chunks_total")
         if self._progress is not None and self._task is not None:
-            finished = job.get("status") in ("succeeded", "failed")
+            finished = job.get("status") in ("succeeded", "failed", "held")
             self._progress.update(
                 self._task,
                 description=str(job.get("status")) if finished else phase,
@@ -180,7 +180,7 @@ class Reporter:
             fraction = 1.0
         self._line(
             f"{_bar(fraction)}  job {job['job_id'][:8]}  {phase:<10}  {job_summary(job)}",
-            force=job.get("status") in ("succeeded", "failed"),
+            force=job.get("status") in ("succeeded", "failed", "held"),
         )
 
     def job_done(self) -> None:

@@ -12,6 +12,7 @@ from cli.progress import human_bytes, human_seconds
 STATUS_STYLE = {
     "succeeded": "green",
     "failed": "red",
+    "held": "magenta",
     "running": "cyan",
     "finalizing": "cyan",
     "queued": "yellow",

@@ -42,6 +42,7 @@ PUBLIC_FIELDS = (
     "started_at",
     "finished_at",
     "original_name",
+    "allow_shrink",
 )
 
 
@@ -52,6 +53,7 @@ def new_job(
     bytes_total: int,
     source: str,
     original_name: str | None = None,
+    allow_shrink: bool = False,
 ) -> dict[str, Any]:
     """The one definition of a job record, for uploads (API) and drop-folder files (worker).
     ``original_name`` is what the partner called the file: kept for operators, never a path."""
@@ -60,6 +62,7 @@ def new_job(
         "status": QUEUED,
         "phase": "queued",
         "enqueued_at": None,  # set once the plan task is with the broker
+        "allow_shrink": allow_shrink,  # the shrink guard does not apply
         "plan_attempts": 1,
         "source": source,
         "original_name": original_name,

@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 JOBS = "jobs"
 
-JobStatus = Literal["queued", "running", "finalizing", "succeeded", "failed"]
+JobStatus = Literal["queued", "running", "finalizing", "succeeded", "failed", "held"]
 QUEUED: JobStatus = "queued"
 RUNNING: JobStatus = "running"
 # Claimed by the finalizer: from here on only it (or, if it dies, the watchdog) ends the job,
@@ -59,8 +59,11 @@ RUNNING: JobStatus = "running"
 FINALIZING: JobStatus = "finalizing"
 SUCCEEDED: JobStatus = "succeeded"
 FAILED: JobStatus = "failed"
-JOB_STATUSES: tuple[JobStatus, ...] = (QUEUED, RUNNING, FINALIZING, SUCCEEDED, FAILED)
-FINISHED: tuple[JobStatus, ...] = (SUCCEEDED, FAILED)
+# Loaded completely, kept ready, not switched to: it would shrink the dataset more than
+# MIN_ROWS_RATIO allows. An operator activates it (the job then succeeds) or a newer one wins.
+HELD: JobStatus = "held"
+JOB_STATUSES: tuple[JobStatus, ...] = (QUEUED, RUNNING, FINALIZING, SUCCEEDED, FAILED, HELD)
+FINISHED: tuple[JobStatus, ...] = (SUCCEEDED, FAILED, HELD)
 UNFINISHED: tuple[JobStatus, ...] = (QUEUED, RUNNING, FINALIZING)
 
 VersionState = Literal["building", "ready", "failed", "retired", "removed"]
@@ -193,6 +196,22 @@ def collections_to_remove(
 def went_live(record: VersionRecord | None, pointer: Pointer, version: int) -> bool:
     """Whether a version was ever switched to: the outcome of a job whose finalizer died."""
     return (record is not None and record.activated_at is not None) or pointer.ever_named(version)
+
+
+def shrink_refusal(
+    active_rows: int | None, new_rows: int, min_ratio: float, version: int
+) -> str | None:
+    """Why a complete version must not replace the active one (a truncated export would
+    wipe most promotions), or None. Off with ``min_ratio`` 0: every valid file replaces the
+    whole dataset, as the contract says."""
+    if min_ratio <= 0 or not active_rows or new_rows >= min_ratio * active_rows:
+        return None
+    return (
+        f"held: version {version} has {new_rows} rows, {new_rows / active_rows:.1%} of the "
+        f"{active_rows} rows serving now, below MIN_ROWS_RATIO ({min_ratio:.0%}); it is loaded "
+        f"and kept but not live. To make it live: POST /datasets/{version}/activate (or "
+        "upload the file again with allow_shrink=true)"
+    )
 
 
 StalledAction = Literal["requeue", "fail", "decide"]
@@ -371,6 +390,14 @@ def _end_finalization(
 def succeed_job(db: Database[Any], job_id: str, **fields: Any) -> bool:
     """finalizing -> succeeded (the finalizer's last step)."""
     return _end_finalization(db, job_id, SUCCEEDED, None, **fields)
+
+
+def hold_job(db: Database[Any], job_id: str, reason: str, **fields: Any) -> bool:
+    """finalizing -> held: its version is ready and kept, not switched to."""
+    held = _end_finalization(db, job_id, HELD, None, error=reason, **fields)
+    if held:
+        log.warning("job %s: -> held: %s", job_id, reason)
+    return held
 
 
 def decide_finalization(
@@ -568,6 +595,12 @@ def activate_by_hand(db: Database[Any], version: int) -> ActiveDataset:
         raise ActivationRefused(refusal(version, record))
     _confirm_live(db, version)
     log.info("version %d: -> live (by hand)", version)
+    if _job_update(
+        db,
+        {"version": version, "status": HELD},
+        {"$set": {"status": SUCCEEDED, "dataset_version": version, "updated_at": now()}},
+    ):
+        log.info("version %d: its held job -> succeeded (activated by hand)", version)
     pointer = db[META_COLLECTION].find_one({"_id": ACTIVE_ID})
     assert pointer is not None  # _switch made it
     return ActiveDataset.from_doc(pointer)

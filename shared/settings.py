@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     chunk_size_bytes: int = Field(default=32 * MiB, ge=1)
     insert_batch_rows: int = Field(default=5000, ge=1)
     reject_ratio: float = Field(default=0.01, ge=0, le=1)
+    # Shrink guard (0 = off: every valid file replaces the whole dataset). A complete file
+    # with fewer than this share of the active dataset's rows is held, not switched to.
+    min_rows_ratio: float = Field(default=0, ge=0, le=1)
     max_upload_bytes: int = Field(default=200 * GiB, ge=1)
     max_decompressed_bytes: int = Field(default=1024 * GiB, ge=1)
     # Unacknowledged tasks are redelivered after this; longer than any chunk takes.

@@ -120,6 +120,20 @@ def finalize_steps(
         lifecycle.decide_finalization(db, job, "its version was failed while finalizing")
         return
     yield "ready"
+    active = datasets.read_active_sync(db)
+    held = (
+        None
+        if job.get("allow_shrink")
+        else lifecycle.shrink_refusal(
+            active.rows if active else None, distinct, settings.min_rows_ratio, version
+        )
+    )
+    if held:
+        lifecycle.hold_job(
+            db, job_id, held, dataset_version=version, duplicates=duplicates, **counted
+        )
+        yield "held"
+        return
     outcome = lifecycle.activate_if_newest(db, version, distinct, job_id)
     yield "switched"
     if outcome == "barred":

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import uuid
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from api.auth import require_writer
@@ -64,7 +64,9 @@ def _unavailable(what: str, job_id: str, exc: Exception) -> Response:
     )
 
 
-async def accept_upload(request: Request, services: Services, source: str) -> Response:
+async def accept_upload(
+    request: Request, services: Services, source: str, allow_shrink: bool = False
+) -> Response:
     settings = services.settings
     job_id = uuid.uuid4().hex
     file_name = f"{job_id}.csv"
@@ -87,7 +89,9 @@ async def accept_upload(request: Request, services: Services, source: str) -> Re
         return json_response({"detail": exc.detail}, status_code=exc.status_code)
     job_created = False
     try:
-        doc = job_records.new_job(job_id, version, file_name, stored.bytes_stored, source)
+        doc = job_records.new_job(
+            job_id, version, file_name, stored.bytes_stored, source, allow_shrink=allow_shrink
+        )
         await job_records.create_job(services.db, doc)
         job_created = True
         await asyncio.to_thread(services.queue.enqueue_plan, job_id)
@@ -118,9 +122,15 @@ async def accept_upload(request: Request, services: Services, source: str) -> Re
 
 
 async def upload_promotions(
-    request: Request, services: Services = Depends(get_services)
+    request: Request,
+    allow_shrink: bool = Query(
+        default=False,
+        description="Go live even if the file has fewer rows than MIN_ROWS_RATIO of the "
+        "active dataset (the shrink guard, off unless MIN_ROWS_RATIO is set)",
+    ),
+    services: Services = Depends(get_services),
 ) -> Response:
-    return await accept_upload(request, services, source="upload")
+    return await accept_upload(request, services, source="upload", allow_shrink=allow_shrink)
 
 
 # One handler under the documented name and the older one the first partners used.

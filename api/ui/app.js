@@ -81,7 +81,7 @@ async function getJson(path, allow404 = false) {
 
 // ---- jobs -------------------------------------------------------------------------------
 function progressCell(job) {
-  const done = job.status === "succeeded" || job.status === "failed";
+  const done = job.status === "succeeded" || job.status === "failed" || job.status === "held";
   const bar = el("progress", { max: job.chunks_total || 1 });
   if (job.chunks_total) bar.value = job.chunks_done;
   else if (done) bar.value = 1;
@@ -101,6 +101,9 @@ function progressCell(job) {
 }
 
 function outcomeCell(job, activeVersion) {
+  if (job.status === "held") {
+    return el("td", {}, el("div", { class: "error-text", title: job.error || "", text: job.error || "held" }));
+  }
   if (job.status === "failed") {
     const text = job.superseded ? "superseded by a newer upload" : (job.error || "failed");
     return el("td", {}, el("div", { class: "error-text", title: job.error || "", text }));

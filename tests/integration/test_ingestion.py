@@ -57,6 +57,20 @@ def test_a_file_loads_in_parallel_chunks_with_exact_counts(
     wait_for(lambda: not any(settings.uploads_dir.iterdir()), 10)
 
 
+def test_an_upload_can_allow_the_dataset_to_shrink(
+    client: TestClient, mongo_db: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "small.csv"
+    generate(100, path, seed=4)
+    with path.open("rb") as f:
+        r = client.post(
+            "/add-promotions/?allow_shrink=true", files={"file": (path.name, f, "text/csv")}
+        )
+    assert r.status_code == 202, r.text
+    job = wait_job(client, r.json()["job_id"])
+    assert job["status"] == "succeeded" and job["allow_shrink"] is True
+
+
 def test_a_new_upload_replaces_the_whole_dataset(
     client: TestClient, mongo_db: Any, tmp_path: Path
 ) -> None:

@@ -235,3 +235,46 @@ def test_a_redelivered_plan_under_other_settings_enqueues_the_recorded_plan(
     other = settings.model_copy(update={"chunk_size_bytes": 7_000})
     job_steps.plan(mongo_db, other, "p", lambda *c: again.append(c))
     assert again == first and len(first) > 1
+
+
+def _ten_rows_live_with_the_guard_at_half(
+    db: Any, settings: Settings
+) -> tuple[Settings, list[str]]:
+    guarded = settings.model_copy(update={"min_rows_ratio": 0.5})
+    rows = [f"id{i},1,2018-08-04 05:32:31 +0200" for i in range(10)]
+    _job(db, guarded, "full", 1, rows)
+    _finalize(db, guarded, "full")
+    return guarded, rows
+
+
+def test_shrink_guard_holds_a_much_smaller_file_until_an_operator_activates_it(
+    mongo_db: Any, settings: Settings
+) -> None:
+    guarded, rows = _ten_rows_live_with_the_guard_at_half(mongo_db, settings)
+    _job(mongo_db, guarded, "truncated", 2, rows[:4])  # 40 % of the rows serving now
+    _finalize(mongo_db, guarded, "truncated")
+    job = mongo_db[lifecycle.JOBS].find_one({"_id": "truncated"})
+    assert job["status"] == lifecycle.HELD
+    assert "4 rows, 40.0% of the 10 rows" in job["error"] and "/datasets/2/activate" in job["error"]
+    assert datasets.read_active_sync(mongo_db).version == 1  # type: ignore[union-attr]
+    assert lifecycle.read_record(mongo_db, 2).state == lifecycle.READY  # type: ignore[union-attr]
+    assert _cleanup(mongo_db, keep=1, grace_s=0).retire == []  # kept while held
+
+    lifecycle.activate_by_hand(mongo_db, 2)  # the operator agrees
+    job = mongo_db[lifecycle.JOBS].find_one({"_id": "truncated"})
+    assert job["status"] == lifecycle.SUCCEEDED and job["dataset_version"] == 2
+
+
+def test_shrink_guard_lets_an_upload_that_allows_it_go_live(
+    mongo_db: Any, settings: Settings
+) -> None:
+    guarded, rows = _ten_rows_live_with_the_guard_at_half(mongo_db, settings)
+    _job(mongo_db, guarded, "small", 2, rows[:1])
+    mongo_db[lifecycle.JOBS].update_one({"_id": "small"}, {"$set": {"allow_shrink": True}})
+    _finalize(mongo_db, guarded, "small")
+    assert mongo_db[lifecycle.JOBS].find_one({"_id": "small"})["status"] == lifecycle.SUCCEEDED
+    assert datasets.read_active_sync(mongo_db).version == 2  # type: ignore[union-attr]
+    # Off by default: the contract is that every valid file replaces the whole dataset.
+    _job(mongo_db, settings, "tiny", 3, rows[:1])
+    _finalize(mongo_db, settings, "tiny")
+    assert datasets.read_active_sync(mongo_db).version == 3  # type: ignore[union-attr]

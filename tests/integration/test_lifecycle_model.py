@@ -262,10 +262,14 @@ class Lifecycle(RuleBasedStateMachine):
 
     @invariant()
     def a_ready_version_newer_than_every_switch_is_one_being_finalized(self) -> None:
-        """Else it would never be settled, so never retired: kept forever."""
+        """Else it would never be settled, so never retired: kept forever. (A held one is
+        kept on purpose, until it is activated or a newer version goes live.)"""
         high_water = lifecycle.read_pointer(self.db).high_water
         finalizing = {
-            j["version"] for j in self.db[lifecycle.JOBS].find({"status": lifecycle.FINALIZING})
+            j["version"]
+            for j in self.db[lifecycle.JOBS].find(
+                {"status": {"$in": [lifecycle.FINALIZING, lifecycle.HELD]}}
+            )
         }
         for record in lifecycle.read_records(self.db):
             if record.state == lifecycle.READY and record.version > high_water:
