@@ -47,6 +47,19 @@ def data_file(rows: int, seed: int = 1, clean: bool = False) -> Path:
     return path
 
 
+def quoted_file(plain: Path) -> Path:
+    """The same rows with every field in quotes, as ``csv.writer(quoting=QUOTE_ALL)`` and
+    several export tools write them."""
+    path = plain.with_name(plain.stem + "-quoted.csv")
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        with plain.open(newline="") as src, tmp.open("w", newline="") as dst:
+            writer = csv.writer(dst, quoting=csv.QUOTE_ALL, lineterminator="\n")
+            writer.writerows(line.rstrip("\n").split(",") for line in src)
+        tmp.rename(path)
+    return path
+
+
 def _chunks(path: Path, chunk_size: int) -> list[tuple[int, int]]:
     with path.open("rb") as f:
         return plan_chunks(f, path.stat().st_size, chunk_size)
@@ -182,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     add_common_args(parser)
     args = parser.parse_args(argv)
     path = data_file(args.rows)
+    quoted = quoted_file(path)
     print(f"file {path} ({path.stat().st_size / 1e6:.0f} MB, {args.rows:,} rows)")
     if args.scaling:
         body = scaling(path, args)
@@ -192,6 +206,10 @@ def main(argv: list[str] | None = None) -> None:
         (
             "csv + fromisoformat + bson.encode (reference)",
             lambda: run_reference(path, args.chunk_size, args.batch_rows),
+        ),
+        (
+            "parse_chunk (service), every field quoted",
+            lambda: run_service(quoted, args.chunk_size, args.batch_rows),
         ),
     ]
     if not args.no_strict:
@@ -219,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     body = table(["case", "rows", "CPU s", "rows/s per core", "rows/s wall", "vs reference"], rows)
     verdict = "met" if svc["rows_per_core_s"] >= TARGET else "MISSED"
-    body += f"\n\nTarget ≥ {TARGET:,} rows/s per core: **{verdict}**."
+    body += f"\n\nTarget ≥ {TARGET:,} rows/s per core (unquoted file): **{verdict}**."
     report(f"Parse + validate + encode ({args.rows:,} rows)", body, args.runs, args.append_results)
 
 

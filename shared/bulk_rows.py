@@ -1,10 +1,14 @@
 """Fast path of the chunk parser: runs of well-formed lines validated and encoded in bulk.
 
 Almost every line of a partner file has the same shape (``id,price,YYYY-MM-DD HH:MM:SS
-+HHMM ZONE``). One possessive regex recognises a run of such lines at C speed, and the run
-is then split and BSON-encoded with ``map``/``zip`` over C functions, so no Python code runs
-per row. The regex only accepts lines the strict per-field validator accepts unchanged
-(property tests check it); anything else goes to that validator, which gives the reason.
++HHMM ZONE``, or one of the other date forms). One possessive regex recognises a run of such
+lines at C speed, and the run is then split and BSON-encoded with ``map``/``zip`` over C
+functions, so no Python code runs per row. A second regex, tried only where the first finds
+nothing, takes runs of the same lines with fields in RFC 4180 quotes (``csv.writer``'s
+QUOTE_ALL or QUOTE_NONNUMERIC); none of their fields holds a quote, so dropping every ``"``
+gives the values. The regexes only accept lines the strict per-field validator accepts
+unchanged (property tests check it); anything else goes to that validator, which gives the
+reason.
 """
 
 from __future__ import annotations
@@ -17,29 +21,45 @@ from itertools import accumulate, repeat
 RUN_LINES = 2048  # lines per run: amortises the per-run calls, bounds the lists' memory
 
 # Dates the strict validator accepts, calendar included: days 1-28 of any month, 29-30 of
-# any month but February, 31 of long months, February 29 of leap years.
+# any month but February, 31 of long months, February 29 of leap years; no year 0000.
 _YEAR_MONTH_DAY = (
-    rb"(?:\d{4}-(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1\d|2[0-8])"
+    rb"(?!0000)(?:\d{4}-(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1\d|2[0-8])"
     rb"|(?:0[13-9]|1[0-2])-(?:29|30)"
     rb"|(?:0[13578]|1[02])-31)"
     rb"|(?:\d\d(?:0[48]|[2468][048]|[13579][26])|(?:[02468][048]|[13579][26])00)-02-29)"
 )
+_OFFSET = rb"[+-](?:0\d|1[0-4])"
 _DATE = (
     _YEAR_MONTH_DAY
-    + rb" (?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,9})?"
-    + rb" [+-](?:0\d|1[0-4])[0-5]\d(?: [A-Za-z0-9+_/-]{1,32})?"
+    + rb"[ T](?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,9})?"
+    + rb"(?: "
+    + _OFFSET
+    + rb"[0-5]\d(?: [A-Za-z0-9+_/-]{1,32})?|Z|"
+    + _OFFSET
+    + rb":?[0-5]\d)?"
 )
 # No exponent and at most 20 integer digits: always finite, never out of range.
 _PRICE = rb"(?:\d{1,20}(?:\.\d{0,100})?|\.\d{1,100})"
-FAST_LINE = rb"[A-Za-z0-9_-]{1,64}," + _PRICE + rb"," + _DATE
+_ID = rb"[A-Za-z0-9_-]{1,64}"
+FAST_LINE = _ID + rb"," + _PRICE + rb"," + _DATE
+QUOTED_LINE = b",".join(rb'(?:"%s"|%s)' % (f, f) for f in (_ID, _PRICE, _DATE))
 _RUN = re.compile(rb"(?:" + FAST_LINE + rb"\r?\n){0,%d}+" % RUN_LINES)
+_QUOTED_RUN = re.compile(rb"(?:" + QUOTED_LINE + rb"\r?\n){0,%d}+" % RUN_LINES)
 FAST_LINE_RE = re.compile(FAST_LINE)
+QUOTED_LINE_RE = re.compile(QUOTED_LINE)
 
 
 def fast_run_end(data: bytes, pos: int) -> int:
     """End of the run of well-formed, newline-terminated lines starting at ``pos``."""
     match = _RUN.match(data, pos)
     assert match is not None  # the pattern matches the empty string
+    return match.end()
+
+
+def quoted_run_end(data: bytes, pos: int) -> int:
+    """Like ``fast_run_end``, for lines whose fields may be in quotes."""
+    match = _QUOTED_RUN.match(data, pos)
+    assert match is not None
     return match.end()
 
 
@@ -52,16 +72,19 @@ _ORDER = struct.Struct("<4sqx").pack  # "\x00\x12o\x00", o, end of document
 _join = b"".join
 
 
-def encode_run(run: bytes, run_offset: int) -> tuple[list[str], list[bytes]]:
+def encode_run(run: bytes, run_offset: int, quoted: bool = False) -> tuple[list[str], list[bytes]]:
     """Keys (ids lower-cased) and BSON documents of a run of well-formed lines.
 
     Produces exactly ``encode_document`` for every row, whose order is the byte offset of
     its line in the file (``run_offset`` is the run's): plan-independent, so any two chunk
-    plans of one file agree on which duplicate row wins.
+    plans of one file agree on which duplicate row wins. ``quoted``: the run came from
+    ``quoted_run_end``; its quotes go once the offsets are taken.
     """
     line_lens = list(map(len, run.split(b"\n")))
     del line_lens[-2:]  # a line starts after each line but the last (and the b"" after it)
     offsets = accumulate(map(operator.add, line_lens, repeat(1)), initial=run_offset)
+    if quoted:
+        run = run.replace(b'"', b"")
     if b"\r" in run:  # only right before "\n" in a well-formed run
         run = run.replace(b"\r\n", b"\n")
     fields = run.replace(b"\n", b",").split(b",")

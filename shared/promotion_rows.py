@@ -1,4 +1,5 @@
-"""The partner CSV format: one row is ``id,price,expiration_date``, no quoting, no header.
+"""The partner CSV format: one row is ``id,price,expiration_date``, no header, fields
+optionally quoted as in RFC 4180 (what ``csv.writer`` and spreadsheet exports write).
 
 Rows are validated with specific reasons (shown to users with their line numbers) and
 encoded straight to BSON bytes: the chunk loader is the hot path of ingestion, and building
@@ -10,10 +11,10 @@ from __future__ import annotations
 import math
 import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from shared.bulk_rows import encode_run, fast_run_end
+from shared.bulk_rows import encode_run, fast_run_end, quoted_run_end
 
 MAX_ID_LENGTH = 64
 MAX_LINE_LENGTH = 1024
@@ -23,17 +24,17 @@ _BOM = b"\xef\xbb\xbf"
 
 ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"
 _ID_RE = re.compile(ID_PATTERN)
-_PRICE_RE = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
-# 2018-08-04 05:32:31 +0200 CEST (zone name optional), or ISO-8601 with an offset.
+# ASCII only: ``\d`` would also take Arabic-Indic digits, which ``int``/``float`` accept.
+_PRICE_RE = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+# Date, ' ' or 'T', time, optional fraction, then an optional zone: ' +0200 CEST' (name
+# optional), or ISO-8601 'Z' / '+02:00' / '+0200'. Without a zone the time is as written.
 _DATE_RE = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})"
-    r"(?:"
-    r" (\d{2}):(\d{2}):(\d{2})(?:\.\d{1,9})? ([+-])(\d{2})(\d{2})(?: [A-Za-z0-9+_/-]{1,32})?"
-    r"|"
-    r"T(\d{2}):(\d{2}):(\d{2})(?:\.\d{1,9})?(?:(Z)|([+-])(\d{2}):?(\d{2}))"
-    r")"
+    r"(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.\d{1,9})?"
+    r"(?: ([+-])(\d{2})(\d{2})(?: [A-Za-z0-9+_/-]{1,32})?|Z|([+-])(\d{2}):?(\d{2}))?",
+    re.ASCII,
 )
-_DATE_NO_OFFSET_RE = re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?")
+# RFC 4180 quoted field: "..." with "" for a quote inside (unrolled: no nested quantifier).
+_QUOTED_FIELD_RE = re.compile(r'[ \t]*"([^"]*(?:""[^"]*)*)"[ \t]*')
 _DAYS_IN_MONTH = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 _i32 = struct.Struct("<i").pack
@@ -84,27 +85,64 @@ def _is_leap(year: int) -> bool:
 def check_expiration_date(value: str) -> None:
     m = _DATE_RE.fullmatch(value)
     if m is None:
-        if _DATE_NO_OFFSET_RE.fullmatch(value):
-            raise RowError(f"expiration_date {_show(value)} has no time zone offset")
         raise RowError(
-            f"expiration_date {_show(value)} is not 'YYYY-MM-DD HH:MM:SS +HHMM ZONE' or ISO-8601"
+            f"expiration_date {_show(value)} is not 'YYYY-MM-DD HH:MM:SS [+HHMM ZONE]' "
+            "or ISO-8601 (YYYY-MM-DDTHH:MM:SS[.fff][Z|+HH:MM])"
         )
     g = m.groups()
     year, month, day = int(g[0]), int(g[1]), int(g[2])
-    if g[3] is not None:
-        hh, mi, ss, off_h, off_m = g[3], g[4], g[5], g[7], g[8]
-    else:
-        hh, mi, ss = g[9], g[10], g[11]
-        off_h, off_m = (g[14], g[15]) if g[12] is None else ("00", "00")
+    hh, mi, ss = int(g[3]), int(g[4]), int(g[5])
+    off_h, off_m = (g[7], g[8]) if g[6] is not None else (g[10], g[11])
     if not 1 <= month <= 12:
         raise RowError(f"expiration_date {_show(value)} has month {month}")
     days = 29 if month == 2 and _is_leap(year) else _DAYS_IN_MONTH[month - 1]
-    if not 1 <= day <= days:
+    if year == 0 or not 1 <= day <= days:  # year 0000 does not exist (1 BC precedes 1 AD)
         raise RowError(f"expiration_date {_show(value)} is not a calendar date")
-    if int(hh) > 23 or int(mi) > 59 or int(ss) > 59:
+    if hh > 23 or mi > 59 or ss > 59:
         raise RowError(f"expiration_date {_show(value)} is not a valid time of day")
-    if int(off_h) > 14 or int(off_m) > 59:
+    if off_h is not None and (int(off_h) > 14 or int(off_m) > 59):
         raise RowError(f"expiration_date {_show(value)} has an invalid offset")
+
+
+def _malformed(number: int, what: str) -> RowError:
+    return RowError(f"malformed quoting in field {number}: {what}")
+
+
+def split_fields(line: str) -> list[str]:
+    """Fields of one line, RFC 4180 quotes removed (``""`` inside a quoted field is ``"``).
+
+    Hand-written rather than ``csv.reader``: that one accepts a stray quote inside an
+    unquoted field and text after a closing quote silently, and its errors do not say which
+    field; a partner needs both said. A quoted field cannot hold a line break here: every
+    line is parsed on its own (chunks split at newlines), and no valid field contains one.
+    """
+    if '"' not in line:
+        return line.split(",")
+    fields: list[str] = []
+    pos, size = 0, len(line)
+    while True:
+        number = len(fields) + 1
+        quoted = _QUOTED_FIELD_RE.match(line, pos)
+        if quoted is not None:
+            value = quoted.group(1).replace('""', '"')
+            pos = quoted.end()
+            if pos < size and line[pos] != ",":
+                raise _malformed(number, "text after the closing quote")
+        else:
+            end = line.find(",", pos)
+            end = size if end < 0 else end
+            value = line[pos:end]
+            if value.lstrip(" \t").startswith('"'):
+                raise _malformed(
+                    number, "the quote is not closed on this line (fields cannot span lines)"
+                )
+            if '"' in value:
+                raise _malformed(number, "a '\"' inside an unquoted field")
+            pos = end
+        fields.append(value)
+        if pos >= size:
+            return fields
+        pos += 1  # the comma
 
 
 def parse_row(line: str) -> tuple[str, float, str]:
@@ -113,9 +151,7 @@ def parse_row(line: str) -> tuple[str, float, str]:
         raise RowError(f"line is too long ({len(line)} characters, at most {MAX_LINE_LENGTH})")
     if any("\udc80" <= ch <= "\udcff" for ch in line):
         raise RowError("line is not valid UTF-8")
-    if '"' in line:
-        raise RowError("quoted fields are not supported (no field may contain '\"')")
-    fields = line.split(",")
+    fields = split_fields(line)
     if len(fields) != 3:
         raise RowError(f"expected 3 fields (id,price,expiration_date), found {len(fields)}")
     raw_id, raw_price, raw_date = (f.strip(" \t") for f in fields)
@@ -160,11 +196,18 @@ class ChunkStats:
     rows_valid: int = 0
     rows_rejected: int = 0
     rejects: list[tuple[int, str]] = field(default_factory=list)  # (line in chunk, reason)
+    # Sees every reject, with the line as read (the full reject report); ``rejects`` keeps
+    # only the first ``MAX_REJECTS_KEPT`` for the job's preview.
+    on_reject: Callable[[int, str, str], None] | None = field(
+        default=None, compare=False, repr=False
+    )
 
-    def reject(self, line_no: int, reason: str) -> None:
+    def reject(self, line_no: int, reason: str, line: str = "") -> None:
         self.rows_rejected += 1
         if len(self.rejects) < MAX_REJECTS_KEPT:
             self.rejects.append((line_no, reason))
+        if self.on_reject is not None:
+            self.on_reject(line_no, reason, line)
 
 
 def _lines(data: bytes, chunk_start: int) -> Iterator[tuple[int, str]]:
@@ -194,7 +237,7 @@ def _parse_line(
     try:
         row_id, price, expiration = parse_row(line)
     except RowError as exc:
-        stats.reject(index + 1, str(exc))
+        stats.reject(index + 1, str(exc), line)
         return None
     stats.rows_valid += 1
     return row_id.lower(), encode_document(row_id, price, expiration, offset)
@@ -235,8 +278,11 @@ def parse_chunk(
     batch: dict[str, bytes] = {}
     while pos < size:
         end = fast_run_end(data, pos)
+        quoted = end == pos  # then perhaps a run of lines with quoted fields
+        if quoted:
+            end = quoted_run_end(data, pos)
         if end > pos:
-            keys, docs = encode_run(data[pos:end], chunk_start + pos)
+            keys, docs = encode_run(data[pos:end], chunk_start + pos, quoted)
             count = len(keys)
             stats.lines += count
             stats.rows_read += count

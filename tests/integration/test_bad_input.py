@@ -213,9 +213,26 @@ FAILED: list[tuple[str, bytes, str]] = [
     ("two-fields", text(rows(50, lambda i: f"{_id(i)},1.5")), "expected 3 fields"),
     ("four-fields", text(rows(50, lambda i: f"{_id(i)},1.5,{DATE},x")), "found 4"),
     ("semicolons", text(rows(50, lambda i: f"{_id(i)};1.5;{DATE}")), "found 1"),
-    ("quoted", text(rows(50, lambda i: f'"{_id(i)}","1.5","{DATE}"')), "quoted fields"),
-    ("embedded-comma", text(rows(50, lambda i: f'"{_id(i)},x",1.5,{DATE}')), "quoted fields"),
-    ("embedded-newline", text(rows(50, lambda i: f'"{_id(i)}\nx",1.5,{DATE}')), "quoted"),
+    (
+        "embedded-comma",
+        text(rows(50, lambda i: f'"{_id(i)},x",1.5,{DATE}')),
+        "characters other than A-Z",
+    ),
+    (
+        "embedded-newline",
+        text(rows(50, lambda i: f'"{_id(i)}\nx",1.5,{DATE}')),
+        "malformed quoting in field 1: the quote is not closed on this line",
+    ),
+    (
+        "stray-quote",
+        text(rows(50, lambda i: f'{_id(i)},1.5",{DATE}')),
+        "malformed quoting in field 2: a '\"' inside an unquoted field",
+    ),
+    (
+        "text-after-closing-quote",
+        text(rows(50, lambda i: f'"{_id(i)}"x,1.5,{DATE}')),
+        "malformed quoting in field 1: text after the closing quote",
+    ),
     ("nan-price", text(rows(50, lambda i: f"{_id(i)},NaN,{DATE}")), "not a finite number"),
     ("inf-price", text(rows(50, lambda i: f"{_id(i)},inf,{DATE}")), "not a finite number"),
     ("negative-price", text(rows(50, lambda i: f"{_id(i)},-1,{DATE}")), "is negative"),
@@ -230,12 +247,12 @@ FAILED: list[tuple[str, bytes, str]] = [
     (
         "wrong-date-format",
         text(rows(50, lambda i: f"{_id(i)},1,04/08/2018 05:32")),
-        "is not 'YYYY-MM-DD HH:MM:SS +HHMM ZONE' or ISO-8601",
+        "is not 'YYYY-MM-DD HH:MM:SS [+HHMM ZONE]' or ISO-8601",
     ),
     (
-        "missing-offset",
-        text(rows(50, lambda i: f"{_id(i)},1,2018-08-04 05:32:31")),
-        "has no time zone offset",
+        "date-without-time",
+        text(rows(50, lambda i: f"{_id(i)},1,2018-08-04")),
+        "is not 'YYYY-MM-DD HH:MM:SS [+HHMM ZONE]' or ISO-8601",
     ),
     (
         "bad-offset",
@@ -309,6 +326,16 @@ ACCEPTED: list[tuple[str, bytes, dict[str, Any]]] = [
         "gzip-upload",
         gzip.compress(text(rows(500))),
         {"rows_loaded": 500},
+    ),
+    (
+        "every-field-quoted",
+        text(rows(100, lambda i: f'"{_id(i)}","{i}.5","{DATE}"'), end="\r\n"),
+        {"rows_loaded": 100, "rows_rejected": 0},
+    ),
+    (
+        "no-time-zone",
+        text(rows(100, lambda i: f"{_id(i)},9.68,2022-06-04 06:01:20")),
+        {"rows_loaded": 100, "rows_rejected": 0},
     ),
 ]
 

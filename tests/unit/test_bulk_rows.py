@@ -12,7 +12,7 @@ import bson
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from shared.bulk_rows import FAST_LINE_RE, encode_run
+from shared.bulk_rows import FAST_LINE_RE, QUOTED_LINE_RE, encode_run
 from shared.promotion_rows import (
     ChunkStats,
     RowError,
@@ -51,9 +51,23 @@ zones = st.sampled_from(["", " CEST", " UTC", " +0530", " " + "Z" * 33, " Europe
 def dates(draw: st.DrawFn) -> str:
     stamp = f"{draw(years)}-{draw(months)}-{draw(days)}"
     clock = f"{draw(hours)}:{draw(sixty)}:{draw(sixty)}{draw(fraction)}"
+    sep = draw(st.sampled_from(" T"))
     if draw(st.booleans()):
-        return f"{stamp} {clock} {draw(offsets)}{draw(zones)}"
-    return f"{stamp}T{clock}{draw(st.sampled_from(['Z', '+02:00', '+0200', '']))}"
+        return f"{stamp}{sep}{clock} {draw(offsets)}{draw(zones)}"
+    iso = draw(st.sampled_from(["Z", "+02:00", "+0200", "", "-14:00", "+15:00", "+02:60", "z"]))
+    return f"{stamp}{sep}{clock}{iso}"
+
+
+def _quote(field: str, how: int) -> str:
+    if how == 1:
+        return '"' + field.replace('"', '""') + '"'
+    if how == 2:
+        return f' "{field}" '
+    if how == 3:
+        return f'"{field}'
+    if how == 4:
+        return f'{field}"x'
+    return field
 
 
 @st.composite
@@ -61,6 +75,8 @@ def lines(draw: st.DrawFn) -> str:
     fields = [draw(ids), draw(prices), draw(dates())]
     if draw(st.integers(0, 9)) == 0:
         fields.append(draw(st.sampled_from(["", "x"])))
+    if draw(st.integers(0, 3)) == 0:  # RFC 4180 quotes, well-formed or not
+        fields = [_quote(f, draw(st.sampled_from([0, 1, 1, 1, 2, 3, 4]))) for f in fields]
     line = ",".join(fields)
     mutation = draw(st.integers(0, 12))
     if mutation == 0:
@@ -77,12 +93,17 @@ def lines(draw: st.DrawFn) -> str:
 
 
 def _check_one(line: bytes) -> None:
-    if FAST_LINE_RE.fullmatch(line) is None:
+    quoted = FAST_LINE_RE.fullmatch(line) is None
+    if quoted and QUOTED_LINE_RE.fullmatch(line) is None:
         return
     row_id, price, date = parse_row(line.decode())  # never raises RowError
-    keys, docs = encode_run(line + b"\n", 42)
+    keys, docs = encode_run(line + b"\n", 42, quoted)
     assert keys == [row_id.lower()]
     assert docs == [encode_document(row_id, price, date, 42)]
+
+
+def _fast(line: bytes) -> bool:
+    return FAST_LINE_RE.fullmatch(line) is not None or QUOTED_LINE_RE.fullmatch(line) is not None
 
 
 @settings(max_examples=1000)
@@ -93,24 +114,25 @@ def _check_one(line: bytes) -> None:
 @example("a,1,0000-02-29 00:00:00 +0000")
 @example("A,1,2018-04-31 00:00:00 +0000")
 @example("A,99999999999999999999.5,2018-12-31 23:59:59.999999999 +1459 Z")
+@example('"A","1","2018-12-31T23:59:59Z"')
+@example('A,1,"2018-12-31 23:59:59 +0200 CEST"')
+@example('"0000",1,"0000-02-29 00:00:00"')
 def test_fast_line_is_accepted_by_the_strict_validator_and_encoded_the_same(line: str) -> None:
     raw = line.encode("utf-8", errors="surrogateescape")
     _check_one(raw)
-    if FAST_LINE_RE.fullmatch(raw) is None and "\r" not in line:
+    if not _fast(raw) and "\r" not in line:
         try:
-            parse_row(line)
+            _, price, date = parse_row(line)
         except RowError:
             return
         # Valid lines the fast path leaves to the strict one: rare shapes only.
         assert (
-            " " in line.split(",")[0] + line.split(",")[1]
+            " " in line.replace(date, "")
             or "\t" in line
-            or "T" in line.split(",")[2]
             or not line.isascii()
-            or "e" in line.lower().split(",")[1]
-            or len(line.split(",")[1].split(".")[0]) > 20
-            or line.split(",")[2].strip() != line.split(",")[2]
-            or line.split(",")[0] != line.split(",")[0].strip()
+            or "e" in line.lower().replace(date.lower(), "")
+            or len(f"{price:f}".split(".")[0]) > 20
+            or len(line) > 200
         ), line
 
 
@@ -122,7 +144,7 @@ def _agrees(line: str) -> bool:
         strict_ok = True
     except RowError:
         strict_ok = False
-    fast_ok = FAST_LINE_RE.fullmatch(raw) is not None
+    fast_ok = _fast(raw)
     assert strict_ok or not fast_ok, line
     _check_one(raw)
     return fast_ok
@@ -141,8 +163,14 @@ def test_every_date_and_time_field_value_exhaustively() -> None:
     for sign in "+-":
         for off_h in range(17):
             for off_m in range(62):
-                taken += _agrees(f"a,1,2018-08-04 05:32:31 {sign}{off_h:02d}{off_m:02d} UTC")
-    assert taken > 6000  # the sweep exercised the fast path, not only the fallback
+                offset = f"{sign}{off_h:02d}{off_m:02d}"
+                taken += _agrees(f"a,1,2018-08-04 05:32:31 {offset} UTC")
+                taken += _agrees(f"a,1,2018-08-04T05:32:31{offset[:3]}:{offset[3:]}")
+                taken += _agrees(f'"a","1","2018-08-04T05:32:31{offset}"')
+    for zone in ("", "Z", ".5", ".123456789Z", " UTC", "z", " Z", "+02", "+02:0"):
+        for sep in " Tt":
+            _agrees(f"a,1,2018-08-04{sep}05:32:31{zone}")
+    assert taken > 8000  # the sweep exercised the fast path, not only the fallback
 
 
 def test_id_and_price_edges() -> None:
@@ -152,6 +180,19 @@ def test_id_and_price_edges() -> None:
         _agrees(f"a,{price},2018-08-04 05:32:31 +0200")
     for zone in ("", " Z", " " + "Z" * 32, " " + "Z" * 33, " A/B+C_D-E", " A.B"):
         _agrees(f"a,1,2018-08-04 05:32:31 +0200{zone}")
+    for line in (
+        '"a","1","2018-08-04 05:32:31"',
+        '"a",1,2018-08-04 05:32:31',
+        "a,1,2018-08-04T05:32:31",
+    ):
+        assert _agrees(line)
+    for line in (
+        '"a""",1,2018-08-04 05:32:31',
+        '"a,1,2018-08-04 05:32:31',
+        '"a"1,1,x',
+        "a,1,2018-08-04",
+    ):
+        assert not _agrees(line)
 
 
 def _run(parse: object, data: bytes, start: int, batch_rows: int) -> tuple[object, object]:

@@ -1,16 +1,23 @@
+import csv
+import io
 import math
+import re
+from datetime import datetime
 
 import bson
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from shared.bulk_rows import FAST_LINE_RE
 from shared.promotion_rows import (
     ChunkStats,
     RowError,
+    check_expiration_date,
     encode_document,
     parse_chunk,
     parse_row,
+    split_fields,
 )
 
 GOOD = "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118,60.683466,2018-08-04 05:32:31 +0200 CEST"
@@ -26,6 +33,15 @@ GOOD = "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118,60.683466,2018-08-04 05:32:31 +0200
         "x,.5,2018-08-04T05:32:31.123+02:00",
         "x,5.,2020-02-29 00:00:00 -0500 EST",
         "x,5,2018-08-04 05:32:31 +0530 +0530",
+        # The case study's own example: no zone at all.
+        "172FFC14-D229-4C93-B06B-F48B8C095512,9.68,2022-06-04 06:01:20",
+        "x,9.68,2022-06-04 06:01:20.250",
+        "x,9.68,2022-06-04T06:01:20",
+        "x,9.68,2022-06-04T06:01:20.5-03:30",
+        "x,9.68,2022-06-04 06:01:20Z",
+        "x,12,2022-06-04T06:01:20+0200",
+        "x,1.5E-3,2022-06-04T06:01:20Z",
+        "x,0.0,2022-06-04T06:01:20Z",
     ],
 )
 def test_valid_rows(line: str) -> None:
@@ -54,10 +70,25 @@ def test_valid_rows(line: str) -> None:
         ("a,1,2019-02-29 05:32:31 +0200 CEST", "not a calendar date"),
         ("a,1,2018-13-01 05:32:31 +0200 CEST", "month 13"),
         ("a,1,2018-08-04 25:32:31 +0200 CEST", "time of day"),
-        ("a,1,2018-08-04 05:32:31", "no time zone offset"),
+        ("a,1,0000-01-01 05:32:31", "not a calendar date"),
+        ("a,1,2018-08-04 05:32:60", "time of day"),
         ("a,1,04/08/2018 05:32", "is not 'YYYY-MM-DD"),
+        ("a,1,2018-08-04", "is not 'YYYY-MM-DD"),
+        ("a,1,2018-08-04 05:32", "is not 'YYYY-MM-DD"),
+        ("a,1,2018-08-04 05:32:31 +02:00", "is not 'YYYY-MM-DD"),
+        ("a,1,2018-08-04T05:32:31.1234567890Z", "is not 'YYYY-MM-DD"),
         ("a,1,2018-08-04 05:32:31 +9900", "invalid offset"),
-        ('"a",1,2018-08-04 05:32:31 +0200', "quoted fields"),
+        ("a,1,2018-08-04T05:32:31+15:00", "invalid offset"),
+        ("a,٣,2018-08-04 05:32:31", "not a decimal number"),
+        ("a,1,٢٠١٨-08-04 05:32:31", "is not 'YYYY-MM-DD"),
+        ('"a"x,1,2018-08-04 05:32:31', "malformed quoting in field 1: text after the closing"),
+        ('a,"1,2018-08-04 05:32:31', "malformed quoting in field 2: the quote is not closed"),
+        ('a,1,"2018-08-04 05:32:31', "malformed quoting in field 3: the quote is not closed"),
+        ('a,1,2018-08-04 05:32:31"', "malformed quoting in field 3: a '\"' inside"),
+        ('a,1 "x",2018-08-04 05:32:31', "malformed quoting in field 2: a '\"' inside"),
+        ('"a,b",1,2018-08-04 05:32:31', "id 'a,b' has characters other than"),
+        ('"a""b",1,2018-08-04 05:32:31', "id 'a\"b' has characters other than"),
+        ('"a","1","2018-08-04 05:32:31",""', "expected 3 fields"),
         ("a,1,2018-08-04 05:32:31 +0200 \udcff", "not valid UTF-8"),
         ("a," + "1" * 2000 + ",2018-08-04 05:32:31 +0200", "line is too long"),
     ],
@@ -129,3 +160,155 @@ def test_last_row_of_a_batch_wins_and_its_order_is_the_byte_offset_of_its_line()
     (batch,) = batches
     doc = bson.decode(batch["a"])
     assert doc["price"] == 2 and doc["o"] == 1000 + len(first) and "id" not in doc
+
+
+# --- what real CSV writers produce: every accepted form, round trip through csv.writer ----
+
+valid_prices = st.one_of(
+    st.integers(0, 10**30).map(str),
+    prices.map(repr),  # shortest round-trip text: '60.683466', '1e+300', '5e-324'
+    st.from_regex(
+        r"(?:[0-9]{1,6}\.[0-9]{0,6}|\.[0-9]{1,6}|[0-9]{1,3}[eE][+-]?[0-9]{1,2})", fullmatch=True
+    ),
+)
+moments = st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59))
+fractions = st.one_of(st.just(""), st.from_regex(r"\.[0-9]{1,9}", fullmatch=True))
+zones = st.one_of(
+    st.sampled_from(["", "Z", "+02:00", "-03:30", "+0200", " +0200 CEST", " -0500", " +0000 UTC"]),
+    st.from_regex(r" [+-](0[0-9]|1[0-4])[0-5][0-9]( [A-Za-z0-9+_/-]{1,32})?", fullmatch=True),
+    st.from_regex(r"[+-](0[0-9]|1[0-4]):?[0-5][0-9]", fullmatch=True),
+)
+
+
+@st.composite
+def valid_dates(draw: st.DrawFn) -> str:
+    d = draw(moments)
+    sep = draw(st.sampled_from(" T"))
+    return (
+        f"{d.year:04d}-{d.month:02d}-{d.day:02d}{sep}{d.hour:02d}:{d.minute:02d}:{d.second:02d}"
+        f"{draw(fractions)}{draw(zones)}"
+    )
+
+
+valid_rows = st.tuples(ids, valid_prices, valid_dates())
+
+
+@settings(max_examples=300)
+@given(
+    rows=st.lists(valid_rows, min_size=1, max_size=30),
+    quoting=st.sampled_from([csv.QUOTE_ALL, csv.QUOTE_MINIMAL, csv.QUOTE_NONNUMERIC]),
+    eol=st.sampled_from(["\r\n", "\n"]),
+)
+def test_rows_written_by_csv_writer_read_back_exactly(
+    rows: list[tuple[str, str, str]], quoting: int, eol: str
+) -> None:
+    buf = io.StringIO()
+    csv.writer(buf, quoting=quoting, lineterminator=eol).writerows(rows)
+    data = buf.getvalue()
+    for line, (row_id, price, date) in zip(data.splitlines(), rows, strict=True):
+        assert parse_row(line) == (row_id, float(price), date)
+    stats = ChunkStats()
+    docs = [bson.decode(d) for b in parse_chunk(data.encode(), 0, 10**6, stats) for d in b.values()]
+    assert stats.rows_valid == len(rows) and stats.rows_rejected == 0
+    last = {row_id.lower(): (row_id, float(price), date) for row_id, price, date in rows}
+    assert {d["_id"]: (d.get("id", d["_id"]), d["price"], d["expiration_date"]) for d in docs} == (
+        last
+    )
+
+
+@settings(max_examples=200)
+@given(rows=st.lists(valid_rows, min_size=1, max_size=10))
+def test_numbers_left_unquoted_by_quote_nonnumeric_read_back(
+    rows: list[tuple[str, str, str]],
+) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, quoting=csv.QUOTE_NONNUMERIC)
+    writer.writerows((row_id, float(price), date) for row_id, price, date in rows)
+    for line, (row_id, price, date) in zip(buf.getvalue().splitlines(), rows, strict=True):
+        assert parse_row(line) == (row_id, float(price), date)
+
+
+@settings(max_examples=200)
+@given(
+    row_id=st.text(st.sampled_from('ab,"\t '), min_size=1, max_size=8),
+    date=valid_dates(),
+    quoting=st.sampled_from([csv.QUOTE_ALL, csv.QUOTE_MINIMAL]),
+)
+def test_quoted_commas_and_quotes_are_unquoted_before_validation(
+    row_id: str, date: str, quoting: int
+) -> None:
+    buf = io.StringIO()
+    csv.writer(buf, quoting=quoting, lineterminator="").writerow([row_id, "1", date])
+    value = row_id.strip(" \t")
+    if value and set(value) <= {"a", "b"}:
+        assert parse_row(buf.getvalue()) == (value, 1.0, date)
+    else:
+        with pytest.raises(RowError, match=r"id is empty|characters other than") as exc:
+            parse_row(buf.getvalue())
+        if value:
+            assert repr(value) in str(exc.value)  # the field as the writer meant it, unquoted
+
+
+@settings(max_examples=500)
+@given(line=st.text(st.sampled_from("a1,\"'.-:T"), min_size=1, max_size=40))
+def test_quoting_agrees_with_csv_reader_or_is_refused_with_a_reason(line: str) -> None:
+    """RFC 4180 semantics, as ``csv.reader(strict=True)`` reads them; stricter where it is
+    lenient (a quote inside an unquoted field), and always a reason naming the field."""
+    try:
+        (expected,) = csv.reader([line], strict=True)
+    except csv.Error:
+        expected = None
+    try:
+        fields = split_fields(line)
+    except RowError as exc:
+        assert re.fullmatch(r"malformed quoting in field \d: .+", str(exc))
+        assert expected is None or any('"' in f for f in expected), line
+        return
+    assert fields == expected, line
+
+
+def test_spaces_around_quoted_fields_are_trimmed() -> None:
+    assert parse_row(' "a" ,\t"1.5"\t, "2018-08-04 05:32:31" ') == (
+        "a",
+        1.5,
+        "2018-08-04 05:32:31",
+    )
+
+
+EDGE_YEARS = st.sampled_from([0, 1, 1900, 2000, 2019, 2020, 2100, 2400, 9999])
+
+
+@settings(max_examples=1000)
+@given(
+    year=st.one_of(EDGE_YEARS, st.integers(0, 9999)),
+    month=st.integers(0, 13),
+    day=st.one_of(st.sampled_from([28, 29, 30, 31]), st.integers(0, 32)),
+    hour=st.integers(0, 25),
+    minute=st.integers(0, 61),
+    second=st.integers(0, 61),
+    sep=st.sampled_from(" T"),
+    zone=st.sampled_from(["", "Z", "+02:00", " +0200 CEST", ".5"]),
+)
+@example(2020, 2, 29, 0, 0, 0, " ", "")
+@example(2100, 2, 29, 0, 0, 0, "T", "Z")
+@example(2000, 2, 29, 23, 59, 59, " ", "")
+@example(0, 1, 1, 0, 0, 0, " ", "")
+@example(2018, 4, 31, 0, 0, 0, " ", "")
+@example(2018, 12, 31, 23, 59, 60, " ", "")
+def test_calendar_validity_agrees_with_the_standard_library(
+    year: int, month: int, day: int, hour: int, minute: int, second: int, sep: str, zone: str
+) -> None:
+    text = f"{year:04d}-{month:02d}-{day:02d}{sep}{hour:02d}:{minute:02d}:{second:02d}{zone}"
+    try:
+        datetime(year, month, day, hour, minute, second)
+        real = True
+    except ValueError:
+        real = False
+    try:
+        check_expiration_date(text)
+        accepted = True
+    except RowError:
+        accepted = False
+    assert accepted == real, text
+    # The bulk fast path takes exactly the same dates.
+    assert (FAST_LINE_RE.fullmatch(f"a,1,{text}".encode()) is not None) == real, text
