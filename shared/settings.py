@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     # version (<= 1 s) and a racing rollback never lose their data.
     drop_grace_s: float = Field(default=120, ge=0)
 
+    # Full reject reports (<data_dir>/rejects, GET /jobs/{id}/rejects) are kept this long
+    # after their job ends, then removed by the watchdog's sweep.
+    rejects_retention_s: float = Field(default=7 * 24 * 3600, ge=0)
+
     # Drop folder (<data_dir>/inbox): scanned by the beat schedule every inbox_poll_seconds; a
     # file is taken once its size holds still and it is at least inbox_settle_seconds old.
     inbox_poll_seconds: float = Field(default=60, gt=0)
@@ -149,6 +153,10 @@ class Settings(BaseSettings):
     @property
     def inbox_dir(self) -> Path:
         return self.data_dir / "inbox"
+
+    @property
+    def rejects_dir(self) -> Path:
+        return self.data_dir / "rejects"
 
     def safe_summary(self) -> dict[str, Any]:
         """What may be logged at start-up: URLs without credentials, no tokens."""

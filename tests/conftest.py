@@ -112,12 +112,13 @@ def redis_client(services: None, settings: Settings) -> Iterator[redis.Redis]:
 
 
 def reset_state(mongo_db: Any, redis_client: redis.Redis, settings: Settings) -> None:
-    """No datasets, no jobs, an empty cache and an empty uploads directory."""
+    """No datasets, no jobs, an empty cache, no uploads and no reject reports."""
     for name in mongo_db.list_collection_names():
         mongo_db.drop_collection(name)
     redis_client.flushdb()
     shutil.rmtree(settings.uploads_dir, ignore_errors=True)
     shutil.rmtree(settings.inbox_dir, ignore_errors=True)
+    shutil.rmtree(settings.rejects_dir, ignore_errors=True)
     settings.uploads_dir.mkdir(parents=True, exist_ok=True)
 
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pymongo.database import Database
 
-from shared import datasets, job_records, lifecycle
+from shared import datasets, job_records, lifecycle, reject_report
 from shared.chunking import LineTooLong, chunk_size_for, plan_chunks, read_range
 from shared.file_checks import SNIFF_BYTES, sniff_problem
 from shared.promotion_rows import ChunkStats, parse_chunk
@@ -110,7 +110,8 @@ def load(
     coll = db[datasets.collection_name(job["version"])]
     with (settings.uploads_dir / job["file"]).open("rb") as f:
         data = read_range(f, start, end)
-    stats = ChunkStats()
+    report = reject_report.ChunkReport(settings.rejects_dir, job_id, index)
+    stats = ChunkStats(on_reject=report.add)
     beat_at = 0.0
     written = conflicts = 0
     for batch in parse_chunk(data, start, settings.insert_batch_rows, stats):
@@ -121,6 +122,7 @@ def load(
         written += len(batch)
         conflicts += write_batch(coll, list(batch.values()))
     del data
+    report.save()
     if not job_records.heartbeat(db, job_id):
         return "skipped"  # ended meanwhile: its chunk results were already removed
     job_records.save_chunk_result(

@@ -17,7 +17,7 @@ from typing import Any
 from celery import Task
 from kombu.exceptions import OperationalError
 
-from shared import job_records, lifecycle
+from shared import job_records, lifecycle, reject_report
 from shared.errors import BrokerUnavailable, StoreUnavailable, TransientError, store_errors
 from shared.log_context import job_id_var
 from shared.pointer_channel import announce_active
@@ -110,6 +110,7 @@ def end_job(job_id: str, reason: str, finalizer: bool) -> None:
 def clean_up_after(job: dict[str, Any]) -> None:
     """A job ended: its chunk results go now; the upload file and versions beyond the keep
     count now, and their collections once the grace period has passed."""
+    reject_report.seal(database(), settings.rejects_dir, job["_id"])  # before chunk results go
     job_records.delete_chunk_results(database(), job["_id"])
     cleanup_datasets.apply_async(kwargs={"file_name": job.get("file")})
     cleanup_datasets.apply_async(countdown=settings.drop_grace_s + 5)
@@ -168,6 +169,12 @@ def fail_stalled_jobs() -> int:
             _clean_up_if_ended(job_id)
         upkeep.sweep_uploads(
             db, settings.uploads_dir, (at.timestamp() - settings.job_stall_timeout_s)
+        )
+        reject_report.sweep(
+            db,
+            settings.rejects_dir,
+            settings.rejects_retention_s,
+            at.timestamp() - settings.job_stall_timeout_s,
         )
     return len(ended)
 

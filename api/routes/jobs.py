@@ -1,14 +1,16 @@
-"""Job status, polled by uploaders until the job ends."""
+"""Job status, polled by uploaders until the job ends, and its full reject report."""
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Depends, Path, Query
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 
 from api.responses import json_response
 from api.schemas import JobStatus, Problem
 from api.services import Services, get_services
-from shared import job_records
+from shared import job_records, lifecycle, reject_report
 
 router = APIRouter(tags=["ingestion"])
 
@@ -38,3 +40,61 @@ async def list_jobs(
 ) -> Response:
     docs = await job_records.list_jobs(services.db, limit)
     return json_response([job_records.public_job(doc) for doc in docs])
+
+
+REJECTS_CSV_EXAMPLE = (
+    "line,reason,raw\r\n"
+    "7,price '-1' is negative,\"d018ef0b-dbd9-48f1-ac1a-eb4d90e57118,-1,2018-08-04 05:32:31\"\r\n"
+)
+
+
+@router.get(
+    "/jobs/{job_id}/rejects",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "Every rejected line: line number in the file, reason, the line "
+            f"as read (first {reject_report.RAW_CHARS} characters)",
+            "content": {"text/csv": {"schema": {"type": "string"}, "example": REJECTS_CSV_EXAMPLE}},
+        },
+        404: {"model": Problem, "description": "Unknown job"},
+        409: {"model": Problem, "description": "The job is still running"},
+        410: {"model": Problem, "description": "The report was removed (retention period over)"},
+        503: {"model": Problem},
+    },
+    summary="Full reject report of a finished job, as CSV",
+)
+async def get_rejects(
+    job_id: str = Path(max_length=64), services: Services = Depends(get_services)
+) -> Response:
+    doc = await job_records.get_job(services.db, job_id)
+    if doc is None:
+        return json_response({"detail": f"job {job_id} not found"}, status_code=404)
+    if doc["status"] not in lifecycle.FINISHED:
+        return json_response(
+            {
+                "detail": f"job {job_id} is still {doc['status']}; its reject report is "
+                "complete once the job has succeeded or failed"
+            },
+            status_code=409,
+            headers={"Retry-After": "5"},
+        )
+    directory = services.settings.rejects_dir
+    offsets: list[tuple[int, int]] | None = []
+    if doc.get("rows_rejected"):
+        offsets = await reject_report.chunk_offsets(services.db, directory, job_id)
+        if offsets is None or await asyncio.to_thread(
+            reject_report.missing_files, directory, job_id, offsets
+        ):
+            return json_response(
+                {
+                    "detail": f"the reject report of job {job_id} was removed (reports are "
+                    f"kept {services.settings.rejects_retention_s:g} s after the job ends)"
+                },
+                status_code=410,
+            )
+    return StreamingResponse(
+        reject_report.stream(directory, job_id, offsets or []),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="rejects-{job_id}.csv"'},
+    )
