@@ -19,11 +19,16 @@ from shared.gunzip_file_writer import (
     FLUSH_BYTES,
     GunzipFileWriter,
     StoredFileError,
+    StoreLimits,
 )
 
 FILE_FIELD = "file"
 RAW_CONTENT_TYPES = {"text/csv", "text/plain", "application/octet-stream", "application/gzip"}
 UPLOAD_ROLE = "upload"  # partial files are .upload-<host>-<pid>-<uuid>.part
+# Per part: headers as python-multipart bounds them by default, named here to be visible.
+MAX_PART_HEADERS = 8
+MAX_PART_HEADER_BYTES = 4224
+SHOWN_NAME_CHARS = 64  # of each part name, in the 422 that lists them
 
 
 class UploadError(Exception):
@@ -38,6 +43,7 @@ class _MultipartFile:
     """Collects the data of the ``file`` field from a multipart body fed piece by piece."""
 
     boundary: bytes
+    max_parts: int = 16
     pieces: list[bytes] = field(default_factory=list)
     fields_seen: list[str] = field(default_factory=list)
     file_parts: int = 0
@@ -59,9 +65,16 @@ class _MultipartFile:
                 "on_part_data": self._part_data,
                 "on_end": self._end,
             },
+            max_header_count=MAX_PART_HEADERS,
+            max_header_size=MAX_PART_HEADER_BYTES,
         )
 
     def _part_begin(self) -> None:
+        if len(self.fields_seen) >= self.max_parts:
+            raise UploadError(
+                413,
+                f"the multipart body has more than {self.max_parts} parts (MAX_MULTIPART_PARTS)",
+            )
         self._headers = {}
         self._in_file = False
 
@@ -78,7 +91,7 @@ class _MultipartFile:
     def _headers_finished(self) -> None:
         _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
         name = options.get(b"name", b"").decode("latin-1")
-        self.fields_seen.append(name)
+        self.fields_seen.append(name[:SHOWN_NAME_CHARS])
         self._in_file = name == FILE_FIELD
         if self._in_file:
             self.file_parts += 1
@@ -110,14 +123,14 @@ class _MultipartFile:
             raise UploadError(422, f"multipart field 'file' is required; the request had {seen}")
 
 
-def _body_reader(request: Request) -> _MultipartFile | None:
+def _body_reader(request: Request, max_parts: int) -> _MultipartFile | None:
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     ctype = content_type.decode("latin-1").lower()
     if ctype == "multipart/form-data":
         boundary = options.get(b"boundary")
         if not boundary:
             raise UploadError(400, "the multipart Content-Type has no boundary")
-        return _MultipartFile(boundary)
+        return _MultipartFile(boundary, max_parts)
     if ctype in RAW_CONTENT_TYPES:
         return None
     raise UploadError(
@@ -136,17 +149,25 @@ class StoredUpload:
 
 
 async def receive_upload(
-    request: Request, directory: Path, final_path: Path, max_upload: int, max_stored: int
+    request: Request,
+    directory: Path,
+    final_path: Path,
+    max_upload: int,
+    limits: StoreLimits,
+    max_parts: int = 16,
 ) -> StoredUpload:
-    multipart = _body_reader(request)
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_upload:
+    multipart = _body_reader(request, max_parts)
+    declared_text = request.headers.get("content-length")
+    declared = int(declared_text) if declared_text and declared_text.isdigit() else None
+    if declared is not None and declared > max_upload:
         raise UploadError(413, f"the upload is larger than the limit of {max_upload} bytes")
-    writer = GunzipFileWriter(directory, max_stored, role=UPLOAD_ROLE)
+    writer: GunzipFileWriter | None = None
     received = 0
     pending: list[bytes] = []
     pending_size = 0
     try:
+        # Refused before reading when it cannot fit (its size is known), else while writing.
+        writer = await asyncio.to_thread(GunzipFileWriter, directory, limits, UPLOAD_ROLE, declared)
         async for chunk in request.stream():
             received += len(chunk)
             if received > max_upload:
@@ -162,9 +183,12 @@ async def receive_upload(
         await asyncio.to_thread(writer.write_many, pending)
         stored = await asyncio.to_thread(writer.finish, final_path)
     except StoredFileError as exc:
-        writer.abort()
-        raise UploadError(413 if exc.too_large else 400, exc.detail) from exc
+        if writer is not None:
+            writer.abort()
+        status = 507 if exc.no_space else 413 if exc.too_large else 400
+        raise UploadError(status, exc.detail) from exc
     except BaseException:  # includes ClientDisconnect and cancellation
-        writer.abort()
+        if writer is not None:
+            writer.abort()
         raise
     return StoredUpload(final_path, received, stored, bool(writer.compressed))

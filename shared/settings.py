@@ -63,7 +63,18 @@ class Settings(BaseSettings):
     # with fewer than this share of the active dataset's rows is held, not switched to.
     min_rows_ratio: float = Field(default=0, ge=0, le=1)
     max_upload_bytes: int = Field(default=200 * GiB, ge=1)
+    # A gzip upload (or drop-folder file) may inflate to max_decompression_ratio times its
+    # compressed size, or decompressed_floor_bytes if that is more, and never beyond
+    # max_decompressed_bytes: a small gzip bomb cannot fill the shared volume.
     max_decompressed_bytes: int = Field(default=1024 * GiB, ge=1)
+    max_decompression_ratio: float = Field(default=100, ge=1)
+    decompressed_floor_bytes: int = Field(default=1 * GiB, ge=1)
+    # Free space kept on the shared volume: an upload that would not fit is refused (507)
+    # before it is read when its size is known, else as soon as writing would eat into it.
+    min_free_bytes: int = Field(default=1 * GiB, ge=0)
+    # Multipart uploads: at most this many parts (each part's headers are bounded by the
+    # parser, 4 KiB per header, 8 headers).
+    max_multipart_parts: int = Field(default=16, ge=1)
     # Unacknowledged tasks are redelivered after this; longer than any chunk takes.
     broker_visibility_timeout_s: int = Field(default=900, ge=1)
     # Jobs with no progress for this long are failed by the watchdog (it runs every

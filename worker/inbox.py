@@ -19,7 +19,7 @@ from pymongo.database import Database
 
 from shared import datasets, job_records, lifecycle
 from shared.file_checks import GZIP_MAGIC
-from shared.gunzip_file_writer import StoredFileError, store_file
+from shared.gunzip_file_writer import StoredFileError, StoreLimits, store_file
 from shared.log_context import job_id_var
 from shared.settings import get_settings
 from shared.task_names import SCAN_INBOX
@@ -40,11 +40,19 @@ def _is_gzip(path: Path) -> bool:
 
 
 def _store_claimed(claimed: Path, final: Path) -> int:
-    """Plain files are renamed into place; gzip files are inflated (bounded)."""
+    """Plain files are renamed into place; gzip files are inflated. The limits of uploads
+    apply: MAX_UPLOAD_BYTES to the file, the decompression bounds and the free-space
+    margin to what is inflated."""
+    size = claimed.stat().st_size
+    if size > settings.max_upload_bytes:
+        raise StoredFileError(
+            f"the file is larger than the limit of {settings.max_upload_bytes} bytes",
+            too_large=True,
+        )
     if not _is_gzip(claimed):
         os.rename(claimed, final)
-        return final.stat().st_size
-    stored, _ = store_file(claimed, final, settings.max_decompressed_bytes)
+        return size
+    stored, _ = store_file(claimed, final, StoreLimits.from_settings(settings))
     return stored
 
 
@@ -88,11 +96,13 @@ def ingest_file(db: Database[Any], path: Path) -> str | None:
             try:
                 size = _store_claimed(claimed, final)
             except StoredFileError as exc:
+                if exc.no_space:  # the volume is full: the file waits in the inbox
+                    raise
                 size, error = 0, exc.detail
             _create_job(db, job_id, version, file_name, size, path.name)
         except BaseException:
-            # Store down, disk or network filesystem error, worker shutdown: the partner's
-            # file goes back to the inbox for the next scan, never lost.
+            # Store down, disk full, network filesystem error, worker shutdown: the
+            # partner's file goes back to the inbox for the next scan, never lost.
             _give_back(claimed, final, path)
             raise
         claimed.unlink(missing_ok=True)  # a bad file, or the original of an inflated gzip
@@ -118,7 +128,11 @@ def scan_inbox() -> list[str]:
     db = database()
     job_ids = []
     for path in ready_files(settings.inbox_dir, settings.inbox_settle_seconds):
-        job_id = ingest_file(db, path)
+        try:
+            job_id = ingest_file(db, path)
+        except StoredFileError as exc:  # no room to inflate it: given back, tried next scan
+            log.warning("inbox file %r left in the inbox: %s", path.name, exc.detail)
+            continue
         if job_id:
             job_ids.append(job_id)
     return job_ids

@@ -16,6 +16,7 @@ from api.schemas import JobAccepted, Problem
 from api.services import Services, get_services
 from api.upload_stream import UploadError, receive_upload
 from shared import datasets, job_records
+from shared.gunzip_file_writer import StoreLimits
 from shared.mongo import UNAVAILABLE_ERRORS
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,17 @@ UPLOAD_RESPONSES: dict[int | str, dict[str, object]] = {
     400: {"model": Problem, "description": "Empty file, corrupt gzip or malformed body"},
     401: {"model": Problem},
     403: {"model": Problem},
-    413: {"model": Problem, "description": "Larger than the configured limit"},
+    413: {
+        "model": Problem,
+        "description": "Larger than the configured limit (upload, decompressed size, parts)",
+    },
     415: {"model": Problem, "description": "Not multipart/form-data nor a raw CSV body"},
     422: {"model": Problem, "description": "No multipart field named 'file'"},
     503: {"model": Problem, "description": "Queue or store unavailable; nothing was kept"},
+    507: {
+        "model": Problem,
+        "description": "Not enough free space on the shared volume; nothing was kept",
+    },
 }
 
 
@@ -83,7 +91,8 @@ async def accept_upload(
             settings.uploads_dir,
             final_path,
             settings.max_upload_bytes,
-            settings.max_decompressed_bytes,
+            StoreLimits.from_settings(settings),
+            settings.max_multipart_parts,
         )
     except UploadError as exc:
         return json_response({"detail": exc.detail}, status_code=exc.status_code)

@@ -1,5 +1,7 @@
 import gzip
 import os
+import random
+import uuid
 from pathlib import Path
 
 import pytest
@@ -7,13 +9,33 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from api.upload_stream import UploadError, _MultipartFile
-from shared.gunzip_file_writer import GunzipFileWriter, StoredFileError, store_file
+from shared.gunzip_file_writer import (
+    GunzipFileWriter,
+    StoredFileError,
+    StoreLimits,
+    free_bytes,
+    store_file,
+)
+from shared.settings import MiB
 
 CSV = b"a,1,2018-08-04 05:32:31 +0200 CEST\n" * 1000
 
 
-def _write(tmp_path: Path, data: bytes, piece: int = 777, limit: int = 10**9) -> Path:
-    writer = GunzipFileWriter(tmp_path, limit)
+def _limits(
+    max_bytes: int = 10**9, ratio: float = 10**6, floor: int = 1, min_free: int = 0
+) -> StoreLimits:
+    return StoreLimits(max_bytes=max_bytes, ratio=ratio, floor=floor, min_free_bytes=min_free)
+
+
+def _write(
+    tmp_path: Path,
+    data: bytes,
+    piece: int = 777,
+    limit: int = 10**9,
+    limits: StoreLimits | None = None,
+    compressed_size: int | None = None,
+) -> Path:
+    writer = GunzipFileWriter(tmp_path, limits or _limits(limit), compressed_size=compressed_size)
     try:
         writer.write_many([data[i : i + piece] for i in range(0, len(data), piece)])
         final = tmp_path / "final.csv"
@@ -56,12 +78,12 @@ def test_store_file_inflates_a_gzip_file_from_disk(tmp_path: Path) -> None:
     source = tmp_path / "in.csv.gz"
     source.write_bytes(gzip.compress(CSV))
     (tmp_path / "out").mkdir()
-    assert store_file(source, tmp_path / "out" / "a.csv", 10**9) == (len(CSV), True)
+    assert store_file(source, tmp_path / "out" / "a.csv", _limits()) == (len(CSV), True)
     assert os.listdir(tmp_path / "out") == ["a.csv"]
     assert (tmp_path / "out" / "a.csv").read_bytes() == CSV
     source.write_bytes(gzip.compress(CSV)[:-20])
     with pytest.raises(StoredFileError, match="truncated"):
-        store_file(source, tmp_path / "out" / "b.csv", 10**9)
+        store_file(source, tmp_path / "out" / "b.csv", _limits())
     assert os.listdir(tmp_path / "out") == ["a.csv"]
 
 
@@ -97,3 +119,66 @@ def test_multipart_without_the_file_field_names_what_it_got() -> None:
     with pytest.raises(UploadError, match=r"field 'file' is required.*'note', 'upload'") as exc:
         parser.check_complete()
     assert exc.value.status_code == 422
+
+
+def test_the_decompressed_limit_follows_the_compressed_size(tmp_path: Path) -> None:
+    bomb = gzip.compress(b"0" * 50_000_000)  # about 49 KB: a ratio near 1000
+    limits = _limits(ratio=100, floor=MiB)
+    with pytest.raises(StoredFileError, match=r"larger than the limit of \d+ bytes \(100 times"):
+        _write(tmp_path, bomb, piece=65536, limits=limits)
+    with pytest.raises(StoredFileError, match="larger than the limit of 4900"):
+        _write(tmp_path, bomb, piece=65536, limits=limits, compressed_size=49_000)
+    assert os.listdir(tmp_path) == []
+    # A partner file compresses far less than 100 times; the floor covers any small file.
+    rng = random.Random(1)
+    rows = b"".join(
+        b"%s,%.6f,2018-08-04 05:32:31 +0200 CEST\n"
+        % (uuid.UUID(int=rng.getrandbits(128)).bytes.hex().encode(), rng.uniform(0, 99))
+        for _ in range(100_000)
+    )
+    csv_gz = gzip.compress(rows)
+    assert len(rows) > 6 * MiB
+    assert _write(tmp_path, csv_gz, limits=limits).read_bytes() == rows
+    assert _write(tmp_path, gzip.compress(b"0" * MiB), limits=limits).stat().st_size == MiB
+    # The absolute cap still applies.
+    with pytest.raises(StoredFileError, match=f"larger than the limit of {MiB} bytes$"):
+        _write(tmp_path, csv_gz, limits=_limits(max_bytes=MiB, ratio=100, floor=MiB))
+
+
+def test_an_upload_that_cannot_fit_is_refused_before_any_file(tmp_path: Path) -> None:
+    limits = _limits(min_free=free_bytes(tmp_path) + 1024 * MiB)
+    with pytest.raises(StoredFileError, match="not enough free space") as exc:
+        GunzipFileWriter(tmp_path, limits, compressed_size=10)
+    assert exc.value.no_space
+    assert os.listdir(tmp_path) == []
+
+
+def test_writing_stops_when_the_free_space_margin_is_reached(tmp_path: Path) -> None:
+    # The margin leaves 16 MiB to write; the stream has 200 MiB.
+    limits = _limits(min_free=free_bytes(tmp_path) - 16 * MiB)
+    writer = GunzipFileWriter(tmp_path, limits)
+    with pytest.raises(StoredFileError, match="not enough free space") as exc:
+        for _ in range(200):
+            writer.write_many([bytes(MiB)])
+    writer.abort()
+    assert exc.value.no_space and writer.bytes_written < 40 * MiB
+    assert os.listdir(tmp_path) == []
+
+
+def test_multipart_parts_are_bounded() -> None:
+    parser = _MultipartFile(b"XyZ", max_parts=3)
+    body = b"".join(
+        b'--XyZ\r\nContent-Disposition: form-data; name="' + b"n" * 4000 + b'"\r\n\r\nx\r\n'
+        for _ in range(4)
+    )
+    with pytest.raises(UploadError, match="more than 3 parts") as exc:
+        parser.feed(body)
+    assert exc.value.status_code == 413
+    assert parser.fields_seen == ["n" * 64] * 3  # names kept for the message are cut
+
+
+def test_a_part_header_over_the_parser_bound_is_refused() -> None:
+    parser = _MultipartFile(b"XyZ")
+    with pytest.raises(UploadError, match="malformed") as exc:
+        parser.feed(b'--XyZ\r\nContent-Disposition: form-data; name="' + b"n" * 5000 + b'"\r\n\r\n')
+    assert exc.value.status_code == 400
