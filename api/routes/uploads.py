@@ -14,7 +14,7 @@ from api.job_queue import QueueUnavailable
 from api.responses import json_response
 from api.schemas import JobAccepted, Problem
 from api.services import Services, get_services
-from api.upload_stream import UploadError, receive_upload
+from api.upload_stream import RAW_CONTENT_TYPES, UploadError, receive_upload
 from shared import datasets, job_records
 from shared.gunzip_file_writer import StoreLimits
 from shared.mongo import UNAVAILABLE_ERRORS
@@ -22,6 +22,9 @@ from shared.mongo import UNAVAILABLE_ERRORS
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["ingestion"])
 
+# An empty file is refused (400): every body and the multipart field say minLength 1, so
+# the document does not promise to accept what the endpoint cannot load.
+_FILE_BYTES = {"type": "string", "format": "binary", "minLength": 1}
 UPLOAD_BODY = {
     "requestBody": {
         "required": True,
@@ -32,15 +35,13 @@ UPLOAD_BODY = {
                     "required": ["file"],
                     "properties": {
                         "file": {
-                            "type": "string",
-                            "format": "binary",
+                            **_FILE_BYTES,
                             "description": "CSV rows id,price,expiration_date (optionally gzipped)",
                         }
                     },
                 }
             },
-            "text/csv": {"schema": {"type": "string", "format": "binary"}},
-            "application/gzip": {"schema": {"type": "string", "format": "binary"}},
+            **{ctype: {"schema": _FILE_BYTES} for ctype in sorted(RAW_CONTENT_TYPES)},
         },
     }
 }
