@@ -203,7 +203,14 @@ def _run(parse: object, data: bytes, start: int, batch_rows: int) -> tuple[objec
 
 @settings(max_examples=200)
 @given(
-    st.lists(st.one_of(lines(), st.just("a,1,2018-08-04 05:32:31 +0200 CEST")), max_size=60),
+    st.lists(
+        st.one_of(
+            lines(),
+            st.just("a,1,2018-08-04 05:32:31 +0200 CEST"),
+            st.just('"b","2.5","2018-08-04T05:32:31Z"'),  # runs of quoted lines
+        ),
+        max_size=60,
+    ),
     st.integers(1, 7),
     st.sampled_from([0, 1, 1000]),
     st.booleans(),
@@ -238,3 +245,11 @@ def test_long_runs_with_duplicates_batch_like_the_strict_parser() -> None:
         assert fast == strict
     doc = bson.decode(fast[0][0]["dd"])  # type: ignore[index]
     assert doc["id"] == "Dd"
+
+
+def test_orders_of_quoted_lines_are_the_byte_offsets_of_the_lines_as_written() -> None:
+    lines = [b'"a%d","1","2018-08-04 05:32:31 +0200 CEST"\n' % i for i in range(5)]
+    batches, _ = _run(parse_chunk, b"".join(lines), 100, 10)
+    (batch,) = batches  # type: ignore[misc]
+    orders = [bson.decode(batch[f"a{i}"])["o"] for i in range(5)]
+    assert orders == [100 + sum(map(len, lines[:i])) for i in range(5)]
