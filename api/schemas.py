@@ -152,9 +152,13 @@ class JobStatus(BaseModel):
     chunks_total: int | None = None
     chunks_done: int = 0
     rows_loaded: int = Field(0, description="Valid rows read (including overridden duplicates)")
-    rows_rejected: int = 0
+    rows_rejected: int = Field(0, description="Invalid rows, all of them")
     duplicates: int = Field(0, description="Rows overridden by a later row with the same id")
-    rejects: list[Reject] | None = Field(None, description="First 100 invalid rows")
+    rejects: list[Reject] | None = Field(
+        None,
+        description="Preview: the first 100 invalid rows; every one is in "
+        "GET /jobs/{job_id}/rejects (CSV)",
+    )
     dataset_version: int | None = None
     superseded: bool = Field(False, description="Loaded, but a newer upload was already live")
     error: str | None = None

@@ -130,15 +130,17 @@ def seal(db: Database[Any], directory: Path, job_id: str) -> None:
     if not chunks:
         return
     final = index_file(directory, job_id)
-    directory.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(final)
-    tmp.write_text(json.dumps(_offsets_from_chunks(chunks)))
     try:
-        os.link(tmp, final)
-    except FileExistsError:
-        pass
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(_offsets_from_chunks(chunks)))
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, final)
+    except OSError as exc:  # a full or failing volume must not stop the job's clean-up
+        log.error("job %s: could not keep its reject report index: %s", job_id, exc)
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 async def chunk_offsets(

@@ -139,3 +139,18 @@ def test_the_watchdog_runs_the_sweep(client: TestClient, settings: Settings) -> 
     os.utime(orphan, (long_ago, long_ago))
     fail_stalled_jobs()
     assert not orphan.exists()
+
+
+def test_a_volume_that_cannot_take_the_index_does_not_stop_the_clean_up(
+    mongo_db: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    job_id = "b" * 32
+    mongo_db[job_records.CHUNKS].insert_one(
+        {"_id": f"{job_id}:0", "job_id": job_id, "index": 0, "lines": 3, "rows_rejected": 1}
+    )
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    reject_report.seal(mongo_db, blocked / "rejects", job_id)  # no exception
+    assert "could not keep its reject report index" in caplog.text
+    reject_report.seal(mongo_db, tmp_path / "rejects", job_id)
+    assert reject_report.index_file(tmp_path / "rejects", job_id).exists()
