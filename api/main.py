@@ -20,6 +20,7 @@ from api.active_version import ActiveVersionWatcher
 from api.errors import install_error_handlers
 from api.fast_lookup import FastLookupMiddleware
 from api.job_queue import JobQueue
+from api.lookup_service import LookupService
 from api.metrics import MetricsExporter
 from api.request_context import RequestContextMiddleware
 from api.routes import datasets, health, jobs, metrics, promotions, ui, uploads
@@ -27,6 +28,8 @@ from api.services import Services
 from api.upload_stream import UPLOAD_ROLE
 from shared.cache import PromotionCache
 from shared.gunzip_file_writer import sweep_orphan_parts
+from shared.hot_ids import HotIdSampler
+from shared.local_cache import LocalCache
 from shared.logging_setup import configure_logging
 from shared.mongo import async_client, sync_client
 from shared.settings import Settings, get_settings
@@ -49,7 +52,15 @@ def build_services(settings: Settings) -> Services:
     db = mongo[settings.mongo_db]
     lifecycle_db = sync_client(settings, connect=False)[settings.mongo_db]
     cache = PromotionCache(redis, settings.cache_ttl_seconds, settings.negative_cache_ttl_seconds)
-    watcher = ActiveVersionWatcher(db, redis, settings.pointer_poll_seconds)
+    sampler = HotIdSampler(
+        redis, settings.hot_id_sample_every, settings.hot_id_flush_seconds, settings.hot_id_max
+    )
+    lookups = LookupService(
+        db, cache, LocalCache(settings.local_cache_max_bytes), sampler, settings.warmup_max_ids
+    )
+    watcher = ActiveVersionWatcher(
+        db, redis, settings.pointer_poll_seconds, on_switch=lookups.prefill
+    )
     return Services(
         settings=settings,
         mongo=mongo,
@@ -57,6 +68,8 @@ def build_services(settings: Settings) -> Services:
         lifecycle_db=lifecycle_db,
         redis=redis,
         cache=cache,
+        lookups=lookups,
+        sampler=sampler,
         watcher=watcher,
         queue=JobQueue(settings),
         metrics=MetricsExporter(db, watcher, cache.counters),
@@ -78,14 +91,17 @@ def create_app(settings: Settings | None = None, fast_lookups: bool = True) -> F
             log.warning("removed %d partial uploads left by a stopped API process", len(removed))
         await services.watcher.start()
         await services.metrics.start()
+        await services.sampler.start()
         # Everything loaded so far (modules, app, clients) lives as long as the process: keep
         # it out of the collector's full passes, which otherwise show up as tail latency.
         gc.freeze()
         try:
             yield
         finally:
+            await services.sampler.stop()
             await services.metrics.stop()
             await services.watcher.stop()
+            await services.cache.flush()
             services.queue.close()
             await services.redis.aclose()
             await services.mongo.close()
