@@ -46,7 +46,7 @@ HTTP_LATENCY = Histogram(
 )
 STORE_LOOKUP_LATENCY = Histogram(
     "promotions_store_lookup_duration_seconds",
-    "Time of one promotion lookup in MongoDB (cache misses only)",
+    "Time of one read in MongoDB for cache misses (one id, or a batch of ids missed together)",
     buckets=LATENCY_BUCKETS,
 )
 CACHE_LOOKUPS = Counter(

@@ -126,8 +126,11 @@ class PromotionCache:
         if self._flusher is not None:
             await asyncio.shield(self._flusher)
 
-    async def get_many(self, version: int, keys: list[str]) -> list[bytes | None]:
-        """Bodies of ``keys`` (None where not cached); all None when Redis is unavailable."""
+    async def get_many(
+        self, version: int, keys: list[str], count: bool = True
+    ) -> list[bytes | None]:
+        """Bodies of ``keys`` (None where not cached) in one MGET; all None when Redis is
+        unavailable. ``count=False``: not a lookup (prefill), left out of the counters."""
         if self.degraded or not keys:
             return [None] * len(keys)
         try:
@@ -135,4 +138,13 @@ class PromotionCache:
         except (RedisError, OSError) as exc:
             self._failed(exc)
             return [None] * len(keys)
-        return [v.encode() if isinstance(v, str) else v for v in raw]
+        values: list[bytes | None] = [v.encode() if isinstance(v, str) else v for v in raw]
+        if count:
+            for value in values:
+                if value is None:
+                    self.counters.misses += 1
+                elif value == NEGATIVE:
+                    self.counters.negative_hits += 1
+                else:
+                    self.counters.hits += 1
+        return values
