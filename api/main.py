@@ -15,6 +15,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.active_version import ActiveVersionWatcher
 from api.errors import install_error_handlers
@@ -76,6 +77,27 @@ def build_services(settings: Settings) -> Services:
     )
 
 
+class PromotionsAPI(FastAPIOffline):  # type: ignore[misc]
+    """HTTP requests enter through ``front`` (request limits, id and metrics, then the
+    lookup fast path) before FastAPI's own per-request layers: in a profile of cache hits
+    FastAPI's native-telemetry check (environment reads per request), error and body-limit
+    middlewares took ~10 % of the CPU. Everything but a valid lookup continues into
+    FastAPI unchanged; an exception escaping it still becomes FastAPI's 500, now with the
+    request id header."""
+
+    front: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.front is not None and scope["type"] == "http" and not self.root_path:
+            scope["app"] = self
+            await self.front(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def behind_front(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None, fast_lookups: bool = True) -> FastAPI:
     """``fast_lookups=False`` serves lookups through FastAPI only (tests compare the two)."""
     settings = settings or get_settings()
@@ -109,16 +131,17 @@ def create_app(settings: Settings | None = None, fast_lookups: bool = True) -> F
 
     # Swagger UI and ReDoc load their scripts and styles from this app, never from a CDN:
     # /docs and /redoc work on machines without internet access.
-    app = FastAPIOffline(
+    app = PromotionsAPI(
         title="Promotions service",
         version="1.0.0",
         description="Look promotions up by id; upload partner CSV files that replace the dataset.",
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    inner: ASGIApp = app.behind_front
     if fast_lookups:
-        app.add_middleware(FastLookupMiddleware)  # innermost: the others see every request
-    app.add_middleware(RequestContextMiddleware)  # outermost: limits, request id, metrics
+        inner = FastLookupMiddleware(inner)  # innermost: the context layer sees every request
+    app.front = RequestContextMiddleware(inner)  # outermost: limits, request id, metrics
     app.include_router(promotions.router)
     app.include_router(uploads.router)
     app.include_router(jobs.router)
