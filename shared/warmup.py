@@ -25,7 +25,7 @@ from pymongo.database import Database
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
-from shared import datasets
+from shared import datasets, lifecycle
 from shared.cache import NEGATIVE, answer_body, cache_key
 from shared.hot_ids import read_hot_ids, read_hot_ids_async
 from shared.settings import Settings, get_settings
@@ -148,8 +148,9 @@ def warm_before_switch(db: Database[Any], version: int) -> WarmupResult:
 async def warm_version_async(
     db: AsyncDatabase[Any], redis: AsyncRedis, version: int, settings: Settings
 ) -> WarmupResult:
-    """The rollback route's call: only a complete (``ready``) version is warmed, since the
-    answers of a version still loading would be wrong. Never raises; cut at the deadline."""
+    """The rollback route's call: only a complete version (ready, or retired but not yet
+    removed) is warmed, since the answers of a version still loading would be wrong. Never
+    raises; cut at the deadline."""
     result = WarmupResult()
     if settings.warmup_max_ids <= 0:
         return result
@@ -158,7 +159,11 @@ async def warm_version_async(
 
     async def warm() -> None:
         meta = db[datasets.META_COLLECTION]
-        if await meta.find_one(datasets.ready_version_filter(version), {"_id": 1}) is None:
+        complete = {
+            "_id": datasets.version_doc_id(version),
+            "state": {"$in": [lifecycle.READY, lifecycle.RETIRED]},  # what a rollback takes
+        }
+        if await meta.find_one(complete, {"_id": 1}) is None:
             return
         ids = await read_hot_ids_async(redis, settings.warmup_max_ids)
         result.hot_ids = len(ids)
