@@ -30,6 +30,7 @@ from bench.open_loop import window, zipf_sequence
 from bench.parse import data_file
 from bench.stack import Stack, _wait_for_log, stack
 from devstack.services import Service, worker_command
+from shared import datasets
 
 TARGET = 3.0
 IDLE_S = 10.0
@@ -104,7 +105,9 @@ def main(argv: list[str] | None = None) -> None:
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in cases}
     with stack(api=True) as st:
         assert st.api_url is not None
-        ids = load(st, path)  # the file's own ids: every loaded version answers them
+        # The file's own ids: every version loaded from it answers them. The version comes
+        # from the counter, so that the uploads' versions follow it (and never collide).
+        ids = load(st, path, datasets.allocate_version_sync(st.mongo_db()))
         wait_live(st.api_url, ids[0])
         cold_pool = ids[args.hot_ids :]
         random.Random(2).shuffle(cold_pool)

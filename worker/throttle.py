@@ -18,11 +18,14 @@ process (``insert_throttle``), so it learns across the chunks that process loads
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 
 from shared.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
 
 WINDOW = 50  # batches the baseline (best latency per row) is taken over
 DECREASE = 0.5
@@ -77,11 +80,18 @@ class InsertThrottle:
             current = achieved if self.rate is None else min(self.rate, achieved)
             self.rate = max(self.min_rate, current * DECREASE)
             self.decreases += 1
+            log.info(
+                "store slower (%.0f us per row, best %.0f): pacing inserts at %.0f rows/s",
+                per_row * 1e6,
+                baseline * 1e6,
+                self.rate,
+            )
         elif self.rate is not None:
             self.rate += self.min_rate
             # Faster than the store takes rows at its best: pacing would never bite.
             if self.rate * baseline >= 1.0:
                 self.rate = None
+                log.info("store back to its usual speed: inserts no longer paced")
 
     def pause_for(self, rows: int, elapsed: float) -> float:
         limits = [r for r in (self.rate, self.max_rate or None) if r]
