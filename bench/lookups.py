@@ -30,7 +30,7 @@ from bench.common import ROOT, add_common_args, interleave, medians, paired_rati
 from bench.parse import data_file
 from bench.stack import Stack, stack
 from devstack.services import Service, free_port
-from shared import datasets
+from shared import datasets, lifecycle
 from shared.promotion_rows import ChunkStats, parse_chunk
 from worker.chunk_writer import write_batch
 
@@ -41,15 +41,15 @@ VERSION = 1
 def load(st: Stack, path: Path, version: int = VERSION, activate: bool = True) -> list[str]:
     """Load the file straight into ``version``, make it live; return its ids."""
     db = st.mongo_db()
-    datasets.register_version(db, version, "bench")
+    lifecycle.register_version(db, version, "bench")
     coll = db[datasets.collection_name(version)]
     ids: list[str] = []
     for batch in parse_chunk(path.read_bytes(), 0, 5000, ChunkStats()):
         write_batch(coll, list(batch.values()))
         ids += batch.keys()
-    datasets.set_version_state(db, version, datasets.READY, rows=len(ids))
+    lifecycle.mark_ready(db, version, len(ids))
     if activate:
-        datasets.activate_if_newest(db, version, len(ids), "bench")
+        lifecycle.activate_if_newest(db, version, len(ids), "bench")
     return ids
 
 

@@ -30,7 +30,7 @@ from bench.lookups import _warm, load, require_wrk, wait_live, wrk
 from bench.open_loop import window, zipf_sequence
 from bench.parse import data_file
 from bench.stack import Stack, stack
-from shared import datasets
+from shared import lifecycle
 from shared.pointer_channel import announce_active
 from shared.warmup import warm_before_switch
 
@@ -75,7 +75,7 @@ def one_run(
         time.sleep(max(0.0, start_at + SETTLE_S + WINDOW_S - time.time()))
         marks["warm_began"] = time.time()
         marks["warmup"] = warm_before_switch(db, version) if warm else None
-        assert datasets.activate_if_newest(db, version, len(ids), f"bench-{version}")
+        assert lifecycle.activate_if_newest(db, version, len(ids), f"bench-{version}") == "switched"
         marks["switched"] = time.time()
         announce_active(st.redis_url, version)
         marks["before"] = counters(st.api_url or "")

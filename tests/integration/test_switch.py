@@ -13,7 +13,7 @@ import pytest
 import redis
 from redis.asyncio import Redis as AsyncRedis
 
-from shared import datasets
+from shared import datasets, lifecycle
 from shared.cache import NEGATIVE, cache_key
 from shared.hot_ids import window_key
 from shared.mongo import async_client
@@ -119,12 +119,12 @@ def test_no_answer_of_a_previous_version_after_a_switch_or_rollback(
 
 def _finalize_like_a_job(db: Any, settings: Settings) -> None:
     """The finalizer's order: complete, ready, warm, flip, announce."""
-    datasets.register_version(db, 2, "job2")
+    lifecycle.register_version(db, 2, "job2")
     _write_rows(db, 2, rows(2))
-    assert datasets.mark_ready(db, 2, rows=len(rows(2)))
+    assert lifecycle.mark_ready(db, 2, len(rows(2)))
     result = warm_before_switch(db, 2)
     assert result.error is None and result.warmed > 0  # hot ids were known and warmed
-    assert datasets.activate_if_newest(db, 2, len(rows(2)), "job2")
+    assert lifecycle.activate_if_newest(db, 2, len(rows(2)), "job2") == "switched"
     announce_active(settings.redis_url.get_secret_value(), 2)
 
 
@@ -136,9 +136,9 @@ def test_warm_up_before_the_flip_fills_the_new_version_in_redis(
     hot = [k.lower() for k in COMMON[:20] + GONE[:5] + NEW[:5]]
     redis_client.zadd(window_key(time.time()), {k: 100 - n for n, k in enumerate(hot)})
     # Version 2 is complete but not live yet: the finalizer warms it, then flips.
-    datasets.register_version(mongo_db, 2, "job2")
+    lifecycle.register_version(mongo_db, 2, "job2")
     _write_rows(mongo_db, 2, rows(2))
-    assert datasets.mark_ready(mongo_db, 2, rows=175)
+    assert lifecycle.mark_ready(mongo_db, 2, 175)
     result = warm_before_switch(mongo_db, 2)
     assert result.error is None and result.warmed == len(hot) and result.found == 25
     assert redis_client.get(cache_key(2, "common-0")) is not None
@@ -146,8 +146,8 @@ def test_warm_up_before_the_flip_fills_the_new_version_in_redis(
     assert b'"price":2.5' in (redis_client.get(cache_key(2, "new-0")) or b"")
     assert 0 < redis_client.ttl(cache_key(2, "gone-0")) <= settings.negative_cache_ttl_seconds
     # An older version that would not go live (a newer one is) is not warmed.
-    assert datasets.activate_if_newest(mongo_db, 2, 175, "job2")
-    datasets.register_version(mongo_db, 3, "job3")
+    assert lifecycle.activate_if_newest(mongo_db, 2, 175, "job2") == "switched"
+    lifecycle.register_version(mongo_db, 3, "job3")
     assert warm_before_switch(mongo_db, 1).warmed == 0
 
 
@@ -157,7 +157,7 @@ def test_rollback_warm_up_only_warms_complete_versions(
 ) -> None:
     hot = [k.lower() for k in COMMON[:10]]
     redis_client.zadd(window_key(time.time()), dict.fromkeys(hot, 1))
-    datasets.register_version(mongo_db, 1, "job1")  # still loading: its answers are not final
+    lifecycle.register_version(mongo_db, 1, "job1")  # still loading: its answers are not final
     _write_rows(mongo_db, 1, rows(1)[:3])
 
     async def warm(version: int) -> int:
@@ -172,7 +172,7 @@ def test_rollback_warm_up_only_warms_complete_versions(
 
     assert asyncio.run(warm(1)) == 0
     assert redis_client.get(cache_key(1, hot[5])) is None  # no false "absent" cached
-    datasets.set_version_state(mongo_db, 1, datasets.READY)
+    assert lifecycle.mark_ready(mongo_db, 1, 3)
     assert asyncio.run(warm(1)) == len(hot)
     assert redis_client.get(cache_key(1, hot[0])) is not None
 
