@@ -38,13 +38,13 @@ MAX_LOAD_S = 150.0
 
 
 def run_once(
-    st: Stack, ids: list[str], cold: list[str], throttle: bool, args: argparse.Namespace
+    st: Stack, ids: list[str], cold: list[str], env: dict[str, str], args: argparse.Namespace
 ) -> dict[str, float]:
     assert st.api_url is not None
     workers = Service(
         "worker",
         worker_command(2, f"bench-{uuid.uuid4().hex[:6]}"),
-        env={**st.env, "LOG_LEVEL": "INFO", "INGEST_THROTTLE": str(throttle).lower()},
+        env={**st.env, "LOG_LEVEL": "INFO", **env},
         log_path=st.tmp / "logs" / f"worker-{uuid.uuid4().hex[:4]}.log",
     )
     workers.start()
@@ -98,10 +98,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hot-ids", type=int, default=2000)
     parser.add_argument("--cold-share", type=float, default=0.05, help="share of cold ids")
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument(
+        "--ceiling",
+        type=float,
+        default=0,
+        help="also run with INGEST_MAX_ROWS_PER_S set to this (rows/s per worker process)",
+    )
     add_common_args(parser, runs=1)
     args = parser.parse_args(argv)
     path = data_file(args.rows, seed=11, clean=True)
-    cases = {"throttle on": True, "throttle off": False}
+    cases = {
+        "throttle on": {"INGEST_THROTTLE": "true"},
+        "throttle off": {"INGEST_THROTTLE": "false"},
+    }
+    if args.ceiling:
+        cases[f"throttle on, ceiling {args.ceiling:,.0f} rows/s per process"] = {
+            "INGEST_THROTTLE": "true",
+            "INGEST_MAX_ROWS_PER_S": f"{args.ceiling:g}",
+        }
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in cases}
     with stack(api=True) as st:
         assert st.api_url is not None
@@ -111,13 +125,13 @@ def main(argv: list[str] | None = None) -> None:
         wait_live(st.api_url, ids[0])
         cold_pool = ids[args.hot_ids :]
         random.Random(2).shuffle(cold_pool)
-        per_run = len(cold_pool) // (2 * args.runs)
+        per_run = len(cold_pool) // (len(cases) * args.runs)
         n = 0
         for i in range(args.runs):
-            for name, throttle in cases.items():
+            for name, env in cases.items():
                 cold = cold_pool[n * per_run : (n + 1) * per_run]
                 n += 1
-                out = run_once(st, ids, cold, throttle, args)
+                out = run_once(st, ids, cold, env, args)
                 res: Any = out["result"]
                 idle = window(res, out["began"] - IDLE_S, out["began"])
                 during = window(res, out["began"], out["ended"])
@@ -177,7 +191,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.cold_share:.0%} ids asked once (store reads), {args.connections} connections; "
         f"idle window {IDLE_S:g} s just before the upload. Target (throttle on): p99 during "
         f"÷ p99 idle ≤ {TARGET:g} and 0 answers 503: **{verdict}** (median {ratio:.2f}, "
-        f"{n503} answers 503). Ingest time with the throttle: {cost:.2f}x of without."
+        f"{n503} answers 503). Ingest time with the throttle: {cost:.2f}x of without. "
+        "Worker CPU s: all worker processes during the job."
     )
     report("Reads during a load", body, args.runs, args.append_results)
 
