@@ -75,6 +75,8 @@ bench: install bench-deps
 	$(PY) -m bench.lookups $(BENCH_ARGS)
 	$(PY) -m bench.latency $(BENCH_ARGS)
 	$(PY) -m bench.api_scaling $(BENCH_ARGS)
+	$(PY) -m bench.switch $(BENCH_ARGS)
+	$(PY) -m bench.load $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
@@ -23,23 +24,41 @@ log = logging.getLogger(__name__)
 
 
 class ActiveVersionWatcher:
-    def __init__(self, db: AsyncDatabase[Any], redis: Redis, poll_s: float) -> None:
+    def __init__(
+        self,
+        db: AsyncDatabase[Any],
+        redis: Redis,
+        poll_s: float,
+        on_switch: Callable[[int], Awaitable[None]] | None = None,
+    ) -> None:
         self.db = db
         self.redis = redis
         self.poll_s = poll_s
+        # Runs (bounded, never raising) before a new version is served: cache prefill.
+        self.on_switch = on_switch
         self.current: ActiveDataset | None = None
         # False until the pointer was read once: "no dataset yet" must not be claimed (404)
         # when the truth is "the store could not be asked" (503).
         self.known = False
         self._tasks: list[asyncio.Task[None]] = []
+        # Poll, channel and rollback route may refresh at once: one at a time, so a slow
+        # prefill for one version cannot land after a newer version was already set.
+        self._lock = asyncio.Lock()
 
     async def refresh(self) -> ActiveDataset | None:
+        async with self._lock:
+            return await self._refresh()
+
+    async def _refresh(self) -> ActiveDataset | None:
         try:
             active = await read_active(self.db)
         except UNAVAILABLE_ERRORS as exc:
             log.warning("could not read the active dataset pointer: %s", exc)
             return self.current
         if active != self.current:
+            old = self.current.version if self.current else None
+            if active is not None and active.version != old and self.on_switch is not None:
+                await self.on_switch(active.version)
             log.info("active dataset version is now %s", active.version if active else None)
             self.current = active
         self.known = True

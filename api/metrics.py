@@ -46,12 +46,14 @@ HTTP_LATENCY = Histogram(
 )
 STORE_LOOKUP_LATENCY = Histogram(
     "promotions_store_lookup_duration_seconds",
-    "Time of one promotion lookup in MongoDB (cache misses only)",
+    "Time of one read in MongoDB for cache misses (one id, or a batch of ids missed together)",
     buckets=LATENCY_BUCKETS,
 )
 CACHE_LOOKUPS = Counter(
     "promotions_cache_lookups_total",
-    "Lookup-cache answers: hit, negative_hit (a cached 'not found') or miss",
+    "Lookup-cache answers: local_hit, local_negative_hit (the process's own cache), then "
+    "for the rest hit, negative_hit (a cached 'not found') or miss (Redis), and coalesced "
+    "(joined a read of the same id already in flight)",
     ["result"],
 )
 CACHE_ERRORS = Counter(
@@ -75,6 +77,9 @@ class CacheCounterMirror:
             ("hits", CACHE_LOOKUPS.labels("hit")),
             ("negative_hits", CACHE_LOOKUPS.labels("negative_hit")),
             ("misses", CACHE_LOOKUPS.labels("miss")),
+            ("local_hits", CACHE_LOOKUPS.labels("local_hit")),
+            ("local_negative_hits", CACHE_LOOKUPS.labels("local_negative_hit")),
+            ("coalesced", CACHE_LOOKUPS.labels("coalesced")),
             ("errors", CACHE_ERRORS),
         ):
             value = getattr(now, field)

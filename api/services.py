@@ -13,8 +13,10 @@ from redis.asyncio import Redis
 
 from api.active_version import ActiveVersionWatcher
 from api.job_queue import JobQueue
+from api.lookup_service import LookupService
 from api.metrics import MetricsExporter
 from shared.cache import PromotionCache
+from shared.hot_ids import HotIdSampler
 from shared.settings import Settings
 
 
@@ -28,6 +30,8 @@ class Services:
     lifecycle_db: Database[Any]
     redis: Redis
     cache: PromotionCache
+    lookups: LookupService
+    sampler: HotIdSampler
     watcher: ActiveVersionWatcher
     queue: JobQueue
     metrics: MetricsExporter

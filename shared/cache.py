@@ -8,28 +8,42 @@ error for readers: the cache steps aside for a short cool-down and lookups go to
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 
 NEGATIVE = b""
+# Fills waiting for the write-behind flush; beyond this (Redis stalled) new fills are
+# dropped: an entry can always be rebuilt from the store.
+MAX_PENDING_FILLS = 10_000
 
 
 def cache_key(version: int, key: str) -> str:
     return f"promo:v{version}:{key}"
 
 
+def answer_body(promotion: dict[str, Any] | None) -> bytes:
+    """The cached bytes of one answer, the same in every writer (lookups, warm-up)."""
+    return orjson.dumps(promotion) if promotion else NEGATIVE
+
+
 @dataclass
 class CacheCounters:
-    hits: int = 0
+    hits: int = 0  # Redis
     negative_hits: int = 0
     misses: int = 0
     errors: int = 0
+    local_hits: int = 0  # the process's own cache
+    local_negative_hits: int = 0
+    coalesced: int = 0  # lookups that joined a read of the same id already in flight
 
 
 class PromotionCache:
@@ -42,6 +56,8 @@ class PromotionCache:
         self.cooldown_s = cooldown_s
         self.counters = CacheCounters()
         self._skip_until = 0.0
+        self._pending: list[tuple[str, bytes, int]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     @property
     def degraded(self) -> bool:
@@ -79,3 +95,56 @@ class PromotionCache:
             await self.redis.set(cache_key(version, key), body, ex=ttl)
         except (RedisError, OSError) as exc:
             self._failed(exc)
+
+    def put_later(self, version: int, key: str, body: bytes) -> None:
+        """Fire-and-forget fill: the answer goes out without waiting for Redis, and fills
+        made while a flush is under way share the next pipeline (one round trip for many)."""
+        if self.degraded or len(self._pending) >= MAX_PENDING_FILLS:
+            return
+        ttl = self.ttl_s if body else self.negative_ttl_s
+        self._pending.append((cache_key(version, key), body, ttl))
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending and not self.degraded:
+                batch, self._pending = self._pending, []
+                try:
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        for name, body, ttl in batch:
+                            pipe.set(name, body, ex=ttl)
+                        await pipe.execute()
+                except (RedisError, OSError) as exc:
+                    self._failed(exc)
+        finally:
+            self._pending = []
+            self._flusher = None
+
+    async def flush(self) -> None:
+        """Wait for the fills made so far (tests, shutdown)."""
+        if self._flusher is not None:
+            await asyncio.shield(self._flusher)
+
+    async def get_many(
+        self, version: int, keys: list[str], count: bool = True
+    ) -> list[bytes | None]:
+        """Bodies of ``keys`` (None where not cached) in one MGET; all None when Redis is
+        unavailable. ``count=False``: not a lookup (prefill), left out of the counters."""
+        if self.degraded or not keys:
+            return [None] * len(keys)
+        try:
+            raw = await self.redis.mget([cache_key(version, k) for k in keys])
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+            return [None] * len(keys)
+        values: list[bytes | None] = [v.encode() if isinstance(v, str) else v for v in raw]
+        if count:
+            for value in values:
+                if value is None:
+                    self.counters.misses += 1
+                elif value == NEGATIVE:
+                    self.counters.negative_hits += 1
+                else:
+                    self.counters.hits += 1
+        return values

@@ -108,6 +108,29 @@ class Settings(BaseSettings):
     cache_ttl_seconds: int = Field(default=3600, ge=1)
     negative_cache_ttl_seconds: int = Field(default=60, ge=1)
     pointer_poll_seconds: float = Field(default=0.5, gt=0, le=1)
+    # First cache level, in each API process: answers by (version, id), bounded in bytes
+    # (body + id + ~440 bytes of bookkeeping per entry); 0 turns it off.
+    local_cache_max_bytes: int = Field(default=64 * MiB, ge=0)
+    # Hot ids: one lookup in hot_id_sample_every is counted; each process sends its counts
+    # to a Redis sorted set every hot_id_flush_seconds; the set keeps hot_id_max ids.
+    hot_id_sample_every: int = Field(default=16, ge=1)
+    hot_id_flush_seconds: float = Field(default=2.0, gt=0)
+    hot_id_max: int = Field(default=20_000, ge=1)
+    # Warm-up before a switch: at most warmup_max_ids hot ids, at most warmup_max_seconds;
+    # 0 ids turns it off. It never fails a job and never holds a switch longer than that.
+    # 10 s is 0.6 % of the 30-minute cycle; a real MongoDB reads 10k ids by _id in well
+    # under a second, the dev server under load needed ~10 s (bench/RESULTS.md).
+    warmup_max_ids: int = Field(default=10_000, ge=0)
+    warmup_max_seconds: float = Field(default=10.0, ge=0)
+
+    # Loads yield to reads: each worker process paces its insert batches (AIMD on their
+    # latency per row against the best recently seen); see worker/throttle.py.
+    ingest_throttle: bool = True
+    # A batch slower per row than this many times the recent best counts as "store busy".
+    ingest_throttle_slowdown: float = Field(default=2.0, gt=1)
+    # Floor and ceiling of the paced rate, rows/s per worker process (0: no ceiling).
+    ingest_min_rows_per_s: float = Field(default=1000, gt=0)
+    ingest_max_rows_per_s: float = Field(default=0, ge=0)
 
     # Security. ``production`` (set by docker-compose.yml) refuses development placeholders.
     production: bool = False

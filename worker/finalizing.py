@@ -18,6 +18,7 @@ from pymongo.database import Database
 
 from shared import datasets, job_records, lifecycle
 from shared.settings import Settings
+from shared.warmup import warm_before_switch
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,7 @@ def finalize_steps(
         )
         yield "held"
         return
+    warm_before_switch(db, version)  # bounded, never raises (shared/warmup.py)
     outcome = lifecycle.activate_if_newest(db, version, distinct, job_id)
     yield "switched"
     if outcome == "barred":

@@ -21,6 +21,7 @@ from shared.file_checks import SNIFF_BYTES, sniff_problem
 from shared.promotion_rows import ChunkStats, parse_chunk
 from shared.settings import Settings
 from worker.chunk_writer import write_batch
+from worker.throttle import paced
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,8 @@ def load(
                 return "skipped"  # the job ended meanwhile: stop writing into its collection
             beat_at = time.monotonic()
         written += len(batch)
-        conflicts += write_batch(coll, list(batch.values()))
+        with paced(len(batch)):  # loads yield to reads (worker/throttle.py)
+            conflicts += write_batch(coll, list(batch.values()))
     del data
     report.save()
     if not job_records.heartbeat(db, job_id):

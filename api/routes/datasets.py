@@ -17,6 +17,7 @@ from shared.datasets import ActiveDataset, list_versions_async, read_active
 from shared.lifecycle import ActivationRefused, VersionRecord, activate_by_hand
 from shared.pointer_channel import announce_active_async
 from shared.timeutil import iso
+from shared.warmup import warm_version_async
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["datasets"])
@@ -86,6 +87,7 @@ async def list_datasets(
 async def activate_dataset(
     version: int = Path(ge=1), services: Services = Depends(get_services)
 ) -> Response:
+    await warm_version_async(services.db, services.redis, version, services.settings)
     try:
         active = await asyncio.to_thread(activate_by_hand, services.lifecycle_db, version)
     except ActivationRefused as exc:

@@ -1,4 +1,5 @@
-"""GET /promotions/{id}: Redis read-through cache in front of the active dataset.
+"""GET /promotions/{id}: two cache levels (process memory, Redis) in front of the active
+dataset (``api.lookup_service``).
 
 Declared here with FastAPI (validation, OpenAPI docs); requests with a valid id are served
 by ``api.fast_lookup`` with the same ``lookup`` and without FastAPI's per-request machinery.
@@ -6,19 +7,14 @@ by ``api.fast_lookup`` with the same ``lookup`` and without FastAPI's per-reques
 
 from __future__ import annotations
 
-import time
-
-import orjson
 from fastapi import APIRouter, Depends, Path
 from fastapi.responses import Response
 from pymongo.errors import ServerSelectionTimeoutError
 
-from api.metrics import STORE_LOOKUP_LATENCY
 from api.responses import json_response
 from api.schemas import Problem, Promotion
 from api.services import Services, get_services
 from shared.cache import NEGATIVE
-from shared.datasets import find_promotion
 from shared.promotion_rows import ID_PATTERN, MAX_ID_LENGTH
 
 router = APIRouter(tags=["promotions"])
@@ -48,21 +44,30 @@ async def get_promotion(
     return await lookup(services, promotion_id)
 
 
-async def lookup(services: Services, promotion_id: str) -> Response:
-    """The answer for a syntactically valid id."""
+def active_version(services: Services) -> int | None:
+    """The version to answer from; None: no dataset yet. Raises (503) when unknown."""
     active = services.watcher.current
     if active is None:
         if not services.watcher.known:  # never read: "no dataset" would be a guess
             raise ServerSelectionTimeoutError("the active dataset pointer has not been read yet")
+        return None
+    return active.version
+
+
+async def lookup(services: Services, promotion_id: str) -> Response:
+    """The answer for a syntactically valid id."""
+    version = active_version(services)
+    if version is None:
         return json_response({"detail": NO_DATASET}, status_code=404)
     key = promotion_id.lower()
-    body = await services.cache.get(active.version, key)
+    lookups = services.lookups
+    body = lookups.local_body(version, key)
     if body is None:
-        started = time.perf_counter()
-        doc = await find_promotion(services.db, active.version, key)
-        STORE_LOOKUP_LATENCY.observe(time.perf_counter() - started)
-        body = orjson.dumps(doc) if doc else NEGATIVE
-        await services.cache.put(active.version, key, body)
+        body = await lookups.body(version, key)
+    return answer_response(promotion_id, body)
+
+
+def answer_response(promotion_id: str, body: bytes) -> Response:
     if body == NEGATIVE:
         return json_response({"detail": f"promotion {promotion_id} not found"}, status_code=404)
     return Response(body, media_type="application/json")

@@ -391,11 +391,18 @@ def test_two_api_hosts_switch_within_1s_and_one_loses_the_cache(
         c.net.heal(api2, cache)
     wait_until(lambda: _readyz(c, "api2")["status"] == "ready", 20)
     time.sleep(1.2)  # the cache's cool-down after its last error
+    # Redis is asked again: an id never asked before misses there (no error this time).
+    errors = _metric(c, "api2", "promotions_cache_errors_total")
+    misses = _metric(c, "api2", 'promotions_cache_lookups_total{result="miss"}')
+    assert c.api["api2"].get("/promotions/never-asked-after-heal").status_code == 404
+    assert _metric(c, "api2", 'promotions_cache_lookups_total{result="miss"}') == misses + 1
+    assert _metric(c, "api2", "promotions_cache_errors_total") == errors
+    # And a second ask is answered by the process's own cache.
     key = next(iter(new))
     c.api["api2"].get(f"/promotions/{key}")
-    hits = _metric(c, "api2", 'promotions_cache_lookups_total{result="hit"}')
+    hits = _metric(c, "api2", 'promotions_cache_lookups_total{result="local_hit"}')
     assert c.api["api2"].get(f"/promotions/{key}").json() == _body(new, key)
-    assert _metric(c, "api2", 'promotions_cache_lookups_total{result="hit"}') == hits + 1
+    assert _metric(c, "api2", 'promotions_cache_lookups_total{result="local_hit"}') == hits + 1
 
     # A rollback is a switch too: both API hosts serve it within 1 s, and back again.
     latest = c.history[-1]

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+import redis
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
@@ -25,6 +26,7 @@ from api.main import create_app
 from cli.generate import generate
 from devstack.services import Service, api_command, free_port, redis_command
 from shared import datasets, job_records, lifecycle
+from shared.cache import cache_key
 from shared.settings import Settings
 from shared.timeutil import now
 from tests.conftest import _LOGS, wait_for
@@ -237,12 +239,19 @@ def test_cache_outage_and_recovery(
     try:
         with TestClient(create_app(cfg)) as c:
             counters = c.app.state.services.cache.counters  # type: ignore[attr-defined]
+            # The process's own cache is emptied where Redis is to be asked, as it would be
+            # in another process.
+            local = c.app.state.services.lookups.local  # type: ignore[attr-defined]
+            shared = redis.Redis(port=port)
             assert c.get(f"/promotions/{key}").status_code == 200
+            wait_for(lambda: shared.get(cache_key(1, key.lower())) is not None, 5)
+            local.clear()
             assert c.get(f"/promotions/{key}").status_code == 200
             assert counters.hits == 1
             assert c.get("/readyz").json()["status"] == "ready"
 
             cache.stop()
+            local.clear()
             for _ in range(5):
                 assert c.get(f"/promotions/{key}").json()["price"] == 60.683466
             assert c.get("/promotions/absent").status_code == 404
@@ -252,11 +261,14 @@ def test_cache_outage_and_recovery(
 
             cache.start().wait_ready(20)
             time.sleep(1.2)  # the cache's cool-down after an error
+            local.clear()
             assert c.get(f"/promotions/{key}").status_code == 200  # fills the new cache
+            wait_for(lambda: shared.get(cache_key(1, key.lower())) is not None, 5)
             assert c.get("/readyz").status_code == 200
             hits = counters.hits
+            local.clear()
             assert c.get(f"/promotions/{key}").status_code == 200
-            assert counters.hits == hits + 1  # served from the cache again
+            assert counters.hits == hits + 1  # served from Redis again
     finally:
         cache.stop()
 

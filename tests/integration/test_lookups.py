@@ -61,13 +61,13 @@ def test_switch_is_seen_within_the_bound_and_cache_is_scoped_by_version(
     load_dataset(mongo_db, 1, [ROW])
     wait_for(lambda: _serving(client, 1), 5)
     assert client.get(f"/promotions/{KEY}").json()["price"] == 60.683466
-    assert redis_client.get(cache_key(1, KEY)) is not None
+    wait_for(lambda: redis_client.get(cache_key(1, KEY)) is not None, 5)  # written behind
 
     load_dataset(mongo_db, 2, [ROW.replace("60.683466", "1.5")])
     announce_active(settings.redis_url.get_secret_value(), 2)
     wait_for(lambda: _serving(client, 2), settings.pointer_poll_seconds + 0.5)
     assert client.get(f"/promotions/{KEY}").json()["price"] == 1.5
-    assert redis_client.get(cache_key(2, KEY)) is not None
+    wait_for(lambda: redis_client.get(cache_key(2, KEY)) is not None, 5)
 
 
 def test_misses_are_cached_so_repeated_scans_stay_off_the_store(
@@ -76,14 +76,19 @@ def test_misses_are_cached_so_repeated_scans_stay_off_the_store(
     load_dataset(mongo_db, 1, [ROW])
     wait_for(lambda: _serving(client, 1), 5)
     assert client.get("/promotions/absent-id").status_code == 404
-    assert redis_client.get(cache_key(1, "absent-id")) == b""
+    wait_for(lambda: redis_client.get(cache_key(1, "absent-id")) == b"", 5)  # written behind
     assert 0 < redis_client.ttl(cache_key(1, "absent-id")) <= 60
     # Were the store asked again, it would now find the row.
     mongo_db[datasets.collection_name(1)].insert_one(
         {"_id": "absent-id", "price": 1.0, "expiration_date": "x", "o": 99}
     )
     assert client.get("/promotions/absent-id").status_code == 404
-    assert client.app.state.services.cache.counters.negative_hits >= 1  # type: ignore[attr-defined]
+    counters = client.app.state.services.cache.counters  # type: ignore[attr-defined]
+    assert counters.local_negative_hits >= 1  # the process's own cache answered
+    # Another process (empty local cache) gets the negative answer from Redis.
+    client.app.state.services.lookups.local.clear()  # type: ignore[attr-defined]
+    assert client.get("/promotions/absent-id").status_code == 404
+    assert counters.negative_hits >= 1
 
 
 def test_redis_down_lookups_answer_from_the_store(

@@ -15,7 +15,15 @@ def test_parse_bench_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str]) -> 
 
 
 @pytest.mark.parametrize(
-    "name", ["bench.ingest", "bench.lookups", "bench.latency", "bench.api_scaling"]
+    "name",
+    [
+        "bench.ingest",
+        "bench.lookups",
+        "bench.latency",
+        "bench.api_scaling",
+        "bench.switch",
+        "bench.load",
+    ],
 )
 def test_bench_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     module = importlib.import_module(name)

@@ -1,0 +1,188 @@
+"""Warm before the flip: the ids hot now are looked up in the version about to go live and
+written to the Redis cache under that version, so the first seconds after a switch look
+like steady state instead of a cold cache.
+
+Bounded in count (``warmup_max_ids``, hottest first) and in time (``warmup_max_seconds``:
+whatever is not done by then is left to ordinary misses). It never raises: a failed
+warm-up costs only a colder start, never a job or a rollback. Called by the job finalizer
+(sync) and the rollback route (async) just before the pointer update; answers are encoded
+exactly as the lookup path encodes them (``answer_body``), so a warmed entry and a filled
+one are the same bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pymongo
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.database import Database
+from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+
+from shared import datasets, lifecycle
+from shared.cache import NEGATIVE, answer_body, cache_key
+from shared.hot_ids import read_hot_ids, read_hot_ids_async
+from shared.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+BATCH_IDS = 500  # ids per $in query and per Redis pipeline
+
+
+def promotion_body(doc: dict[str, Any] | None) -> bytes:
+    """The cached bytes of one stored row (``NEGATIVE`` when absent)."""
+    return answer_body(datasets.promotion_from_doc(doc) if doc else None)
+
+
+@dataclass
+class WarmupResult:
+    hot_ids: int = 0  # hot ids known
+    warmed: int = 0  # of which written to the cache under the new version
+    found: int = 0  # of which present in the new version (the rest cached as absent)
+    seconds: float = 0.0
+    timed_out: bool = False
+    error: str | None = None
+
+
+def ttl_for(body: bytes, settings: Settings) -> int:
+    return settings.cache_ttl_seconds if body else settings.negative_cache_ttl_seconds
+
+
+def batches(ids: list[str], size: int = BATCH_IDS) -> list[list[str]]:
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
+
+
+def bodies_for(batch: list[str], docs: list[dict[str, Any]]) -> dict[str, bytes]:
+    found = {doc["_id"]: promotion_body(doc) for doc in docs}
+    return {key: found.get(key, NEGATIVE) for key in batch}
+
+
+def run_warmup(
+    ids: list[str],
+    fetch: Callable[[list[str], float], list[dict[str, Any]]],
+    store: Callable[[dict[str, bytes]], None],
+    max_seconds: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> WarmupResult:
+    """The sync loop: ``fetch(batch, seconds_left)`` reads a batch from the new version,
+    ``store`` writes its answers. Stops at the deadline (the fetch gets only the time left);
+    any error ends the warm-up, recorded in the result, never raised."""
+    started = clock()
+    deadline = started + max_seconds
+    result = WarmupResult(hot_ids=len(ids))
+    try:
+        for batch in batches(ids):
+            left = deadline - clock()
+            if left <= 0:
+                result.timed_out = True
+                break
+            answers = bodies_for(batch, fetch(batch, left))
+            store(answers)
+            result.warmed += len(answers)
+            result.found += sum(1 for body in answers.values() if body)
+    except Exception as exc:  # a warm-up must never fail the switch it prepares
+        result.error = f"{type(exc).__name__}: {exc}"
+    result.seconds = clock() - started
+    return result
+
+
+def _log(version: int, result: WarmupResult) -> None:
+    if result.error:
+        log.warning("warm-up of version %d stopped: %s (%s)", version, result.error, result)
+    else:
+        log.info("warm-up of version %d: %s", version, result)
+
+
+def warm_version(db: Database[Any], redis: Redis, version: int, settings: Settings) -> WarmupResult:
+    if settings.warmup_max_ids <= 0:
+        return WarmupResult()
+    coll = db[datasets.collection_name(version)]
+    deadline = time.monotonic() + settings.warmup_max_seconds
+
+    def fetch(batch: list[str], left: float) -> list[dict[str, Any]]:
+        with pymongo.timeout(left):
+            return list(coll.find({"_id": {"$in": batch}}, datasets.LOOKUP_PROJECTION))
+
+    def store(answers: dict[str, bytes]) -> None:
+        pipe = redis.pipeline(transaction=False)
+        for key, body in answers.items():
+            pipe.set(cache_key(version, key), body, ex=ttl_for(body, settings))
+        pipe.execute()
+
+    try:
+        ids = read_hot_ids(redis, settings.warmup_max_ids)
+    except Exception as exc:
+        return WarmupResult(error=f"reading hot ids: {type(exc).__name__}: {exc}")
+    return run_warmup(ids, fetch, store, max(0.0, deadline - time.monotonic()))
+
+
+def warm_before_switch(db: Database[Any], version: int) -> WarmupResult:
+    """The finalizer's call, just before the pointer moves. Skipped when a newer upload is
+    already live (the switch will not happen). Never raises."""
+    settings = get_settings()
+    try:
+        if settings.warmup_max_ids <= 0 or datasets.newer_version_live(db, version):
+            return WarmupResult()
+        timeout = max(0.1, min(2.0, settings.warmup_max_seconds))
+        redis = Redis.from_url(
+            settings.redis_url.get_secret_value(),
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+        )
+        try:
+            result = warm_version(db, redis, version, settings)
+        finally:
+            redis.close()
+    except Exception as exc:
+        result = WarmupResult(error=f"{type(exc).__name__}: {exc}")
+    _log(version, result)
+    return result
+
+
+async def warm_version_async(
+    db: AsyncDatabase[Any], redis: AsyncRedis, version: int, settings: Settings
+) -> WarmupResult:
+    """The rollback route's call: only a complete version (ready, or retired but not yet
+    removed) is warmed, since the answers of a version still loading would be wrong. Never
+    raises; cut at the deadline."""
+    result = WarmupResult()
+    if settings.warmup_max_ids <= 0:
+        return result
+    started = time.monotonic()
+    coll = db[datasets.collection_name(version)]
+
+    async def warm() -> None:
+        meta = db[datasets.META_COLLECTION]
+        complete = {
+            "_id": datasets.version_doc_id(version),
+            "state": {"$in": [lifecycle.READY, lifecycle.RETIRED]},  # what a rollback takes
+        }
+        if await meta.find_one(complete, {"_id": 1}) is None:
+            return
+        ids = await read_hot_ids_async(redis, settings.warmup_max_ids)
+        result.hot_ids = len(ids)
+        for batch in batches(ids):
+            query = coll.find({"_id": {"$in": batch}}, datasets.LOOKUP_PROJECTION)
+            answers = bodies_for(batch, [doc async for doc in query])
+            async with redis.pipeline(transaction=False) as pipe:
+                for key, body in answers.items():
+                    pipe.set(cache_key(version, key), body, ex=ttl_for(body, settings))
+                await pipe.execute()
+            result.warmed += len(answers)
+            result.found += sum(1 for body in answers.values() if body)
+
+    try:
+        await asyncio.wait_for(warm(), timeout=settings.warmup_max_seconds)
+    except TimeoutError:
+        result.timed_out = True
+    except Exception as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+    result.seconds = time.monotonic() - started
+    _log(version, result)
+    return result

@@ -1,0 +1,121 @@
+"""Warm-up bounds, the local cache's byte bound and hot-id ranking: pure logic."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from shared.cache import NEGATIVE
+from shared.hot_ids import HotIdSampler, merge_ranked, window_key
+from shared.local_cache import ENTRY_OVERHEAD, LocalCache
+from shared.warmup import BATCH_IDS, run_warmup
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def rows(batch: list[str]) -> list[dict[str, Any]]:
+    """Every id but those starting with 'x' exists."""
+    return [
+        {"_id": k, "price": 1.0, "expiration_date": "2018-01-01 00:00:00 +0000 UTC"}
+        for k in batch
+        if not k.startswith("x")
+    ]
+
+
+def test_warmup_writes_every_hot_id_found_or_absent() -> None:
+    stored: dict[str, bytes] = {}
+    ids = ["a", "xb", "c"]
+    result = run_warmup(ids, lambda batch, left: rows(batch), stored.update, 5.0, Clock())
+    assert result.warmed == 3 and result.found == 2 and not result.timed_out
+    assert stored["xb"] == NEGATIVE
+    assert orjson.loads(stored["a"]) == {
+        "id": "a",
+        "price": 1.0,
+        "expiration_date": "2018-01-01 00:00:00 +0000 UTC",
+    }
+
+
+def test_warmup_stops_at_its_deadline_and_gives_the_store_only_the_time_left() -> None:
+    clock = Clock()
+    lefts: list[float] = []
+
+    def slow_fetch(batch: list[str], left: float) -> list[dict[str, Any]]:
+        lefts.append(left)
+        clock.now += 0.4  # each batch takes 0.4 s
+        return rows(batch)
+
+    stored: dict[str, bytes] = {}
+    ids = [f"id{i}" for i in range(10 * BATCH_IDS)]
+    result = run_warmup(ids, slow_fetch, stored.update, 1.0, clock)
+    assert result.timed_out and result.warmed == 3 * BATCH_IDS  # 0.0, 0.4, 0.8 s: 3 batches
+    assert lefts == pytest.approx([1.0, 0.6, 0.2])
+    assert result.seconds == pytest.approx(1.2)
+    assert len(stored) == 3 * BATCH_IDS
+
+
+def test_a_failing_warmup_never_raises_and_keeps_what_it_wrote() -> None:
+    calls = 0
+
+    def failing(batch: list[str], left: float) -> list[dict[str, Any]]:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise ConnectionError("store went away")
+        return rows(batch)
+
+    stored: dict[str, bytes] = {}
+    ids = [f"id{i}" for i in range(3 * BATCH_IDS)]
+    result = run_warmup(ids, failing, stored.update, 5.0, Clock())
+    assert result.error == "ConnectionError: store went away"
+    assert result.warmed == BATCH_IDS == len(stored)
+
+
+def test_no_hot_ids_no_work() -> None:
+    result = run_warmup([], lambda b, left: pytest.fail("no fetch"), lambda a: None, 5.0, Clock())
+    assert result.warmed == 0 and result.error is None
+
+
+def test_the_local_cache_is_bounded_in_bytes_least_recently_used_first() -> None:
+    body = b"x" * 60
+    entry = len(body) + len("id00") + ENTRY_OVERHEAD
+    cache = LocalCache(max_bytes=10 * entry)
+    for i in range(10):
+        cache.put(1, f"id{i:02d}", body)
+    assert len(cache) == 10 and cache.current_bytes == 10 * entry
+    assert cache.get(1, "id00") == body  # now the most recently used
+    cache.put(2, "id10", NEGATIVE + b"")  # negative answers are kept too (smaller)
+    assert cache.get(1, "id01") is None  # the least recently used went
+    assert cache.get(1, "id00") == body and cache.get(2, "id10") == NEGATIVE
+    assert cache.current_bytes <= 10 * entry
+    # Versions are separate keys: the same id in another version is another entry.
+    assert cache.get(2, "id00") is None
+
+
+def test_a_zero_byte_local_cache_keeps_nothing() -> None:
+    cache = LocalCache(max_bytes=0)
+    cache.put(1, "a", b"{}")
+    assert cache.get(1, "a") is None and len(cache) == 0
+
+
+def test_hot_ids_merge_current_window_first_without_repeats() -> None:
+    assert merge_ranked([b"a", b"b"], [b"b", b"c", b"d"], limit=3) == ["a", "b", "c"]
+    assert merge_ranked([], [b"z"], limit=5) == ["z"]
+    assert window_key(600.0) == window_key(899.0) != window_key(900.0)
+    assert window_key(900.0, 1) == window_key(600.0)
+
+
+def test_the_sampler_counts_one_lookup_in_n() -> None:
+    sampler = HotIdSampler(redis=None, sample_every=4, flush_s=1.0, max_ids=10)  # type: ignore[arg-type]
+    for _ in range(40):
+        sampler.note("hot")
+    for _ in range(3):
+        sampler.note("cold")
+    assert sampler.counts["hot"] == 10 and sum(sampler.counts.values()) == 10
