@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared.datasets import ActiveDataset, read_active
-from shared.mongo import UNAVAILABLE_ERRORS
+from shared.errors import TransientError, store_errors
 from shared.pointer_channel import ACTIVE_VERSION_CHANNEL
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,9 @@ class ActiveVersionWatcher:
 
     async def _refresh(self) -> ActiveDataset | None:
         try:
-            active = await read_active(self.db)
-        except UNAVAILABLE_ERRORS as exc:
+            with store_errors():
+                active = await read_active(self.db)
+        except TransientError as exc:
             log.warning("could not read the active dataset pointer: %s", exc)
             return self.current
         if active != self.current:

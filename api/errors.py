@@ -1,4 +1,7 @@
-"""Store outages become 503 with a clear sentence, never a 404 or a 500."""
+"""Store outages become 503 with a clear sentence, never a 404 or a 500.
+
+The 503 list names the service's own kinds (``shared.errors``); a driver error that escapes a
+route is translated here, once, by the same rules the worker uses."""
 
 from __future__ import annotations
 
@@ -6,9 +9,10 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from pymongo.errors import PyMongoError
 
 from api.responses import json_response
-from shared.mongo import UNAVAILABLE_ERRORS
+from shared.errors import TransientError, translate
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +30,13 @@ async def _store_unavailable(request: Request, exc: Exception) -> Response:
     return store_unavailable(request.method, request.url.path, exc)
 
 
+async def _driver_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, PyMongoError)
+    if isinstance(translate(exc), TransientError):
+        return store_unavailable(request.method, request.url.path, exc)
+    raise exc  # a programming or data error: a 500, logged as such
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    for exc_type in UNAVAILABLE_ERRORS:
-        app.add_exception_handler(exc_type, _store_unavailable)
+    app.add_exception_handler(TransientError, _store_unavailable)
+    app.add_exception_handler(PyMongoError, _driver_error)

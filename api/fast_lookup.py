@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api.errors import store_unavailable
 from api.responses import json_response
 from api.routes.promotions import NO_DATASET, active_version, answer_response, get_promotion, router
-from shared.mongo import UNAVAILABLE_ERRORS
+from shared.errors import TransientError, store_errors
 from shared.promotion_rows import is_valid_id
 
 PREFIX = "/promotions/"
@@ -67,9 +67,10 @@ class FastLookupMiddleware:
                             await send({"type": "http.response.body", "body": body})
                             return
                         if body is None:
-                            body = await services.lookups.body(version, key)
+                            with store_errors():
+                                body = await services.lookups.body(version, key)
                         response = answer_response(promotion_id, body)
-                except UNAVAILABLE_ERRORS as exc:
+                except TransientError as exc:
                     response = store_unavailable("GET", path, exc)
                 await response(scope, receive, send)
                 return

@@ -5,12 +5,9 @@ from __future__ import annotations
 from celery import Celery
 from kombu.exceptions import OperationalError
 
+from shared.errors import BrokerUnavailable
 from shared.settings import Settings
 from shared.task_names import PLAN_JOB
-
-
-class QueueUnavailable(RuntimeError):
-    pass
 
 
 class JobQueue:
@@ -29,7 +26,7 @@ class JobQueue:
         )
 
     def enqueue_plan(self, job_id: str) -> None:
-        """Blocking; call from a thread. Raises QueueUnavailable if the broker is down."""
+        """Blocking; call from a thread. Raises BrokerUnavailable if the broker is down."""
         try:
             self._celery.send_task(
                 PLAN_JOB,
@@ -39,7 +36,7 @@ class JobQueue:
                 retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.5},
             )
         except (OperationalError, OSError) as exc:
-            raise QueueUnavailable(str(exc)) from exc
+            raise BrokerUnavailable(str(exc)) from exc
 
     def close(self) -> None:
         self._celery.close()

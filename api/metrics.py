@@ -25,7 +25,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from api.active_version import ActiveVersionWatcher
 from shared import job_records
 from shared.cache import CacheCounters
-from shared.mongo import UNAVAILABLE_ERRORS
+from shared.errors import TransientError, store_errors
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,9 @@ class JobCounts:
         if time.monotonic() - self._read_at < self.ttl_s:
             return
         try:
-            self.counts = await job_records.count_by_status(self.db)
-        except UNAVAILABLE_ERRORS as exc:
+            with store_errors():
+                self.counts = await job_records.count_by_status(self.db)
+        except TransientError as exc:
             log.warning("job counts unavailable for /metrics: %s", exc)
         self._read_at = time.monotonic()
 
@@ -156,10 +157,10 @@ class MetricsExporter:
         self.cache_mirror = CacheCounterMirror(cache)
         self.registry = CollectorRegistry()
         if multiprocess_mode():
-            MultiProcessCollector(self.registry)
+            MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
         else:
-            self.registry.register(_ProcessRegistry())  # type: ignore[arg-type]
-        self.registry.register(ScrapeTimeCollector(watcher, self.job_counts))  # type: ignore[arg-type]
+            self.registry.register(_ProcessRegistry())
+        self.registry.register(ScrapeTimeCollector(watcher, self.job_counts))
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

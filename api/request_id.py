@@ -38,6 +38,6 @@ def request_id_for(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == HEADER:
             if _SANE.fullmatch(value):
-                return value.decode("ascii")
+                return str(value.decode("ascii"))
             break
     return f"{_prefix}{next(_counter):016x}"

@@ -6,16 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from pymongo import AsyncMongoClient, MongoClient
-from pymongo.errors import ConnectionFailure, NetworkTimeout, ServerSelectionTimeoutError
 
 from shared.settings import Settings
-
-# Errors that mean "the store is unreachable right now" rather than "the request is wrong".
-UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
-    ConnectionFailure,
-    ServerSelectionTimeoutError,
-    NetworkTimeout,
-)
 
 
 def _client_options(settings: Settings, socket_timeout_ms: int | None) -> dict[str, Any]:

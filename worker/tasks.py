@@ -18,7 +18,13 @@ from celery import Task
 from kombu.exceptions import OperationalError
 
 from shared import job_records, lifecycle, reject_report
-from shared.errors import BrokerUnavailable, StoreUnavailable, TransientError, store_errors
+from shared.errors import (
+    BrokerUnavailable,
+    PermanentError,
+    StoreUnavailable,
+    TransientError,
+    store_errors,
+)
 from shared.log_context import job_id_var
 from shared.pointer_channel import announce_active
 from shared.settings import get_settings
@@ -73,22 +79,29 @@ class IngestTask(Task):  # type: ignore[misc]
         job_id = args[0] if args else kwargs.get("job_id")
         if not job_id:
             return
-        step = self.name.split(".")[-1]
-        if isinstance(exc, BrokerUnavailable):
-            reason = f"the task queue was unavailable during {step}"
-        elif isinstance(exc, TransientError):
-            what = "unavailable" if isinstance(exc, StoreUnavailable) else "busy (failover)"
-            reason = f"the store was {what} during {step}"
-        else:
-            reason = f"internal error in {step}: {type(exc).__name__}"
+        reason = failure_reason(self.name.split(".")[-1], exc, self.max_retries)
+        if not isinstance(exc, TransientError):
             log.error("job %s: %s: %s", job_id, reason, exc)
-        if isinstance(exc, TransientError):
-            reason += f" and stayed so after {self.max_retries} retries ({str(exc)[:200]})"
         try:
             with store_errors():
                 end_job(job_id, reason, finalizer=self.name == FINALIZE_JOB)
         except TransientError:
             log.error("job %s failed (%s) and could not be marked failed", job_id, reason)
+
+
+def failure_reason(step: str, exc: Exception, retries: int) -> str:
+    """The job's error when a task gives up: says which part was down, in the user's words."""
+    if isinstance(exc, PermanentError):
+        return f"{exc} (in {step})"
+    if not isinstance(exc, TransientError):
+        return f"internal error in {step}: {type(exc).__name__}"
+    if isinstance(exc, BrokerUnavailable):
+        what = "the task queue was unavailable"
+    elif isinstance(exc, StoreUnavailable):
+        what = "the store was unavailable"
+    else:
+        what = "the store was busy (failover, migration or interruption)"
+    return f"{what} during {step} and stayed so after {retries} retries ({str(exc)[:200]})"
 
 
 def end_job(job_id: str, reason: str, finalizer: bool) -> None:

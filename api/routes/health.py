@@ -11,7 +11,7 @@ from redis.exceptions import RedisError
 from api.responses import json_response
 from api.schemas import Health, Readiness
 from api.services import Services, get_services
-from shared.mongo import UNAVAILABLE_ERRORS
+from shared.errors import TransientError, store_errors
 
 router = APIRouter(tags=["health"])
 
@@ -23,8 +23,9 @@ async def healthz() -> dict[str, str]:
 
 async def _check_store(services: Services) -> str:
     try:
-        await asyncio.wait_for(services.db.command("ping"), timeout=2)
-    except (TimeoutError, *UNAVAILABLE_ERRORS) as exc:
+        with store_errors():
+            await asyncio.wait_for(services.db.command("ping"), timeout=2)
+    except (TimeoutError, TransientError) as exc:
         return f"unavailable: {type(exc).__name__}"
     return "ok"
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Path
 from fastapi.responses import Response
-from pymongo.errors import ServerSelectionTimeoutError
 
 from api.responses import json_response
 from api.schemas import Problem, Promotion
 from api.services import Services, get_services
 from shared.cache import NEGATIVE
+from shared.errors import StoreUnavailable
 from shared.promotion_rows import ID_PATTERN, MAX_ID_LENGTH
 
 router = APIRouter(tags=["promotions"])
@@ -49,7 +49,7 @@ def active_version(services: Services) -> int | None:
     active = services.watcher.current
     if active is None:
         if not services.watcher.known:  # never read: "no dataset" would be a guess
-            raise ServerSelectionTimeoutError("the active dataset pointer has not been read yet")
+            raise StoreUnavailable("the active dataset pointer has not been read yet")
         return None
     return active.version
 

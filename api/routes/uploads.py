@@ -10,14 +10,13 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from api.auth import require_writer
-from api.job_queue import QueueUnavailable
 from api.responses import json_response
 from api.schemas import JobAccepted, Problem
 from api.services import Services, get_services
 from api.upload_stream import RAW_CONTENT_TYPES, UploadError, receive_upload
 from shared import datasets, job_records
+from shared.errors import BrokerUnavailable, TransientError, store_errors
 from shared.gunzip_file_writer import StoreLimits
-from shared.mongo import UNAVAILABLE_ERRORS
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["ingestion"])
@@ -83,8 +82,9 @@ async def accept_upload(
     try:
         # Allocated as the upload starts: of two uploads, the one submitted later wins even
         # when an earlier, larger one finishes arriving after it. An unused number is harmless.
-        version = await datasets.allocate_version(services.db)
-    except (*UNAVAILABLE_ERRORS, RuntimeError) as exc:  # RuntimeError: the counter kept racing
+        with store_errors():
+            version = await datasets.allocate_version(services.db)
+    except (TransientError, RuntimeError) as exc:  # RuntimeError: the counter kept racing
         return _unavailable("store", job_id, exc)
     try:
         stored = await receive_upload(
@@ -99,23 +99,29 @@ async def accept_upload(
         return json_response({"detail": exc.detail}, status_code=exc.status_code)
     job_created = False
     try:
-        doc = job_records.new_job(
-            job_id, version, file_name, stored.bytes_stored, source, allow_shrink=allow_shrink
-        )
-        await job_records.create_job(services.db, doc)
-        job_created = True
-        await asyncio.to_thread(services.queue.enqueue_plan, job_id)
-        await job_records.mark_enqueued(services.db, job_id)
-    except (QueueUnavailable, *UNAVAILABLE_ERRORS) as exc:
+        with store_errors():
+            doc = job_records.new_job(
+                job_id, version, file_name, stored.bytes_stored, source, allow_shrink=allow_shrink
+            )
+            await job_records.create_job(services.db, doc)
+            job_created = True
+            await asyncio.to_thread(services.queue.enqueue_plan, job_id)
+    except TransientError as exc:  # the store, or the broker (BrokerUnavailable)
         final_path.unlink(missing_ok=True)
         if job_created:
             try:
-                await job_records.delete_job(services.db, job_id)
-            except UNAVAILABLE_ERRORS:
+                with store_errors():
+                    await job_records.delete_job(services.db, job_id)
+            except TransientError:
                 log.error("could not remove job record %s after a queue failure", job_id)
         return _unavailable(
-            "job queue" if isinstance(exc, QueueUnavailable) else "store", job_id, exc
+            "job queue" if isinstance(exc, BrokerUnavailable) else "store", job_id, exc
         )
+    try:
+        with store_errors():
+            await job_records.mark_enqueued(services.db, job_id)
+    except TransientError as exc:  # queued all the same: at worst the watchdog sends it again
+        log.warning("job %s queued but not marked so (%s)", job_id, exc)
     log.info(
         "job %s queued: %d bytes stored%s, version %d",
         job_id,
