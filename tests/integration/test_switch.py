@@ -75,8 +75,9 @@ def assert_no_old_answer_after_switch(
     records: list[tuple[float, float, int]], began: float, until: float, new: int
 ) -> float:
     """After the first answer of ``new`` to a lookup started once the switch began, every
-    lookup started later (and before the next switch) is answered from ``new``."""
-    window = [r for r in records if began <= r[0] < until]
+    lookup started later (and answered before the next switch began) is answered from
+    ``new``. (A lookup still in flight when the next switch begins may see that one.)"""
+    window = [r for r in records if began <= r[0] and r[1] < until]
     assert all(v in (1, 2) for _, _, v in window)
     first_new = min(end for start, end, v in window if v == new)
     stale = [r for r in window if r[0] > first_new and r[2] != new]
