@@ -352,11 +352,13 @@ def fail_job(
     return True
 
 
-def claim_finalization(db: Database[Any], job_id: str) -> bool:
-    """running -> finalizing; True too for a redelivered finalizer of a claimed job."""
+def claim_finalization(db: Database[Any], job_id: str, **counts: Any) -> bool:
+    """running -> finalizing, recording the job's final counts (rows, rejects, duplicates)
+    so that however the job ends from here - the finalizer, or the watchdog if it dies - its
+    record says what was loaded. True too for a redelivered finalizer of a claimed job."""
     result = db[JOBS].update_one(
         {"_id": job_id, "status": {"$in": [RUNNING, FINALIZING]}},
-        {"$set": {"status": FINALIZING, "phase": "activating", "updated_at": now()}},
+        {"$set": {"status": FINALIZING, "phase": "activating", "updated_at": now(), **counts}},
     )
     return result.matched_count == 1
 

@@ -28,6 +28,7 @@ from devstack.services import (
     redis_command,
     worker_command,
 )
+from shared import datasets
 from shared.settings import Settings, get_settings
 
 _TMP = Path(tempfile.mkdtemp(prefix="promotions-tests-"))
@@ -112,9 +113,14 @@ def redis_client(services: None, settings: Settings) -> Iterator[redis.Redis]:
 
 
 def reset_state(mongo_db: Any, redis_client: redis.Redis, settings: Settings) -> None:
-    """No datasets, no jobs, an empty cache, no uploads and no reject reports."""
+    """No datasets, no jobs, an empty cache, no uploads and no reject reports. The version
+    counter stays, as in production: a delayed cleanup of an earlier test (its worker task
+    runs seconds later) then acts on version numbers no later test reuses."""
     for name in mongo_db.list_collection_names():
-        mongo_db.drop_collection(name)
+        if name == datasets.META_COLLECTION:
+            mongo_db[name].delete_many({"_id": {"$ne": datasets.COUNTER_ID}})
+        else:
+            mongo_db.drop_collection(name)
     redis_client.flushdb()
     shutil.rmtree(settings.uploads_dir, ignore_errors=True)
     shutil.rmtree(settings.inbox_dir, ignore_errors=True)

@@ -114,7 +114,7 @@ def finalize_steps(
         )
         return
     yield "counted"
-    if not lifecycle.claim_finalization(db, job_id):
+    if not lifecycle.claim_finalization(db, job_id, duplicates=duplicates, **counted):
         return  # the job was failed meanwhile
     yield "claimed"
     if not lifecycle.mark_ready(db, version, distinct):

@@ -159,12 +159,13 @@ def test_defect_2_a_drop_folder_job_whose_enqueue_failed_is_sent_again_not_delet
 def test_defect_3_a_finalizer_dying_after_the_switch_leaves_a_version_the_keep_policy_drops(
     mongo_db: Any, settings: Settings
 ) -> None:
-    _job(mongo_db, settings, "j1", 1, [ROW])
+    _job(mongo_db, settings, "j1", 1, [ROW, ROW])
     _finalize(mongo_db, settings, "j1", stop_after="switched")
     later = now() + timedelta(seconds=settings.job_stall_timeout_s + 60)
     assert upkeep.watchdog(mongo_db, settings, later, lambda j: None) == ["j1"]
     job = mongo_db[lifecycle.JOBS].find_one({"_id": "j1"})
     assert job["status"] == lifecycle.SUCCEEDED and job["dataset_version"] == 1
+    assert (job["rows_loaded"], job["duplicates"]) == (2, 1)  # recorded when claimed
     load_dataset(mongo_db, 2, [ROW])
     load_dataset(mongo_db, 3, [ROW])
     assert _cleanup(mongo_db, keep=2, grace_s=60).retire == [1]
