@@ -37,6 +37,8 @@ from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
+SHUTDOWN_STEP_S = 5.0
+
 
 def build_services(settings: Settings) -> Services:
     mongo = async_client(settings)
@@ -120,14 +122,22 @@ def create_app(settings: Settings | None = None, fast_lookups: bool = True) -> F
         try:
             yield
         finally:
-            await services.sampler.stop()
-            await services.metrics.stop()
-            await services.watcher.stop()
-            await services.cache.flush()
-            services.queue.close()
-            await services.redis.aclose()
-            await services.mongo.close()
-            services.lifecycle_db.client.close()
+            # Each step bounded: a store or cache that stopped answering must not keep the
+            # process from exiting (the orchestrator would have to kill it).
+            for name, step in (
+                ("sampler", services.sampler.stop()),
+                ("metrics", services.metrics.stop()),
+                ("watcher", services.watcher.stop()),
+                ("cache flush", services.cache.flush()),
+                ("queue", asyncio.to_thread(services.queue.close)),
+                ("redis", services.redis.aclose()),
+                ("mongo", services.mongo.close()),
+                ("lifecycle client", asyncio.to_thread(services.lifecycle_db.client.close)),
+            ):
+                try:
+                    await asyncio.wait_for(step, SHUTDOWN_STEP_S)
+                except Exception as exc:  # shutting down: report and go on with the rest
+                    log.warning("shutdown step %s did not finish: %r", name, exc)
 
     # Swagger UI and ReDoc load their scripts and styles from this app, never from a CDN:
     # /docs and /redoc work on machines without internet access.

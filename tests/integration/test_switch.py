@@ -174,8 +174,9 @@ def test_rollback_warm_up_only_warms_complete_versions(
     assert asyncio.run(warm(1)) == 0
     assert redis_client.get(cache_key(1, hot[5])) is None  # no false "absent" cached
     assert lifecycle.mark_ready(mongo_db, 1, 3)
-    assert asyncio.run(warm(1)) == len(hot)
-    assert redis_client.get(cache_key(1, hot[0])) is not None
+    # At least these ids: API processes of other tests may still add their sampled ids.
+    assert asyncio.run(warm(1)) >= len(hot)
+    assert all(redis_client.get(cache_key(1, key)) is not None for key in hot)
 
 
 def _write_rows(db: Any, version: int, lines: list[str]) -> None:
