@@ -88,7 +88,7 @@ class Lifecycle(RuleBasedStateMachine):
             max_size=6,
         ),
         sent=MOSTLY,
-        steps=st.sampled_from(["none", "load", "finish", "finish", "die"]),
+        steps=st.sampled_from(["none", "load", "finish", "finish", "die", "die, then silence"]),
         # Dying after the claim, the version marked ready or the switch leaves the most to
         # clear up: drawn more often.
         die_after=st.sampled_from([*FINALIZER_STEPS, "claimed", "ready", "ready", "switched"]),
@@ -116,8 +116,10 @@ class Lifecycle(RuleBasedStateMachine):
             self.sent.add(job_id)
             if steps != "none":
                 self.load_everything(job_id, redeliver=False)
-            if steps in ("finish", "die"):
-                self.finalize(job_id, die_after if steps == "die" else None)
+            if steps not in ("none", "load"):
+                self.finalize(job_id, None if steps == "finish" else die_after)
+            if steps == "die, then silence":  # the watchdog finds the dead finalizer's job
+                self.watchdog(after_silence=True)
         return job_id
 
     def plan(self, job: str) -> None:
