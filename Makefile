@@ -46,7 +46,7 @@ run: install
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy api worker cli devstack shared
+	$(PY) -m mypy api worker cli devstack shared mutation
 
 # pytest exits 5 when it collected no tests: that must fail, never pass silently. Skips are
 # listed with their reason (-rs). The suite includes the multi-host cluster test

@@ -48,6 +48,7 @@ SCOPE: dict[str, list[str] | None] = {
         "versions_to_retire",
         "collections_to_remove",
         "went_live",
+        "shrink_refusal",
         "stalled_action",
         "refusal",
     ],

@@ -16,6 +16,7 @@ from shared.lifecycle import (
     VersionRecord,
     collections_to_remove,
     refusal,
+    shrink_refusal,
     stalled_action,
     versions_to_retire,
     went_live,
@@ -257,3 +258,30 @@ def test_a_queued_job_sent_once_is_not_resent_when_one_attempt_is_allowed() -> N
 )
 def test_why_a_version_cannot_be_activated(rec: VersionRecord | None, reason: str) -> None:
     assert refusal(4, rec) == reason
+
+
+# --- shrink_refusal: the shrink guard --------------------------------------------------------
+
+
+HELD_499 = (
+    "held: version 7 has 499 rows, 49.9% of the 1000 rows serving now, below "
+    "MIN_ROWS_RATIO (50%); it is loaded and kept but not live. To make it live: "
+    "POST /datasets/7/activate (or upload the file again with allow_shrink=true)"
+)
+
+
+@pytest.mark.parametrize(
+    ("active_rows", "new_rows", "min_ratio", "refused"),
+    [
+        (1000, 499, 0.5, HELD_499),  # below half of what serves now: held
+        (1000, 500, 0.5, None),  # exactly the ratio: replaces the dataset
+        (1000, 5000, 0.5, None),  # growing is always fine
+        (1000, 0, 0.0, None),  # MIN_ROWS_RATIO 0: the guard is off, any file replaces
+        (None, 1, 0.5, None),  # nothing live yet: nothing to shrink
+        (0, 0, 0.5, None),  # the live dataset is empty
+    ],
+)
+def test_a_much_smaller_file_is_held_instead_of_replacing_the_dataset(
+    active_rows: int | None, new_rows: int, min_ratio: float, refused: str | None
+) -> None:
+    assert shrink_refusal(active_rows, new_rows, min_ratio, 7) == refused
