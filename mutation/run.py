@@ -23,6 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 MUTMUT = [str(Path(sys.executable).parent / "mutmut")]
@@ -128,8 +129,11 @@ def collect() -> list[Mutant]:
     return mutants
 
 
-def load_allow_list() -> list[dict[str, str]]:
-    entries: list[dict[str, str]] = tomllib.loads(ALLOW_LIST.read_text())["equivalent"]
+Entry = dict[str, Any]
+
+
+def load_allow_list() -> list[Entry]:
+    entries: list[Entry] = tomllib.loads(ALLOW_LIST.read_text())["equivalent"]
     for entry in entries:
         missing = {"module", "function", "original", "mutant", "reason"} - entry.keys()
         if missing or not entry["reason"].strip():
@@ -137,9 +141,21 @@ def load_allow_list() -> list[dict[str, str]]:
     return entries
 
 
-def score(
-    mutants: list[Mutant], allow: list[dict[str, str]]
-) -> tuple[dict[str, Score], list[dict[str, str]]]:
+def _matches(entry: Entry, mutant: Mutant) -> bool:
+    """Same module and function (a list: any of them), same original line, and the mutated
+    line is the entry's ``mutant`` (a list: any of them)."""
+    functions = entry["function"] if isinstance(entry["function"], list) else [entry["function"]]
+    forms = entry["mutant"] if isinstance(entry["mutant"], list) else [entry["mutant"]]
+    old, new = mutant.change
+    return (
+        entry["module"] == mutant.module
+        and mutant.function in functions
+        and entry["original"].strip() == old
+        and new in (f.strip() for f in forms)
+    )
+
+
+def score(mutants: list[Mutant], allow: list[Entry]) -> tuple[dict[str, Score], list[Entry]]:
     scores = {module: Score(module) for module in SCOPE}
     used: set[int] = set()
     for mutant in mutants:
@@ -156,15 +172,15 @@ def score(
         if status not in KILLED:
             mutant.diff = _mutmut("show", mutant.name)
             for i, entry in enumerate(allow):
-                if (entry["module"], entry["function"]) == (mutant.module, mutant.function) and (
-                    (entry["original"].strip(), entry["mutant"].strip()) == mutant.change
-                ):
+                if _matches(entry, mutant):
                     mutant.reason = entry["reason"]
                     status = "equivalent"
                     used.add(i)
                     break
         scores[mutant.module].counts[status] += 1
-    stale = [entry for i, entry in enumerate(allow) if i not in used]
+    # Stale: matched nothing in a module whose every mutant ran (not a partial run).
+    complete = {m for m, s in scores.items() if s.counts and not s.not_run}
+    stale = [e for i, e in enumerate(allow) if i not in used and e["module"] in complete]
     return scores, stale
 
 
@@ -175,7 +191,7 @@ def _pct(x: float) -> str:
 def write_report(
     mutants: list[Mutant],
     scores: dict[str, Score],
-    stale: list[dict[str, str]],
+    stale: list[Entry],
     command: str,
     seconds: float | None,
 ) -> None:

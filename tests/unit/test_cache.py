@@ -96,10 +96,10 @@ def test_lookups_count_hits_known_misses_and_misses(
     cache: PromotionCache, redis: FlakyRedis
 ) -> None:
     redis.data = {"promo:v3:a": b"{}", "promo:v3:b": NEGATIVE, "promo:v2:c": b"{}"}
-    got = [run(cache.get(3, key)) for key in ("a", "b", "c", "a")]
-    assert got == [b"{}", NEGATIVE, None, b"{}"]
+    got = [run(cache.get(3, key)) for key in ("a", "b", "c", "b", "c", "a", "a")]
+    assert got == [b"{}", NEGATIVE, None, NEGATIVE, None, b"{}", b"{}"]
     c = cache.counters
-    assert (c.hits, c.negative_hits, c.misses, c.errors) == (2, 1, 1, 0)
+    assert (c.hits, c.negative_hits, c.misses, c.errors) == (3, 2, 2, 0)
 
 
 def test_a_string_from_a_decoding_client_is_returned_as_bytes(
@@ -159,13 +159,34 @@ def test_a_failure_after_the_cool_down_starts_a_new_one_from_that_failure(
 
 
 def test_a_failing_put_starts_the_cool_down_too(
-    cache: PromotionCache, redis: FlakyRedis, clock: Clock
+    cache: PromotionCache, redis: FlakyRedis, caplog: pytest.LogCaptureFixture
 ) -> None:
     redis.down = True
-    run(cache.put(1, "a", b"{}"))
+    with caplog.at_level(logging.WARNING, logger="shared.cache"):
+        run(cache.put(1, "a", b"{}"))
     assert cache.degraded and cache.counters.errors == 1
+    assert caplog.messages == ["cache unavailable, serving from the store: Connection refused"]
     run(cache.get(1, "a"))
     assert redis.calls == 1
+
+
+def test_the_cool_down_lasts_one_second_unless_configured(redis: FlakyRedis, clock: Clock) -> None:
+    cache = PromotionCache(redis, ttl_s=3600, negative_ttl_s=60)  # type: ignore[arg-type]
+    redis.down = True
+    run(cache.get(1, "a"))
+    clock.now += 0.999
+    assert cache.degraded
+    clock.now += 0.001
+    assert not cache.degraded
+
+
+def test_a_new_cache_asks_redis_whatever_the_clock_reads(redis: FlakyRedis, clock: Clock) -> None:
+    """The monotonic clock's zero is arbitrary (it can be boot time): no cool-down before
+    the first failure."""
+    clock.now = 0.0
+    cache = PromotionCache(redis, ttl_s=3600, negative_ttl_s=60)  # type: ignore[arg-type]
+    assert not cache.degraded
+    assert run(cache.get(1, "a")) is None and redis.calls == 1
 
 
 def test_one_warning_per_outage_however_many_lookups_were_in_flight(
