@@ -17,7 +17,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 import shared.cache
-from shared.cache import NEGATIVE, PromotionCache, cache_key
+from shared.cache import MAX_PENDING_FILLS, NEGATIVE, PromotionCache, answer_body, cache_key
 
 T = TypeVar("T")
 
@@ -42,6 +42,7 @@ class FlakyRedis:
         self.ttl: dict[str, int] = {}
         self.down = False
         self.calls = 0
+        self.pipelines: list[list[tuple[str, bytes, int]]] = []
 
     async def _reach(self) -> None:
         self.calls += 1
@@ -56,6 +57,38 @@ class FlakyRedis:
     async def set(self, name: str, value: bytes, ex: int) -> None:
         await self._reach()
         self.data[name], self.ttl[name] = value, ex
+
+    async def mget(self, names: list[str]) -> list[bytes | None]:
+        await self._reach()
+        return [self.data.get(name) for name in names]
+
+    def pipeline(self, transaction: bool) -> FlakyPipeline:
+        assert transaction is False  # fills need no MULTI/EXEC
+        return FlakyPipeline(self)
+
+
+class FlakyPipeline:
+    """``async with redis.pipeline() as pipe: pipe.set(...); await pipe.execute()``: one
+    round trip; ``redis.pipelines`` records the (name, value, ttl) of each."""
+
+    def __init__(self, redis: FlakyRedis) -> None:
+        self.redis = redis
+        self.sets: list[tuple[str, bytes, int]] = []
+
+    async def __aenter__(self) -> FlakyPipeline:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    def set(self, name: str, value: bytes, ex: int) -> None:
+        self.sets.append((name, value, ex))
+
+    async def execute(self) -> None:
+        await self.redis._reach()
+        self.redis.pipelines.append(self.sets)
+        for name, value, ex in self.sets:
+            self.redis.data[name], self.redis.ttl[name] = value, ex
 
 
 @pytest.fixture
@@ -203,3 +236,103 @@ def test_one_warning_per_outage_however_many_lookups_were_in_flight(
     assert [r.getMessage() for r in caplog.records] == [
         "cache unavailable, serving from the store: Connection refused"
     ]
+
+
+# --- Write-behind fills and batched reads ------------------------------------------------------
+
+
+def test_an_answer_body_is_the_json_of_the_promotion_and_a_miss_is_empty() -> None:
+    assert answer_body({"id": "a", "price": 1.5}) == b'{"id":"a","price":1.5}'
+    assert answer_body(None) == NEGATIVE
+
+
+def test_fills_made_together_go_to_redis_in_one_pipeline_with_their_ttls(
+    cache: PromotionCache, redis: FlakyRedis
+) -> None:
+    async def fill() -> None:
+        cache.put_later(3, "a", b"{}")
+        cache.put_later(3, "b", NEGATIVE)
+        cache.put_later(4, "a", b"[]")
+        await cache.flush()
+
+    run(fill())
+    assert redis.pipelines == [
+        [("promo:v3:a", b"{}", 3600), ("promo:v3:b", b"", 60), ("promo:v4:a", b"[]", 3600)]
+    ]
+    assert redis.data == {"promo:v3:a": b"{}", "promo:v3:b": b"", "promo:v4:a": b"[]"}
+
+
+def test_fills_made_during_a_flush_go_in_the_next_pipeline(
+    cache: PromotionCache, redis: FlakyRedis
+) -> None:
+    async def fill() -> None:
+        cache.put_later(1, "a", b"{}")
+        await asyncio.sleep(0)  # the flush has taken "a" and waits for Redis
+        cache.put_later(1, "b", b"{}")
+        await cache.flush()
+
+    run(fill())
+    assert [[name for name, _, _ in p] for p in redis.pipelines] == [["promo:v1:a"], ["promo:v1:b"]]
+
+
+def test_fills_beyond_max_pending_fills_are_dropped(
+    cache: PromotionCache, redis: FlakyRedis
+) -> None:
+    assert MAX_PENDING_FILLS == 10_000
+
+    async def fill() -> None:
+        for i in range(MAX_PENDING_FILLS + 5):
+            cache.put_later(1, str(i), b"{}")
+        await cache.flush()
+
+    run(fill())
+    assert len(redis.data) == MAX_PENDING_FILLS and "promo:v1:9999" in redis.data
+
+
+def test_a_failed_flush_drops_its_fills_and_starts_the_cool_down(
+    cache: PromotionCache, redis: FlakyRedis, clock: Clock
+) -> None:
+    redis.down = True
+
+    async def fill() -> None:
+        cache.put_later(1, "a", b"{}")
+        await cache.flush()
+        cache.put_later(1, "b", b"{}")  # during the cool-down: dropped at once
+        await cache.flush()
+
+    run(fill())
+    assert cache.degraded and cache.counters.errors == 1 and redis.calls == 1
+    redis.down = False
+    clock.now += 5.0
+    run(fill())
+    assert redis.data == {"promo:v1:a": b"{}", "promo:v1:b": b"{}"}
+
+
+def test_a_batched_read_is_one_mget_and_counts_each_answer(
+    cache: PromotionCache, redis: FlakyRedis
+) -> None:
+    redis.data = {"promo:v2:a": b"{}", "promo:v2:b": NEGATIVE}
+    assert run(cache.get_many(2, ["a", "b", "c"])) == [b"{}", NEGATIVE, None]
+    assert redis.calls == 1
+    c = cache.counters
+    assert (c.hits, c.negative_hits, c.misses) == (1, 1, 1)
+
+
+def test_a_batched_read_for_prefill_is_not_counted_as_lookups(
+    cache: PromotionCache, redis: FlakyRedis
+) -> None:
+    redis.data = {"promo:v2:a": b"{}", "promo:v2:b": NEGATIVE}
+    assert run(cache.get_many(2, ["a", "b", "c"], count=False)) == [b"{}", NEGATIVE, None]
+    c = cache.counters
+    assert (c.hits, c.negative_hits, c.misses) == (0, 0, 0)
+
+
+def test_a_batched_read_of_nothing_or_during_the_cool_down_asks_redis_nothing(
+    cache: PromotionCache, redis: FlakyRedis
+) -> None:
+    assert run(cache.get_many(2, [])) == []
+    redis.down = True
+    assert run(cache.get_many(2, ["a", "b"])) == [None, None]
+    assert cache.degraded and redis.calls == 1
+    assert run(cache.get_many(2, ["a", "b"])) == [None, None]
+    assert redis.calls == 1
