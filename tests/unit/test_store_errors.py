@@ -11,6 +11,7 @@ from pymongo.errors import (
     AutoReconnect,
     BulkWriteError,
     OperationFailure,
+    PyMongoError,
     ServerSelectionTimeoutError,
     WriteConcernError,
 )
@@ -56,10 +57,62 @@ def test_a_write_concern_error_retries_the_chunk_and_is_never_counted() -> None:
         write_batch(RefusingCollection(error), [ROW])  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("code", sorted(TRANSIENT_CODES))
+# The server codes that mean "the same write will succeed later", by name (MongoDB's
+# error_codes.yml). A code added to or dropped from TRANSIENT_CODES must be added or dropped
+# here too, with its name: an accidental edit of the set fails below.
+TRANSIENT_BY_NAME = {
+    6: "HostUnreachable",
+    7: "HostNotFound",
+    46: "LockBusy",
+    50: "MaxTimeMSExpired",
+    63: "StaleShardVersion",
+    64: "WriteConcernFailed",
+    89: "NetworkTimeout",
+    91: "ShutdownInProgress",
+    112: "WriteConflict",
+    133: "FailedToSatisfyReadPreference",
+    134: "ReadConcernMajorityNotAvailableYet",
+    150: "StaleEpoch",
+    189: "PrimarySteppedDown",
+    202: "NetworkInterfaceExceededTimeLimit",
+    262: "ExceededTimeLimit",
+    9001: "SocketException",
+    10107: "NotWritablePrimary",
+    11600: "InterruptedAtShutdown",
+    11601: "Interrupted",
+    11602: "InterruptedDueToReplStateChange",
+    13388: "StaleConfig",
+    13435: "NotPrimaryNoSecondaryOk",
+    13436: "NotPrimaryOrSecondary",
+}
+
+
+def test_the_transient_codes_are_exactly_the_failover_migration_and_interruption_codes() -> None:
+    assert set(TRANSIENT_CODES) == set(TRANSIENT_BY_NAME)
+
+
+@pytest.mark.parametrize("code", sorted(TRANSIENT_BY_NAME))
 def test_each_transient_code_retries_the_chunk(code: int) -> None:
-    error = _bulk_error([{"index": 0, "code": code, "errmsg": "x"}])
-    with pytest.raises(StoreBusy, match=f"error {code}"):
+    """A per-document failover error means the document was not written: never counted."""
+    error = _bulk_error([{"index": 0, "code": code, "errmsg": TRANSIENT_BY_NAME[code]}])
+    with pytest.raises(StoreBusy, match=f"^write error {code}: {TRANSIENT_BY_NAME[code]}$"):
+        write_batch(RefusingCollection(error), [ROW])  # type: ignore[arg-type]
+
+
+def test_a_write_concern_error_retries_even_when_the_batch_also_met_duplicates() -> None:
+    error = _bulk_error(
+        [{"index": 0, "code": 11000, "errmsg": "dup"}],
+        [{"code": 64, "errmsg": "waiting for replication timed out"}],
+    )
+    with pytest.raises(StoreBusy, match=r"^write concern not satisfied: .*replication timed out"):
+        write_batch(RefusingCollection(error), [ROW])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("code", [None, "91", 91.0])
+def test_a_write_error_without_an_integer_code_fails_the_job(code: object) -> None:
+    """Only a known integer code retries; anything else is not understood, so not retried."""
+    error = _bulk_error([{"index": 0, "code": code, "errmsg": "odd"}])
+    with pytest.raises(PermanentError, match=f"^the store refused a row: error {code}: odd$"):
         write_batch(RefusingCollection(error), [ROW])  # type: ignore[arg-type]
 
 
@@ -71,7 +124,7 @@ def test_mongos_stale_routing_and_interruptions_are_transient(code: int) -> None
 @pytest.mark.parametrize("code", [2, 121, 10334, 17280])  # BadValue, validation, too large
 def test_a_deterministic_write_error_fails_the_job(code: int) -> None:
     error = _bulk_error([{"index": 0, "code": code, "errmsg": "no"}])
-    with pytest.raises(PermanentError, match=f"error {code}"):
+    with pytest.raises(PermanentError, match=f"^the store refused a row: error {code}: no$"):
         write_batch(RefusingCollection(error), [ROW])  # type: ignore[arg-type]
 
 
@@ -110,3 +163,17 @@ def test_other_driver_errors_pass_unchanged(error: OperationFailure) -> None:
     assert translate(error) is None
     with pytest.raises(OperationFailure), store_errors():
         raise error
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (AutoReconnect("x" * 400), "AutoReconnect: " + "x" * 300),
+        (WriteConcernError("y" * 400, 64, {}), "WriteConcernError: " + "y" * 300),
+        (OperationFailure("z" * 400, 189), "error 189: " + "z" * 300),
+    ],
+)
+def test_a_translated_error_names_its_cause_in_at_most_300_characters(
+    error: PyMongoError, message: str
+) -> None:
+    assert str(translate(error)) == message
