@@ -41,6 +41,7 @@ PREFILL_SECONDS = 0.25
 PREFILL_BATCH = 500
 MAX_BATCH = 256  # ids per MGET / $in
 MAX_FLIGHTS = 4  # batches out at once; more misses wait for the next batch
+KNOWN_LAYOUTS = 64  # versions whose bucket count a process keeps (a few are ever read)
 
 Key = tuple[int, str]
 
@@ -65,6 +66,8 @@ class LookupService:
         self._flights = 0
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
+        # Bucket count by version (None: one document per row); fixed for a version.
+        self._buckets: dict[int, int | None] = {}
 
     def local_body(self, version: int, key: str) -> bytes | None:
         """Level 1 only (synchronous): the cached body, ``NEGATIVE`` or None."""
@@ -140,14 +143,13 @@ class LookupService:
 
     async def _read_store(self, version: int, keys: list[str]) -> dict[str, dict[str, Any]]:
         started = time.perf_counter()
-        coll = self.db[datasets.collection_name(version)]
-        if len(keys) == 1:
-            doc = await coll.find_one({"_id": keys[0]}, datasets.LOOKUP_PROJECTION)
-            docs = [doc] if doc else []
-        else:
-            docs = await coll.find({"_id": {"$in": keys}}, datasets.LOOKUP_PROJECTION).to_list()
+        if version not in self._buckets:
+            if len(self._buckets) >= KNOWN_LAYOUTS:
+                self._buckets.clear()
+            self._buckets[version] = await datasets.read_buckets(self.db, version)
+        found = await datasets.find_rows(self.db, version, self._buckets[version], keys)
         STORE_LOOKUP_LATENCY.observe(time.perf_counter() - started)
-        return {doc["_id"]: datasets.promotion_from_doc(doc) for doc in docs}
+        return found
 
     async def prefill(self, version: int) -> None:
         """Before this process serves ``version``: copy the hot ids' answers that the

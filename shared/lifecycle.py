@@ -288,32 +288,71 @@ def start_job(db: Database[Any], job_id: str) -> dict[str, Any] | None:
     return db[JOBS].find_one_and_update(
         {"_id": job_id, "status": RUNNING},
         {"$set": {"updated_at": at}},
-        projection={"done_chunks": 0},
+        projection={"done_chunks": 0, "done_partitions": 0},
         return_document=ReturnDocument.AFTER,
     )
 
 
-def record_plan(db: Database[Any], job_id: str, chunks_total: int, chunk_size: int) -> int:
-    """The first plan of a job wins; returns the chunk size of the recorded plan, so a
-    redelivered planner enqueues the very same chunks (counts are per chunk index)."""
+@dataclass(frozen=True)
+class Plan:
+    """How a job's file is split and laid out; the first plan recorded is the job's."""
+
+    chunk_size: int
+    buckets: int
+    partitions: int
+
+
+def record_plan(
+    db: Database[Any], job_id: str, version: int, chunks_total: int, plan: Plan
+) -> Plan:
+    """The first plan of a job wins; returns the recorded one, so a redelivered planner
+    enqueues the very same chunks (counts are per chunk index) and writes the very same
+    buckets. The version record learns its bucket count here: readers need it."""
     at = now()
     doc = db[JOBS].find_one_and_update(
         {"_id": job_id, "status": RUNNING, "chunks_total": None},
         {
             "$set": {
                 "chunks_total": chunks_total,
-                "chunk_size": chunk_size,
+                "chunk_size": plan.chunk_size,
+                "buckets": plan.buckets,
+                "partitions_total": plan.partitions,
                 "phase": "loading",
                 "phase_at.loading": at,
                 "updated_at": at,
             }
         },
-        projection={"chunk_size": 1},
+        projection={"chunk_size": 1, "buckets": 1, "partitions_total": 1},
         return_document=ReturnDocument.AFTER,
     )
     if doc is None:
-        doc = db[JOBS].find_one({"_id": job_id}, {"chunk_size": 1}) or {}
-    return int(doc.get("chunk_size") or chunk_size)
+        doc = (
+            db[JOBS].find_one(
+                {"_id": job_id}, {"chunk_size": 1, "buckets": 1, "partitions_total": 1}
+            )
+            or {}
+        )
+    recorded = Plan(
+        chunk_size=int(doc.get("chunk_size") or plan.chunk_size),
+        buckets=int(doc.get("buckets") or plan.buckets),
+        partitions=int(doc.get("partitions_total") or plan.partitions),
+    )
+    db[META_COLLECTION].update_one(
+        {"_id": version_doc_id(version), "buckets": {"$exists": False}},
+        {"$set": {"buckets": recorded.buckets}},
+    )
+    return recorded
+
+
+def start_writing(db: Database[Any], job_id: str) -> bool:
+    """Phase loading -> writing (status stays running): every chunk is parsed and
+    partitioned; the partitions' buckets are written next. Repeat-safe."""
+    at = now()
+    return _job_update(
+        db,
+        {"_id": job_id, "status": RUNNING, "phase": "loading"},
+        {"$set": {"phase": "writing", "phase_at.writing": at, "updated_at": at}},
+    )
 
 
 def fail_job(
@@ -341,7 +380,7 @@ def fail_job(
                 "error": error,
                 **fields,
             },
-            "$unset": {"done_chunks": ""},
+            "$unset": {"done_chunks": "", "done_partitions": ""},
         },
         projection={"version": 1},
     )
@@ -384,7 +423,7 @@ def _end_finalization(
                 "updated_at": now(),
                 **fields,
             },
-            "$unset": {"done_chunks": ""},
+            "$unset": {"done_chunks": "", "done_partitions": ""},
         },
     )
 
@@ -442,20 +481,22 @@ def decide_finalization(
 # --- version transitions ----------------------------------------------------------------
 
 
-def register_version(db: Database[Any], version: int, job_id: str) -> None:
-    """-> building; idempotent (a redelivered planner finds the record there)."""
+def register_version(
+    db: Database[Any], version: int, job_id: str, buckets: int | None = None
+) -> None:
+    """-> building; idempotent (a redelivered planner finds the record there). A job's
+    planner records the bucket count later, with its plan (``record_plan``)."""
+    fields: dict[str, Any] = {
+        "version": version,
+        "collection": collection_name(version),
+        "job_id": job_id,
+        "state": BUILDING,
+        "created_at": now(),
+    }
+    if buckets is not None:
+        fields["buckets"] = buckets
     db[META_COLLECTION].update_one(
-        {"_id": version_doc_id(version)},
-        {
-            "$setOnInsert": {
-                "version": version,
-                "collection": collection_name(version),
-                "job_id": job_id,
-                "state": BUILDING,
-                "created_at": now(),
-            }
-        },
-        upsert=True,
+        {"_id": version_doc_id(version)}, {"$setOnInsert": fields}, upsert=True
     )
 
 

@@ -30,7 +30,7 @@ from shared.cache import cache_key
 from shared.settings import Settings
 from shared.timeutil import now
 from tests.conftest import _LOGS, wait_for
-from tests.helpers import expected_rows, load_dataset, wait_job
+from tests.helpers import expected_rows, load_dataset, stored_rows, wait_job
 
 pytestmark = [pytest.mark.usefixtures("worker", "clean_state"), pytest.mark.slow]
 
@@ -44,10 +44,7 @@ def _post_file(http: httpx.Client | TestClient, path: Path) -> str:
 
 
 def _dataset(mongo_db: Any, version: int) -> dict[str, tuple[str, float, str]]:
-    return {
-        d["_id"]: (d.get("id", d["_id"]), d["price"], d["expiration_date"])
-        for d in mongo_db[datasets.collection_name(version)].find({}, {"o": 0})
-    }
+    return stored_rows(mongo_db, version)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from cli.generate import generate
 from shared import datasets
 from shared.settings import Settings
 from tests.conftest import wait_for
-from tests.helpers import expected_rows, wait_job
+from tests.helpers import expected_rows, stored_rows, wait_job
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -30,11 +30,7 @@ def _upload(client: TestClient, path: Path, field: str = "file") -> dict[str, An
 
 def _assert_dataset_is(mongo_db: Any, version: int, path: Path) -> None:
     want = expected_rows(path)
-    docs = {
-        d["_id"]: (d.get("id", d["_id"]), d["price"], d["expiration_date"])
-        for d in mongo_db[datasets.collection_name(version)].find({}, {"o": 0})
-    }
-    assert docs == want
+    assert stored_rows(mongo_db, version) == want
 
 
 def test_a_file_loads_in_parallel_chunks_with_exact_counts(

@@ -24,7 +24,7 @@ from shared.errors import (
     store_errors,
     translate,
 )
-from worker.chunk_writer import write_batch
+from worker.bucket_writer import write_buckets
 
 
 class RefusingCollection:
@@ -54,7 +54,7 @@ def test_a_write_concern_error_retries_the_chunk_and_is_never_counted() -> None:
     """A failover can roll the whole batch back: counting it as written loses data."""
     error = _bulk_error([], [{"code": 64, "errmsg": "waiting for replication timed out"}])
     with pytest.raises(StoreBusy, match="write concern"):
-        write_batch(RefusingCollection(error), [ROW])  # type: ignore[arg-type]
+        write_buckets(RefusingCollection(error), [ROW])  # type: ignore[arg-type]
 
 
 # The server codes that mean "the same write will succeed later", by name (MongoDB's
@@ -96,7 +96,7 @@ def test_each_transient_code_retries_the_chunk(code: int) -> None:
     """A per-document failover error means the document was not written: never counted."""
     error = _bulk_error([{"index": 0, "code": code, "errmsg": TRANSIENT_BY_NAME[code]}])
     with pytest.raises(StoreBusy, match=f"^write error {code}: {TRANSIENT_BY_NAME[code]}$"):
-        write_batch(RefusingCollection(error), [ROW])  # type: ignore[arg-type]
+        write_buckets(RefusingCollection(error), [ROW])  # type: ignore[arg-type]
 
 
 def test_a_write_concern_error_retries_even_when_the_batch_also_met_duplicates() -> None:
@@ -105,15 +105,15 @@ def test_a_write_concern_error_retries_even_when_the_batch_also_met_duplicates()
         [{"code": 64, "errmsg": "waiting for replication timed out"}],
     )
     with pytest.raises(StoreBusy, match=r"^write concern not satisfied: .*replication timed out"):
-        write_batch(RefusingCollection(error), [ROW])  # type: ignore[arg-type]
+        write_buckets(RefusingCollection(error), [ROW])  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("code", [None, "91", 91.0])
 def test_a_write_error_without_an_integer_code_fails_the_job(code: object) -> None:
     """Only a known integer code retries; anything else is not understood, so not retried."""
     error = _bulk_error([{"index": 0, "code": code, "errmsg": "odd"}])
-    with pytest.raises(PermanentError, match=f"^the store refused a row: error {code}: odd$"):
-        write_batch(RefusingCollection(error), [ROW])  # type: ignore[arg-type]
+    with pytest.raises(PermanentError, match=f"^the store refused a bucket: error {code}: odd$"):
+        write_buckets(RefusingCollection(error), [ROW])  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("code", [13388, 11601, 63, 150])  # StaleConfig, Interrupted, stale
@@ -124,8 +124,8 @@ def test_mongos_stale_routing_and_interruptions_are_transient(code: int) -> None
 @pytest.mark.parametrize("code", [2, 121, 10334, 17280])  # BadValue, validation, too large
 def test_a_deterministic_write_error_fails_the_job(code: int) -> None:
     error = _bulk_error([{"index": 0, "code": code, "errmsg": "no"}])
-    with pytest.raises(PermanentError, match=f"^the store refused a row: error {code}: no$"):
-        write_batch(RefusingCollection(error), [ROW])  # type: ignore[arg-type]
+    with pytest.raises(PermanentError, match=f"^the store refused a bucket: error {code}: no$"):
+        write_buckets(RefusingCollection(error), [ROW])  # type: ignore[arg-type]
 
 
 def test_a_transient_error_after_duplicates_still_retries() -> None:
@@ -137,7 +137,7 @@ def test_a_transient_error_after_duplicates_still_retries() -> None:
         ]
     )
     with pytest.raises(StoreBusy):
-        write_batch(RefusingCollection(error), [ROW, ROW])  # type: ignore[arg-type]
+        write_buckets(RefusingCollection(error), [ROW, ROW])  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
