@@ -48,6 +48,9 @@ class ActiveDataset:
     rows: int
     job_id: str | None
     activated_at: datetime | None
+    # The live version's bucket count, switched with it (None: one document per row, or a
+    # pointer written by an earlier release: then the version record tells).
+    buckets: int | None = None
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> ActiveDataset:
@@ -56,6 +59,7 @@ class ActiveDataset:
             rows=int(doc.get("rows", 0)),
             job_id=doc.get("job_id"),
             activated_at=doc.get("activated_at"),
+            buckets=int(doc["buckets"]) if doc.get("buckets") else None,
         )
 
     @classmethod

@@ -397,7 +397,10 @@ def claim_finalization(db: Database[Any], job_id: str, **counts: Any) -> bool:
     record says what was loaded. True too for a redelivered finalizer of a claimed job."""
     result = db[JOBS].update_one(
         {"_id": job_id, "status": {"$in": [RUNNING, FINALIZING]}},
-        {"$set": {"status": FINALIZING, "phase": "activating", "updated_at": now(), **counts}},
+        {
+            "$set": {"status": FINALIZING, "phase": "activating", "updated_at": now(), **counts},
+            "$min": {"phase_at.activating": now()},  # a redelivered finalizer keeps the first
+        },
     )
     return result.matched_count == 1
 
@@ -601,11 +604,18 @@ def _confirm_live(db: Database[Any], version: int) -> None:
     _revive(db, version, activated_at=now())
 
 
+def _buckets(db: Database[Any], version: int) -> int | None:
+    """Readers learn the layout of the live version with the pointer, in the same read."""
+    doc = db[META_COLLECTION].find_one({"_id": version_doc_id(version)}, {"buckets": 1}) or {}
+    return doc.get("buckets")
+
+
 def activate_if_newest(db: Database[Any], version: int, rows: int, job_id: str) -> SwitchOutcome:
     """A job's switch, unless a newer submission already went live (``superseded``) or the
     version was failed meanwhile (``barred``). ``already``: a redelivered finalizer whose
     switch happened before."""
-    outcome = _switch(db, version, {"rows": rows, "job_id": job_id}, newest_only=True)
+    fields = {"rows": rows, "job_id": job_id, "buckets": _buckets(db, version)}
+    outcome = _switch(db, version, fields, newest_only=True)
     if outcome in ("switched", "already"):
         _confirm_live(db, version)
     log.info("version %d: switch %s", version, outcome)
@@ -633,7 +643,11 @@ def activate_by_hand(db: Database[Any], version: int) -> ActiveDataset:
     if not revived or record is None:
         raise ActivationRefused(refusal(version, record))
     doc = db[META_COLLECTION].find_one({"_id": version_doc_id(version)}) or {}
-    fields = {"rows": doc.get("rows", 0), "job_id": doc.get("job_id")}
+    fields = {
+        "rows": doc.get("rows", 0),
+        "job_id": doc.get("job_id"),
+        "buckets": doc.get("buckets"),
+    }
     if _switch(db, version, fields, newest_only=False) == "barred":
         raise ActivationRefused(refusal(version, record))
     _confirm_live(db, version)
