@@ -38,6 +38,7 @@ class ActiveDatasetOut(BaseModel):
                     "rows": 1000000,
                     "job_id": "5f0c2a3e9b8d4c1f8e7a6b5c4d3e2f10",
                     "activated_at": "2026-11-25T14:00:00Z",
+                    "buckets": 10000,
                 }
             ]
         }
@@ -46,6 +47,9 @@ class ActiveDatasetOut(BaseModel):
     rows: int
     job_id: str | None
     activated_at: str | None
+    buckets: int | None = Field(
+        None, description="Bucket documents the rows are stored in (null: one document per row)"
+    )
 
 
 class DatasetVersionOut(BaseModel):
@@ -59,6 +63,7 @@ class DatasetVersionOut(BaseModel):
                     "job_id": "5f0c2a3e9b8d4c1f8e7a6b5c4d3e2f10",
                     "created_at": "2026-11-25T13:59:00Z",
                     "activated_at": "2026-11-25T14:00:00Z",
+                    "buckets": 10000,
                     "active": True,
                 }
             ]
@@ -70,6 +75,9 @@ class DatasetVersionOut(BaseModel):
     job_id: str | None
     created_at: str | None
     activated_at: str | None = Field(description="Last time it went live, if ever")
+    buckets: int | None = Field(
+        None, description="Bucket documents the rows are stored in (null: one document per row)"
+    )
     active: bool
 
 

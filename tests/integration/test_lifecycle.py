@@ -293,3 +293,17 @@ def test_shrink_guard_lets_an_upload_that_allows_it_go_live(
     _job(mongo_db, settings, "tiny", 3, rows[:1])
     _finalize(mongo_db, settings, "tiny")
     assert datasets.read_active_sync(mongo_db).version == 3  # type: ignore[union-attr]
+
+
+def test_the_sweep_removes_run_files_of_ended_or_unknown_jobs_only(
+    mongo_db: Any, settings: Settings
+) -> None:
+    for job_id, status in (("live", lifecycle.RUNNING), ("over", lifecycle.FAILED)):
+        mongo_db[lifecycle.JOBS].insert_one(
+            {**job_records.new_job(job_id, 1, "f", 1, "upload"), "status": status}
+        )
+    for job_id in ("live", "over", "gone"):
+        (settings.runs_dir / job_id).mkdir(parents=True)
+        (settings.runs_dir / job_id / "c000000.run").write_bytes(b"x")
+    upkeep.sweep_runs(mongo_db, settings.runs_dir)
+    assert sorted(p.name for p in settings.runs_dir.iterdir()) == ["live"]
