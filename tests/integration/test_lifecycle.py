@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from shared import datasets, job_records, lifecycle
+from shared.errors import PermanentError
 from shared.settings import Settings
 from shared.timeutil import now
 from tests.helpers import load_dataset, stored_rows
@@ -307,3 +308,22 @@ def test_the_sweep_removes_run_files_of_ended_or_unknown_jobs_only(
         (settings.runs_dir / job_id / "c000000.run").write_bytes(b"x")
     upkeep.sweep_runs(mongo_db, settings.runs_dir)
     assert sorted(p.name for p in settings.runs_dir.iterdir()) == ["live"]
+
+
+def test_a_lost_run_file_fails_the_partition_with_its_name(
+    mongo_db: Any, settings: Settings
+) -> None:
+    lines = [f"id{i},1,2018-08-04 05:32:31" for i in range(3000)]
+    (settings.uploads_dir / "l.csv").write_text("".join(f"{x}\n" for x in lines))
+    mongo_db[lifecycle.JOBS].insert_one(job_records.new_job("l", 8, "l.csv", 10, "upload"))
+    small = settings.model_copy(update={"chunk_size_bytes": 20_000})
+    chunks: list[tuple[int, int, int]] = []
+    job_steps.plan(mongo_db, small, "l", lambda *c: chunks.append(c))
+    for chunk in chunks:
+        job_steps.load(mongo_db, small, "l", *chunk)
+    partitions: list[int] = []
+    job_steps.after_loading(mongo_db, small, "l", partitions.append)
+    (settings.runs_dir / "l" / "c000001.run").unlink()
+    with pytest.raises(PermanentError, match=r"run file c000001\.run .* missing"):
+        job_steps.write_partition(mongo_db, small, "l", partitions[0])
+    assert datasets.read_active_sync(mongo_db) is None  # nothing went live
