@@ -74,12 +74,15 @@ _join = b"".join
 
 
 def _split_run(
-    run: bytes, run_offset: int, quoted: bool
+    run: bytes, run_offset: int | None, quoted: bool
 ) -> tuple[list[int], list[bytes], list[bytes], list[bytes]]:
-    """Line offsets in the file, ids, prices and dates of a run of well-formed lines."""
-    line_lens = list(map(len, run.split(b"\n")))
-    del line_lens[-2:]  # a line starts after each line but the last (and the b"" after it)
-    offsets = list(accumulate(map(operator.add, line_lens, repeat(1)), initial=run_offset))
+    """Line offsets in the file (none without ``run_offset``), ids, prices and dates of a
+    run of well-formed lines."""
+    offsets: list[int] = []
+    if run_offset is not None:
+        line_lens = list(map(len, run.split(b"\n")))
+        del line_lens[-2:]  # a line starts after each line but the last (and the b"" after it)
+        offsets = list(accumulate(map(operator.add, line_lens, repeat(1)), initial=run_offset))
     if quoted:
         run = run.replace(b'"', b"")
     if b"\r" in run:  # only right before "\n" in a well-formed run
@@ -144,7 +147,7 @@ _ID_HEAD = struct.Struct("<4si").pack  # date's terminator + "\x02i\x00", len(id
 def encode_run_elements(run: bytes, quoted: bool = False) -> tuple[list[bytes], list[bytes]]:
     """Keys (ids lower-cased) and bucket row elements of a run of well-formed lines, in
     file order: exactly ``bucket_layout.encode_element`` for every row."""
-    _, raw_ids, prices, dates = _split_run(run, 0, quoted)
+    _, raw_ids, prices, dates = _split_run(run, None, quoted)  # file order is the order
     keys = list(map(bytes.lower, raw_ids))
     date_lens = list(map(operator.add, map(len, dates), repeat(1)))
     sizes = list(map(operator.add, date_lens, repeat(23)))  # 4 + 11 + 7 + len + date + 1
