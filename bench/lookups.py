@@ -313,9 +313,9 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.rows:,} rows loaded, {args.hot_ids:,} hot ids, 1,000 absent ids. "
         "Targets: hit ≥ 2.5x bare Starlette + Redis and ≥ 0.5x raw ASGI; miss ≥ 0.80x bare "
         "find_one (issue #10) and ≥ 0.9x a bare find_one of today's row documents (issue "
-        "#15: the service reads buckets). 'req per server CPU s': requests per CPU second of the serving process "
-        "(the API or the bare app; for the bare find_one loop, the loop's process), Redis "
-        "and the store not included."
+        "#15: the service reads buckets). 'req per server CPU s': requests per CPU second "
+        "of the serving process (the API or the bare app; for the bare find_one loop, the "
+        "loop's process), Redis and the store not included."
     )
     report("Lookups", body, args.runs, args.append_results)
 
