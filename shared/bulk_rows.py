@@ -144,7 +144,7 @@ _ELEMENT_END = b"\x00\x00"  # the date's terminator, the row document's end
 _ID_HEAD = struct.Struct("<4si").pack  # date's terminator + "\x02i\x00", len(id) + 1
 
 
-def encode_run_elements(run: bytes, quoted: bool = False) -> tuple[list[bytes], list[bytes]]:
+def encode_run_elements(run: bytes, quoted: bool) -> tuple[list[bytes], list[bytes]]:
     """Keys (ids lower-cased) and bucket row elements of a run of well-formed lines, in
     file order: exactly ``bucket_layout.encode_element`` for every row."""
     _, raw_ids, prices, dates = _split_run(run, None, quoted)  # file order is the order

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import groupby
+from itertools import count, groupby
 from typing import Any
 
 from bson.raw_bson import RawBSONDocument
@@ -27,30 +27,26 @@ from worker.shuffle_files import PartitionRows
 DUPLICATE_KEY = 11000
 
 
-def check_bulk_error(exc: BulkWriteError) -> int:
-    """How many documents were already there; raises for anything but duplicates."""
+def check_bulk_error(exc: BulkWriteError) -> None:
+    """Returns if every error is a bucket already there; raises for anything else."""
     details = exc.details
     if details.get("writeConcernErrors"):
         raise StoreBusy(f"write concern not satisfied: {details['writeConcernErrors'][0]}")
-    duplicates = 0
     for err in details.get("writeErrors", []):
         code = err.get("code")
         if code == DUPLICATE_KEY:
-            duplicates += 1
-        elif is_transient_code(code):
+            continue
+        if is_transient_code(code):
             raise StoreBusy(f"write error {code}: {err.get('errmsg')}")
-        else:
-            raise PermanentError(f"the store refused a bucket: error {code}: {err.get('errmsg')}")
-    return duplicates
+        raise PermanentError(f"the store refused a bucket: error {code}: {err.get('errmsg')}")
 
 
-def write_buckets(coll: Collection[Any], encoded: list[bytes]) -> int:
-    """Returns how many buckets an earlier delivery had inserted already."""
+def write_buckets(coll: Collection[Any], encoded: list[bytes]) -> None:
+    """Buckets an earlier delivery inserted already are skipped (same documents)."""
     try:
         coll.insert_many([RawBSONDocument(raw) for raw in encoded], ordered=False)
     except BulkWriteError as exc:
-        return check_bulk_error(exc)
-    return 0
+        check_bulk_error(exc)
 
 
 @dataclass
@@ -66,7 +62,7 @@ def merge(rows: PartitionRows) -> Merged:
     """The last row of each id wins: rows arrive in file order (``read_partition``), so a
     dict keeps each id's last index. Then the winners are grouped by bucket (a stable sort
     keeps their order inside a bucket, so the same input gives the same bytes)."""
-    last = dict(zip(rows.keys, range(len(rows.keys)), strict=True))
+    last = dict(zip(rows.keys, count()))
     chosen = sorted(last.values(), key=rows.buckets.__getitem__)
     documents = []
     for bucket, members in groupby(chosen, key=rows.buckets.__getitem__):
@@ -81,9 +77,9 @@ def insert_batches(
     """(rows, bucket documents) of inserts of about ``batch_rows`` rows each."""
     batch: list[bytes] = []
     rows = 0
-    for count, document in documents:
+    for size, document in documents:
         batch.append(document)
-        rows += count
+        rows += size
         if rows >= batch_rows:
             yield rows, batch
             batch, rows = [], 0

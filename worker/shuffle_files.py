@@ -57,8 +57,8 @@ def write_chunk_runs(
     elements: list[bytes],
     buckets: int,
     partitions: int,
-) -> int:
-    """Partition one chunk's rows (in file order) and write its run file; returns bytes."""
+) -> None:
+    """Partition one chunk's rows (in file order) and write its run file."""
     numbers = buckets_of(keys, buckets)
     parts = partitions_of(numbers, buckets, partitions)
     order = sorted(range(len(keys)), key=parts.__getitem__)  # stable: file order kept
@@ -92,11 +92,9 @@ def write_chunk_runs(
             f.write(_TRAILER.pack(partitions, MAGIC))
             f.flush()
             os.fsync(f.fileno())
-            size = f.tell()
         tmp.rename(path)
     finally:
         tmp.unlink(missing_ok=True)
-    return size
 
 
 @dataclass

@@ -42,7 +42,7 @@ def test_a_bucket_never_holds_more_than_the_cap_even_if_every_line_were_minimal(
     file_size: int, mean_line: float, rows_per_bucket: int
 ) -> None:
     buckets = layout.bucket_count(file_size, mean_line, rows_per_bucket)
-    assert 1 <= buckets <= layout.MAX_BUCKETS
+    assert isinstance(buckets, int) and 1 <= buckets <= layout.MAX_BUCKETS
     most_rows = file_size // layout.MIN_LINE_BYTES
     if buckets < layout.MAX_BUCKETS:
         assert most_rows <= buckets * layout.MAX_BUCKET_ROWS
@@ -57,6 +57,10 @@ def test_a_billion_row_file_gets_ten_million_buckets_and_bounded_partitions() ->
     assert layout.partition_count(buckets, 100, 250_000, 8) == 4_000
     assert layout.partition_count(20, 100, 250_000, 8) == 8  # every worker has one
     assert layout.partition_count(3, 100, 250_000, 8) == 3  # never more than buckets
+    assert layout.bucket_count(100, 50, 100) == 1  # a tiny file: one bucket
+    assert layout.partition_count(1, 100, 250_000, 1) == 1
+    assert layout.partition_count(10, 1, 1, 1) == 10  # one row a partition
+    assert isinstance(layout.partition_count(10**7, 100, 250_000, 8), int)
 
 
 @given(

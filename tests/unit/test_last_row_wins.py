@@ -49,6 +49,8 @@ def shuffle(
             rows += merged.rows
             duplicates += merged.duplicates
             assert sum(n for n, _ in merged.documents) == merged.rows
+            ids = [bson.decode(doc)["_id"] for _, doc in merged.documents]
+            assert ids == sorted(set(ids))  # one document per bucket: a second would be lost
             for count, batch in insert_batches(merged.documents, 7):
                 assert count == sum(len(bson.decode(doc)["r"]) for doc in batch)
                 for raw in batch:
@@ -105,3 +107,15 @@ def test_two_chunk_plans_of_one_file_store_the_same_rows() -> None:
     large = shuffle(file, 50_000, 40, 3, 2)
     assert small == large
     assert small[0] == expected(lines)
+
+
+def test_inserts_hold_about_batch_rows_each() -> None:
+    documents = [(1, bytes([n])) for n in range(7)]
+    batches = list(insert_batches(documents, 2))
+    assert batches == [
+        (2, [b"\x00", b"\x01"]),
+        (2, [b"\x02", b"\x03"]),
+        (2, [b"\x04", b"\x05"]),
+        (1, [b"\x06"]),
+    ]
+    assert list(insert_batches([(5, b"a"), (1, b"b")], 3)) == [(5, [b"a"]), (1, [b"b"])]

@@ -31,6 +31,12 @@ def test_a_run_file_reads_back_every_row_once_across_partitions(tmp_path: Path) 
     assert not list(tmp_path.rglob("*.tmp"))
 
 
+def test_the_runs_directory_is_made_when_missing(tmp_path: Path) -> None:
+    runs = tmp_path / "not" / "yet"
+    _write(runs)
+    assert shuffle_files.job_ids_with_runs(runs) == ["job"]
+
+
 def test_a_redelivered_map_writes_the_same_bytes(tmp_path: Path) -> None:
     first = _write(tmp_path).read_bytes()
     assert _write(tmp_path).read_bytes() == first
@@ -41,6 +47,7 @@ def test_a_redelivered_map_writes_the_same_bytes(tmp_path: Path) -> None:
     [
         (lambda b: b[:-1], "damaged or of another plan"),
         (lambda b: b[:10], "too short"),
+        (lambda b: b[-(16 + 40 * 4 - 1) :], "too short"),  # under trailer + directory
         (lambda b: b[:40] + b"\xff" * 8 + b[48:], "damaged"),
     ],
 )
@@ -70,3 +77,20 @@ def test_removing_a_jobs_runs_is_repeat_safe(tmp_path: Path) -> None:
     shuffle_files.remove_job_runs(tmp_path, "job")
     shuffle_files.remove_job_runs(tmp_path, "job")
     assert shuffle_files.job_ids_with_runs(tmp_path) == []
+
+
+def test_a_segment_whose_lengths_disagree_is_refused_even_with_a_matching_checksum(
+    tmp_path: Path,
+) -> None:
+    """A writer bug, not a disk fault: the directory moves one byte from the elements to the
+    keys; the checksum still covers the same bytes, the element lengths no longer add up."""
+    path = _write(tmp_path, partitions=1)
+    data = bytearray(path.read_bytes())
+    entry_at = len(data) - shuffle_files._TRAILER.size - shuffle_files._ENTRY.size
+    offset, rows, keys_len, elements_len, crc = shuffle_files._ENTRY.unpack_from(data, entry_at)
+    shuffle_files._ENTRY.pack_into(
+        data, entry_at, offset, rows, keys_len + 1, elements_len - 1, crc
+    )
+    path.write_bytes(bytes(data))
+    with pytest.raises(PermanentError, match=r"c000000\.run is damaged \(segment 0\)$"):
+        shuffle_files.read_partition(tmp_path, "job", 1, 0, 1)

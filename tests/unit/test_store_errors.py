@@ -27,6 +27,29 @@ from shared.errors import (
 from worker.bucket_writer import write_buckets
 
 
+class RecordingCollection:
+    """Keeps what insert_many was asked: the writer's contract with the driver."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[Any], bool]] = []
+
+    def insert_many(self, docs: list[Any], ordered: bool) -> None:
+        self.calls.append((docs, ordered))
+
+
+def test_buckets_are_inserted_unordered_in_one_call() -> None:
+    coll = RecordingCollection()
+    write_buckets(coll, [ROW, ROW])  # type: ignore[arg-type]
+    ((docs, ordered),) = coll.calls
+    assert ordered is False  # one bucket already there must not stop the others
+    assert [d.raw for d in docs] == [ROW, ROW]
+
+
+def test_buckets_already_inserted_are_skipped() -> None:
+    error = _bulk_error([{"index": 0, "code": 11000, "errmsg": "dup"}])
+    write_buckets(RefusingCollection(error), [ROW])  # type: ignore[arg-type]
+
+
 class RefusingCollection:
     """Answers every insert_many with one crafted BulkWriteError."""
 
