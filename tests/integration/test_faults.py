@@ -333,14 +333,22 @@ class OwnStack:
 
 @contextlib.contextmanager
 def own_stack(
-    settings: Settings, tmp_path: Path, name: str, broker_db: int, stall_timeout_s: int
+    settings: Settings,
+    tmp_path: Path,
+    name: str,
+    broker_db: int,
+    stall_timeout_s: int,
+    fail_points: bool = False,
 ) -> Iterator[OwnStack]:
+    """``fail_points``: the store accepts ``configureFailPoint`` (as mongod with test
+    commands enabled), so the test can make it refuse commands while it answers."""
     from devstack.services import mongo_command, worker_command
 
     mongo_port = free_port()
+    test_commands = ["--enable-test-commands"] if fail_points else []
     store = Service(
         f"mongo-{name}",
-        mongo_command(mongo_port, str(tmp_path / "db")),
+        [*mongo_command(mongo_port, str(tmp_path / "db")), *test_commands],
         port=mongo_port,
         log_path=_LOGS / f"mongo-{name}.log",
     )
@@ -468,3 +476,40 @@ def test_store_down_past_the_stall_timeout_the_watchdog_ends_the_job_and_redeliv
         assert c.get(f"/jobs/{job_id}").json() == job  # and changed nothing
         _serves(c, first["dataset_version"], old)
         db.client.close()
+
+
+def test_a_failover_outlasting_the_retries_fails_the_job_saying_so(
+    services: None, settings: Settings, tmp_path: Path
+) -> None:
+    """The store answers, but refuses every insert with a transient error (WriteConflict,
+    from its ``failCommand`` fail point: a failover that does not end). After the retries
+    and one last attempt the job fails with the reason; the failure is recorded, so the
+    task is acknowledged and nothing goes round. The old dataset serves."""
+    with (
+        own_stack(
+            settings, tmp_path, "busy", broker_db=5, stall_timeout_s=600, fail_points=True
+        ) as s,
+        TestClient(create_app(s.cfg)) as c,
+    ):
+        first, old, _, job_id = _old_then_new(c, tmp_path)
+        admin: Any = pymongo.MongoClient(s.cfg.mongo_url.get_secret_value()).admin
+        admin.command(
+            "configureFailPoint",
+            "failCommand",
+            mode="alwaysOn",
+            data={"failCommands": ["insert"], "errorCode": 112},
+        )
+        try:
+            job = wait_job(c, job_id, timeout=90)
+        finally:
+            admin.command("configureFailPoint", "failCommand", mode="off")
+        assert job["status"] == "failed", job
+        assert job["error"].startswith(
+            "the store was busy (failover, migration or interruption) during load_chunk and "
+            "stayed so after 2 retries (error 112"
+        ), job["error"]
+        wait_for(s.broker_idle, 60, 0.5)
+        assert s.gave_up_unrecorded("load_chunk") == 0
+        assert c.get(f"/jobs/{job_id}").json() == job
+        _serves(c, first["dataset_version"], old)
+        admin.client.close()
