@@ -92,8 +92,9 @@ class Settings(BaseSettings):
     # A queued job whose plan task was lost is sent again by the watchdog, this many sends
     # in all, before it fails (its file is kept until then).
     plan_attempts: int = Field(default=3, ge=1)
-    # With backoff doubling from task_retry_backoff_s up to 60 s (jittered), 10 retries ride
-    # out a store or broker outage of a few minutes before the job fails.
+    # Backoff doubles from task_retry_backoff_s up to 60 s (jittered). After the retries a
+    # task makes one last attempt if the store answers (a failure then fails the job), else it
+    # goes back to the broker: a longer store outage costs time, bounded by the stall timeout.
     task_max_retries: int = Field(default=10, ge=0)
     task_retry_backoff_s: float = Field(default=2.0, ge=0)
     worker_concurrency: int = Field(default=2, ge=1)

@@ -5,16 +5,22 @@ state change.
 Every task may run more than once (late acks, redelivery after a crash), so each one is
 idempotent. Transient failures (``shared.errors.TransientError``: store unreachable or busy,
 broker unreachable) are retried with backoff; when retries run out, or on any other error,
-the job ends with a sentence a user can act on and the active dataset is never touched.
+the job ends with a sentence a user can act on and the active dataset is never touched. A
+task that cannot record that ending (the store is unreachable) goes back to the broker
+instead of being acknowledged, until a delivery records it or finds the job ended.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import re
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn
 
 from celery import Task
+from celery.exceptions import Reject, TaskPredicate
 from kombu.exceptions import OperationalError
 
 from shared import job_records, lifecycle, reject_report
@@ -48,14 +54,25 @@ settings = get_settings()
 UPLOAD_NAME = re.compile(r"[0-9a-f]{32}\.csv")
 
 
-class IngestTask(Task):  # type: ignore[misc]
-    """Retries transient failures with backoff; when retries run out, the job fails clearly."""
+RETRY_BACKOFF_MAX_S = 60.0
 
-    autoretry_for = (TransientError,)
+
+@contextmanager
+def own_errors() -> Iterator[None]:
+    """Store and broker errors as ``StoreUnavailable`` / ``StoreBusy`` / ``BrokerUnavailable``."""
+    with store_errors():
+        try:
+            yield
+        except OperationalError as exc:
+            raise BrokerUnavailable(str(exc)) from exc
+
+
+class IngestTask(Task):  # type: ignore[misc]
+    """Retries transient failures with backoff; when retries run out, or on any other error,
+    the job fails clearly. A task that gives up without being able to record why is never
+    acknowledged as done: its message goes back to the broker."""
+
     max_retries = settings.task_max_retries
-    retry_backoff = settings.task_retry_backoff_s
-    retry_backoff_max = 60
-    retry_jitter = True
     acks_late = True
     # A process killed mid-task (OOM, SIGKILL) is retried after a short delay and counted
     # against max_retries, so a chunk that kills every process it runs on cannot loop
@@ -64,30 +81,101 @@ class IngestTask(Task):  # type: ignore[misc]
     default_retry_delay = 2
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Every log line of the task carries its job id; driver and broker errors become
-        the service's own kinds here, once."""
-        token = job_id_var.set(args[0] if args else kwargs.get("job_id"))
+        """Every log line of the task carries its job id. A transient failure is retried;
+        once the retries are used up, one last attempt is made as soon as the store answers
+        (so that a failure can be recorded, and so that an attempt that was under way when
+        an outage ended does not fail the job for nothing); if that fails too, the job fails."""
+        job_id = args[0] if args else kwargs.get("job_id")
+        token = job_id_var.set(job_id)
         try:
-            with store_errors():
-                try:
-                    return super().__call__(*args, **kwargs)
-                except OperationalError as exc:
-                    raise BrokerUnavailable(str(exc)) from exc
+            try:
+                return self._attempt(job_id, args, kwargs, last=False)
+            except TransientError as exc:
+                if self.request.retries < self.max_retries:
+                    self._retry(exc)
+                self._until_store_answers(job_id, exc)
+            return self._attempt(job_id, args, kwargs, last=True)
         finally:
             job_id_var.reset(token)
 
-    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        job_id = args[0] if args else kwargs.get("job_id")
+    def _attempt(self, job_id: str | None, args: Any, kwargs: Any, last: bool) -> Any:
+        """One run of the task body. Driver and broker errors become the service's own
+        kinds here, once, before the retry decision sees them (Celery's ``autoretry_for``
+        sits inside the body and would only ever see the driver's). Any error but a
+        transient one on a try that is not the last ends the job."""
+        try:
+            with own_errors():
+                if last:  # within the same request: __call__ again would push an empty one
+                    return self.run(*args, **kwargs)
+                return super().__call__(*args, **kwargs)
+        except TaskPredicate:  # Celery's own retry / ignore / reject signals
+            raise
+        except TransientError as exc:
+            if last:
+                self._give_up(job_id, exc)
+            raise
+        except Exception as exc:
+            self._give_up(job_id, exc)
+            raise
+
+    def _retry(self, exc: TransientError) -> NoReturn:
+        """Send the task again after a jittered, doubling delay (``TASK_RETRY_BACKOFF_S``,
+        at most 60 s); the retry counts against ``TASK_MAX_RETRIES``.
+
+        Celery turns a retry it cannot send (broker unreachable) into a reject *without*
+        requeue, which would drop the only copy of the task: it goes back instead (when the
+        reject cannot reach the broker either, the message stays unacknowledged there and
+        the visibility timeout hands it out again). Nothing is counted against the budget."""
+        ceiling = min(RETRY_BACKOFF_MAX_S, settings.task_retry_backoff_s * 2**self.request.retries)
+        try:
+            raise self.retry(exc=exc, countdown=random.uniform(0, ceiling))
+        except Reject as unsent:
+            log.warning("a retry could not be sent (%s): the task goes back to the broker", unsent)
+            raise Reject(unsent.reason, requeue=True) from exc
+
+    def _until_store_answers(self, job_id: str | None, exc: TransientError) -> None:
+        """Retries are used up: returns once the store answers. Where it does not, the
+        failure could not be recorded, and acknowledging the message would lose the task
+        (the job would wait for the watchdog to fail it): the message goes back to the
+        broker instead (``Reject(requeue=True)``). When the broker is unreachable too, the
+        reject cannot reach it either; the message then stays unacknowledged there and the
+        visibility timeout hands it out again.
+
+        A delivery that comes back has no retries left: it tries once, and asks the store
+        again. So it goes round as long as the store is down, each round taking the store's
+        timeout twice (never a busy loop), and it ends when the store answers: with the
+        work done, or the failure recorded, or finding the job ended (by the watchdog, after
+        ``JOB_STALL_TIMEOUT_S``), in which case the task does nothing."""
+        try:
+            with own_errors():
+                database().command("ping")
+        except TransientError as unanswered:
+            self._back_to_broker(job_id, exc, unanswered)
+
+    def _give_up(self, job_id: str | None, exc: Exception) -> None:
+        """The task stops for good: the job fails with a sentence saying why. If that cannot
+        be recorded (the store went away again, or the broker did not take the clean-up),
+        the task goes back to the broker as in ``_until_store_answers``."""
         if not job_id:
             return
         reason = failure_reason(self.name.split(".")[-1], exc, self.max_retries)
         if not isinstance(exc, TransientError):
             log.error("job %s: %s: %s", job_id, reason, exc)
         try:
-            with store_errors():
+            with own_errors():
                 end_job(job_id, reason, finalizer=self.name == FINALIZE_JOB)
-        except TransientError:
-            log.error("job %s failed (%s) and could not be marked failed", job_id, reason)
+        except TransientError as unrecorded:
+            self._back_to_broker(job_id, exc, unrecorded)
+
+    def _back_to_broker(self, job_id: str | None, exc: Exception, why: Exception) -> NoReturn:
+        reason = failure_reason(self.name.split(".")[-1], exc, self.max_retries)
+        log.error(
+            "job %s: gave up (%s) and could not record it (%s); the task goes back to the broker",
+            job_id,
+            reason,
+            why,
+        )
+        raise Reject(reason, requeue=True) from why
 
 
 def failure_reason(step: str, exc: Exception, retries: int) -> str:

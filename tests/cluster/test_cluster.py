@@ -287,14 +287,6 @@ def test_one_upload_is_loaded_by_both_worker_hosts(on_client: Cluster, files: Pa
     settle(c, job)
 
 
-# Known gap (issue #13 left open): a worker cut off from store and broker can use up its retry
-# budget, fail to record the failure and have its chunk tasks acknowledged, so they are never
-# redelivered and the job fails on the stall timeout. Seen in ~1 of 3 full runs; it still runs
-# every time, and XPASS when the timing spares it. Remove the marker with the fix.
-@pytest.mark.xfail(
-    strict=False,
-    reason="known gap: a cut-off worker's tasks that exhaust their retries are not redelivered",
-)
 def test_a_worker_host_cut_off_mid_load(on_client: Cluster, files: Path) -> None:
     """w1's switch port goes down while it loads: the broker hands its unacknowledged chunks
     to w2 once the visibility timeout has passed; when w1 is back, its stalled work counts

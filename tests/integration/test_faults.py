@@ -11,12 +11,14 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
+import pymongo
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -31,6 +33,7 @@ from shared.settings import Settings
 from shared.timeutil import now
 from tests.conftest import _LOGS, wait_for
 from tests.helpers import expected_rows, load_dataset, stored_rows, wait_job
+from worker import upkeep
 
 pytestmark = [pytest.mark.usefixtures("worker", "clean_state"), pytest.mark.slow]
 
@@ -301,82 +304,209 @@ def test_watchdog_fails_a_job_nobody_works_on_and_sweeps_its_file(
     assert fail_stalled_jobs() == 0
 
 
-def test_store_down_during_a_load_fails_the_job_and_keeps_the_old_dataset(
-    services: None, settings: Settings, tmp_path: Path
-) -> None:
-    from celery import Celery
+@dataclass
+class OwnStack:
+    """A store the test stops and starts (its data kept on disk) and a worker of its own on
+    a broker database of its own, with a small retry budget (2 retries, 0.5 s backoff) and
+    1 s store timeouts, so a task uses up its retries within seconds of the store going."""
 
+    store: Service
+    worker: Service
+    cfg: Settings
+    broker: redis.Redis
+
+    def gave_up_unrecorded(self, step: str) -> int:
+        """How often a ``step`` task gave up and could not record it (then went back)."""
+        assert self.worker.log_path is not None
+        return sum(
+            "could not record it" in line and f"during {step}" in line
+            for line in self.worker.log_path.read_text(errors="replace").splitlines()
+        )
+
+    def broker_idle(self) -> bool:
+        """Nothing waiting, nothing taken and unacknowledged (ETA tasks count as taken)."""
+        return self.broker.llen("celery") == 0 and self.broker.hlen("unacked") == 0
+
+
+@contextlib.contextmanager
+def own_stack(
+    settings: Settings,
+    tmp_path: Path,
+    name: str,
+    broker_db: int,
+    stall_timeout_s: int,
+    fail_points: bool = False,
+) -> Iterator[OwnStack]:
+    """``fail_points``: the store accepts ``configureFailPoint`` (as mongod with test
+    commands enabled), so the test can make it refuse commands while it answers."""
     from devstack.services import mongo_command, worker_command
-    from shared.task_names import FAIL_STALLED_JOBS
 
     mongo_port = free_port()
+    test_commands = ["--enable-test-commands"] if fail_points else []
     store = Service(
-        "mongo-flaky",
-        mongo_command(mongo_port, str(tmp_path / "db")),
+        f"mongo-{name}",
+        [*mongo_command(mongo_port, str(tmp_path / "db")), *test_commands],
         port=mongo_port,
-        log_path=_LOGS / "mongo-flaky.log",
+        log_path=_LOGS / f"mongo-{name}.log",
     )
     store.start().wait_ready(60)
     mongo_url = f"mongodb://127.0.0.1:{mongo_port}"
-    broker_url = settings.broker_url.get_secret_value().rsplit("/", 1)[0] + "/3"
+    broker_url = settings.broker_url.get_secret_value().rsplit("/", 1)[0] + f"/{broker_db}"
+    broker = redis.Redis.from_url(broker_url)
+    broker.flushdb()
     env = {
         "MONGO_URL": mongo_url,
         "BROKER_URL": broker_url,
         "TASK_MAX_RETRIES": "2",
         "TASK_RETRY_BACKOFF_S": "0.5",
-        "JOB_STALL_TIMEOUT_S": "4",
+        "JOB_STALL_TIMEOUT_S": str(stall_timeout_s),
         "MONGO_TIMEOUT_MS": "1000",
-        "CHUNK_SIZE_BYTES": str(1024 * 1024),
     }
     worker = Service(
-        "worker-flaky",
-        worker_command(2, "flaky"),
-        env=env,
-        log_path=_LOGS / "worker-flaky.log",
+        f"worker-{name}", worker_command(2, name), env=env, log_path=_LOGS / f"worker-{name}.log"
     ).start()
     cfg = settings.model_copy(
         update={
             "mongo_url": SecretStr(mongo_url),
             "broker_url": SecretStr(broker_url),
             "mongo_timeout_ms": 1000,
+            "job_stall_timeout_s": stall_timeout_s,
         }
     )
-    old, new = tmp_path / "old.csv", tmp_path / "new.csv"
-    generate(500, old, seed=61)
-    generate(40_000, new, seed=62)
     try:
-        with TestClient(create_app(cfg)) as c:
-            first = wait_job(c, _post_file(c, old), timeout=120)
-            assert first["status"] == "succeeded"
-            job_id = _post_file(c, new)
-            wait_for(lambda: (c.get(f"/jobs/{job_id}").json()["chunks_done"] or 0) >= 1, 60)
-            store.stop()
-            # Uploads while the store is down are refused whole.
-            with new.open("rb") as f:
-                r = c.post("/add-promotions/", files={"file": ("n.csv", f)})
-            assert r.status_code == 503 and "store is unavailable" in r.json()["detail"]
-            # The store stays down until a loader has used up its retries.
-            assert worker.log_path is not None
-            wait_for(lambda: "could not be marked failed" in worker.log_path.read_text(), 90, 1)
-            store.start().wait_ready(60)
-            watchdog = Celery(broker=broker_url)
-
-            def job_failed() -> bool:
-                watchdog.send_task(FAIL_STALLED_JOBS)
-                return bool(c.get(f"/jobs/{job_id}").json()["status"] == "failed")
-
-            wait_for(job_failed, 60, interval=2)
-            job = c.get(f"/jobs/{job_id}").json()
-            assert "store was unavailable" in job["error"] or "made no progress" in job["error"]
-            wait_for(lambda: c.get("/readyz").status_code == 200, 10)
-            assert c.get("/datasets/active").json()["version"] == first["dataset_version"]
-            for key, (row_id, price, date) in list(expected_rows(old).items())[::50]:
-                assert c.get(f"/promotions/{key}").json() == {
-                    "id": row_id,
-                    "price": price,
-                    "expiration_date": date,
-                }
-            watchdog.close()
+        yield OwnStack(store, worker, cfg, broker)
     finally:
+        worker.signal_group(signal.SIGCONT)  # a test that froze it may have failed meanwhile
         worker.stop()
         store.stop()
+        broker.close()
+
+
+def _old_then_new(c: TestClient, tmp_path: Path) -> tuple[dict[str, Any], Path, Path, str]:
+    """The old file live; the new one (20k rows, 5 % repeated ids, 6 chunks) loading, with
+    at least one chunk done."""
+    old, new = tmp_path / "old.csv", tmp_path / "new.csv"
+    generate(500, old, seed=61)
+    generate(20_000, new, seed=62, duplicate_ratio=0.05)
+    first = wait_job(c, _post_file(c, old), timeout=120)
+    assert first["status"] == "succeeded", first
+    job_id = _post_file(c, new)
+    wait_for(lambda: (c.get(f"/jobs/{job_id}").json()["chunks_done"] or 0) >= 1, 60, 0.05)
+    return first, old, new, job_id
+
+
+def _serves(c: TestClient, version: int, path: Path) -> None:
+    """The active dataset is ``version`` and lookups answer the file's values."""
+    wait_for(lambda: c.get("/readyz").status_code == 200, 10)
+    assert c.get("/datasets/active").json()["version"] == version
+    for key, (row_id, price, date) in list(expected_rows(path).items())[::97]:
+        assert c.get(f"/promotions/{key}").json() == {
+            "id": row_id,
+            "price": price,
+            "expiration_date": date,
+        }
+
+
+def test_store_down_past_the_retries_the_chunks_go_back_and_the_job_succeeds(
+    services: None, settings: Settings, tmp_path: Path
+) -> None:
+    """Regression (issue #13): a chunk task that used up its retries while the store was down
+    could not record the failure and was acknowledged anyway, so nobody ever loaded that
+    chunk again and the job stalled until the watchdog failed it. Now the task goes back to
+    the broker until a delivery gets through: the job succeeds with exact counts."""
+    with (
+        own_stack(settings, tmp_path, "outage", broker_db=4, stall_timeout_s=600) as s,
+        TestClient(create_app(s.cfg)) as c,
+    ):
+        first, _, new, job_id = _old_then_new(c, tmp_path)
+        s.store.stop()
+        # Uploads while the store is down are refused whole.
+        with new.open("rb") as f:
+            r = c.post("/add-promotions/", files={"file": ("n.csv", f)})
+        assert r.status_code == 503 and "store is unavailable" in r.json()["detail"]
+        # A loader uses up its retries and cannot record it; its delivery goes back to the
+        # broker and gives up again (it has no retries left) until the store answers.
+        wait_for(lambda: s.gave_up_unrecorded("load_chunk") >= 2, 90, 0.5)
+        s.store.start().wait_ready(60)
+        job = wait_job(c, job_id, timeout=90)
+        assert job["status"] == "succeeded", job
+        want = expected_rows(new)
+        assert job["rows_loaded"] == 20_000 and job["rows_rejected"] == 0
+        assert job["duplicates"] == 20_000 - len(want)
+        assert job["chunks_done"] == job["chunks_total"] > 3
+        assert job["dataset_version"] > first["dataset_version"]
+        db: Any = pymongo.MongoClient(s.cfg.mongo_url.get_secret_value())[s.cfg.mongo_db]
+        assert _dataset(db, job["dataset_version"]) == want
+        _serves(c, job["dataset_version"], new)
+        wait_for(s.broker_idle, 60, 0.5)  # nothing left bouncing
+        assert c.get(f"/jobs/{job_id}").json() == job
+        db.client.close()
+
+
+def test_store_down_past_the_stall_timeout_the_watchdog_ends_the_job_and_redeliveries_stop(
+    services: None, settings: Settings, tmp_path: Path
+) -> None:
+    """A store outage longer than ``JOB_STALL_TIMEOUT_S``: loaders that gave up keep going
+    back to the broker; once the watchdog has failed the job, their next delivery finds it
+    ended and does nothing. The old dataset serves throughout."""
+    with (
+        own_stack(settings, tmp_path, "stalled", broker_db=3, stall_timeout_s=4) as s,
+        TestClient(create_app(s.cfg)) as c,
+    ):
+        first, old, _, job_id = _old_then_new(c, tmp_path)
+        s.store.stop()
+        wait_for(lambda: s.gave_up_unrecorded("load_chunk") >= 2, 90, 0.5)
+        # The worker stands still while the store comes back and the watchdog decides, so
+        # the decision is not a race with a redelivered chunk that would load and succeed.
+        s.worker.signal_group(signal.SIGSTOP)
+        try:
+            s.store.start().wait_ready(60)
+            client: Any = pymongo.MongoClient(s.cfg.mongo_url.get_secret_value(), tz_aware=True)
+            db = client[s.cfg.mongo_db]
+            wait_for(lambda: job_id in upkeep.watchdog(db, s.cfg, now(), lambda _: None), 30, 1)
+        finally:
+            s.worker.signal_group(signal.SIGCONT)
+        job = c.get(f"/jobs/{job_id}").json()
+        assert job["status"] == "failed" and "made no progress" in job["error"], job
+        wait_for(s.broker_idle, 60, 0.5)  # every redelivery ran, and stopped
+        assert s.gave_up_unrecorded("load_chunk") >= 2
+        assert c.get(f"/jobs/{job_id}").json() == job  # and changed nothing
+        _serves(c, first["dataset_version"], old)
+        db.client.close()
+
+
+def test_a_failover_outlasting_the_retries_fails_the_job_saying_so(
+    services: None, settings: Settings, tmp_path: Path
+) -> None:
+    """The store answers, but refuses every insert with a transient error (WriteConflict,
+    from its ``failCommand`` fail point: a failover that does not end). After the retries
+    and one last attempt the job fails with the reason; the failure is recorded, so the
+    task is acknowledged and nothing goes round. The old dataset serves."""
+    with (
+        own_stack(
+            settings, tmp_path, "busy", broker_db=5, stall_timeout_s=600, fail_points=True
+        ) as s,
+        TestClient(create_app(s.cfg)) as c,
+    ):
+        first, old, _, job_id = _old_then_new(c, tmp_path)
+        admin: Any = pymongo.MongoClient(s.cfg.mongo_url.get_secret_value()).admin
+        admin.command(
+            "configureFailPoint",
+            "failCommand",
+            mode="alwaysOn",
+            data={"failCommands": ["insert"], "errorCode": 112},
+        )
+        try:
+            job = wait_job(c, job_id, timeout=90)
+        finally:
+            admin.command("configureFailPoint", "failCommand", mode="off")
+        assert job["status"] == "failed", job
+        assert job["error"].startswith(
+            "the store was busy (failover, migration or interruption) during write_partition "
+            "and stayed so after 2 retries (error 112"
+        ), job["error"]
+        wait_for(s.broker_idle, 60, 0.5)
+        assert s.gave_up_unrecorded("write_partition") == 0
+        assert c.get(f"/jobs/{job_id}").json() == job
+        _serves(c, first["dataset_version"], old)
+        admin.client.close()
