@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
@@ -30,6 +31,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from api.metrics import STORE_LOOKUP_LATENCY
 from shared import datasets
 from shared.cache import PromotionCache, answer_body
+from shared.datasets import ActiveDataset
 from shared.hot_ids import HotIdSampler, read_hot_ids_async
 from shared.local_cache import LocalCache
 
@@ -41,6 +43,7 @@ PREFILL_SECONDS = 0.25
 PREFILL_BATCH = 500
 MAX_BATCH = 256  # ids per MGET / $in
 MAX_FLIGHTS = 4  # batches out at once; more misses wait for the next batch
+KNOWN_LAYOUTS = 64  # versions whose bucket count a process keeps (a few are ever read)
 
 Key = tuple[int, str]
 
@@ -65,6 +68,11 @@ class LookupService:
         self._flights = 0
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
+        # Bucket count by version (None: one document per row); fixed for a version. The
+        # live version's comes with the pointer (``current``, set by the app), others' from
+        # their record.
+        self._buckets: dict[int, int | None] = {}
+        self.current: Callable[[], ActiveDataset | None] = lambda: None
 
     def local_body(self, version: int, key: str) -> bytes | None:
         """Level 1 only (synchronous): the cached body, ``NEGATIVE`` or None."""
@@ -140,14 +148,18 @@ class LookupService:
 
     async def _read_store(self, version: int, keys: list[str]) -> dict[str, dict[str, Any]]:
         started = time.perf_counter()
-        coll = self.db[datasets.collection_name(version)]
-        if len(keys) == 1:
-            doc = await coll.find_one({"_id": keys[0]}, datasets.LOOKUP_PROJECTION)
-            docs = [doc] if doc else []
+        active = self.current()
+        if active is not None and active.version == version and active.buckets is not None:
+            buckets: int | None = active.buckets
         else:
-            docs = await coll.find({"_id": {"$in": keys}}, datasets.LOOKUP_PROJECTION).to_list()
+            if version not in self._buckets:
+                if len(self._buckets) >= KNOWN_LAYOUTS:
+                    self._buckets.clear()
+                self._buckets[version] = await datasets.read_buckets(self.db, version)
+            buckets = self._buckets[version]
+        found = await datasets.find_rows(self.db, version, buckets, keys)
         STORE_LOOKUP_LATENCY.observe(time.perf_counter() - started)
-        return {doc["_id"]: datasets.promotion_from_doc(doc) for doc in docs}
+        return found
 
     async def prefill(self, version: int) -> None:
         """Before this process serves ``version``: copy the hot ids' answers that the

@@ -64,6 +64,7 @@ def build_services(settings: Settings) -> Services:
     watcher = ActiveVersionWatcher(
         db, redis, settings.pointer_poll_seconds, on_switch=lookups.prefill
     )
+    lookups.current = lambda: watcher.current
     return Services(
         settings=settings,
         mongo=mongo,

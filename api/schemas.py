@@ -38,6 +38,7 @@ class ActiveDatasetOut(BaseModel):
                     "rows": 1000000,
                     "job_id": "5f0c2a3e9b8d4c1f8e7a6b5c4d3e2f10",
                     "activated_at": "2026-11-25T14:00:00Z",
+                    "buckets": 10000,
                 }
             ]
         }
@@ -46,6 +47,9 @@ class ActiveDatasetOut(BaseModel):
     rows: int
     job_id: str | None
     activated_at: str | None
+    buckets: int | None = Field(
+        None, description="Bucket documents the rows are stored in (null: one document per row)"
+    )
 
 
 class DatasetVersionOut(BaseModel):
@@ -59,6 +63,7 @@ class DatasetVersionOut(BaseModel):
                     "job_id": "5f0c2a3e9b8d4c1f8e7a6b5c4d3e2f10",
                     "created_at": "2026-11-25T13:59:00Z",
                     "activated_at": "2026-11-25T14:00:00Z",
+                    "buckets": 10000,
                     "active": True,
                 }
             ]
@@ -70,6 +75,9 @@ class DatasetVersionOut(BaseModel):
     job_id: str | None
     created_at: str | None
     activated_at: str | None = Field(description="Last time it went live, if ever")
+    buckets: int | None = Field(
+        None, description="Bucket documents the rows are stored in (null: one document per row)"
+    )
     active: bool
 
 
@@ -121,6 +129,8 @@ class JobStatus(BaseModel):
                     "bytes_total": 2060000,
                     "chunks_total": 1,
                     "chunks_done": 1,
+                    "partitions_total": 8,
+                    "partitions_done": 8,
                     "rows_loaded": 20000,
                     "rows_rejected": 1,
                     "duplicates": 0,
@@ -136,7 +146,8 @@ class JobStatus(BaseModel):
                     "phase_durations_s": {
                         "queued": 0.8,
                         "splitting": 0.1,
-                        "loading": 2.7,
+                        "loading": 1.2,
+                        "writing": 1.5,
                         "activating": 0.4,
                         "total": 4.0,
                     },
@@ -146,11 +157,16 @@ class JobStatus(BaseModel):
     )
     job_id: str
     status: str = Field(description="queued | running | finalizing | succeeded | failed | held")
-    phase: str = Field(description="queued | splitting | loading | activating | done")
+    phase: str = Field(
+        description="queued | splitting | loading (chunks parsed into run files) | writing "
+        "(partitions written as bucket documents) | activating | done"
+    )
     source: str | None = None
     bytes_total: int | None = None
     chunks_total: int | None = None
     chunks_done: int = 0
+    partitions_total: int | None = Field(None, description="Partitions to write (after loading)")
+    partitions_done: int = 0
     rows_loaded: int = Field(0, description="Valid rows read (including overridden duplicates)")
     rows_rejected: int = Field(0, description="Invalid rows, all of them")
     duplicates: int = Field(0, description="Rows overridden by a later row with the same id")
@@ -168,17 +184,17 @@ class JobStatus(BaseModel):
     original_name: str | None = Field(None, description="The file's name in the drop folder")
     rows_per_s: float | None = Field(
         None,
-        description="Rows loaded per second of the loading phase: so far while loading, the "
-        "phase's average once it is over; null before loading starts",
+        description="Rows loaded per second of loading and writing: so far while they run, "
+        "their average once they are over; null before loading starts",
     )
     eta_s: float | None = Field(
         None,
-        description="While loading: estimated seconds until every chunk is loaded, if the "
-        "remaining chunks go as fast as the finished ones; null before the first chunk ends "
-        "and outside the loading phase",
+        description="While loading (writing): estimated seconds until every chunk (partition) "
+        "is done, if the remaining ones go as fast as the finished ones; null before the first "
+        "one ends and outside those phases",
     )
     phase_durations_s: dict[str, float] | None = Field(
         None,
         description="Once the job has ended: seconds spent in each phase it reached "
-        "(queued, splitting, loading, activating) and in total",
+        "(queued, splitting, loading, writing, activating) and in total",
     )

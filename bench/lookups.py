@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 import psutil
+from bson.raw_bson import RawBSONDocument
 from pymongo import AsyncMongoClient
 
 from bench.common import ROOT, add_common_args, interleave, medians, paired_ratio, report, table
@@ -31,26 +32,37 @@ from bench.parse import data_file
 from bench.stack import Stack, stack
 from devstack.services import Service, free_port
 from shared import datasets, lifecycle
-from shared.promotion_rows import ChunkStats, parse_chunk
-from worker.chunk_writer import write_batch
+from shared.bucket_layout import bucket_count
+from shared.promotion_rows import ChunkStats, parse_chunk, parse_chunk_rows
+from worker.bucket_writer import write_rows
 
 LUA = ROOT / "bench" / "lookups.lua"
 VERSION = 1
+# The reference layout (one document per row, as before bucketed versions) for the bare
+# find_one loop the service's misses are measured against.
+ROW_DOCUMENTS = "bench_row_documents"
 
 
 def load(st: Stack, path: Path, version: int = VERSION, activate: bool = True) -> list[str]:
-    """Load the file straight into ``version``, make it live; return its ids."""
+    """Load the file straight into ``version`` (bucketed, as a job lays it out), make it
+    live; return its ids."""
     db = st.mongo_db()
-    lifecycle.register_version(db, version, "bench")
-    coll = db[datasets.collection_name(version)]
-    ids: list[str] = []
-    for batch in parse_chunk(path.read_bytes(), 0, 5000, ChunkStats()):
-        write_batch(coll, list(batch.values()))
-        ids += batch.keys()
-    lifecycle.mark_ready(db, version, len(ids))
+    data = path.read_bytes()
+    keys, elements = parse_chunk_rows(data, 0, ChunkStats())
+    buckets = bucket_count(len(data), len(data) / max(1, len(keys)), 100)
+    lifecycle.register_version(db, version, "bench", buckets=buckets)
+    rows = write_rows(db[datasets.collection_name(version)], keys, elements, buckets, 5000).rows
+    lifecycle.mark_ready(db, version, rows)
     if activate:
-        lifecycle.activate_if_newest(db, version, len(ids), "bench")
-    return ids
+        lifecycle.activate_if_newest(db, version, rows, "bench")
+    return list(dict.fromkeys(key.decode() for key in keys))
+
+
+def load_row_documents(st: Stack, path: Path) -> None:
+    """The same rows one document each (the layout before buckets), for the reference."""
+    coll = st.mongo_db()[ROW_DOCUMENTS]
+    for batch in parse_chunk(path.read_bytes(), 0, 5000, ChunkStats()):
+        coll.insert_many([RawBSONDocument(raw) for raw in batch.values()], ordered=False)
 
 
 def start_reference(st: Stack, app: str) -> tuple[Service, str]:
@@ -135,10 +147,17 @@ def wrk(
 
 
 async def _find_one_loop(
-    mongo_url: str, db: str, ids: list[str], seconds: float, concurrency: int
+    mongo_url: str,
+    db: str,
+    ids: list[str],
+    seconds: float,
+    concurrency: int,
+    buckets: int | None = None,
 ) -> dict[str, float]:
+    """Bare ``find_one`` by id from one process: of the row documents, or (``buckets``) of
+    the bucketed version, one bucket with a projection of the one id, as the service reads."""
     client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_url, maxPoolSize=200)
-    coll = client[db][datasets.collection_name(VERSION)]
+    coll = client[db][ROW_DOCUMENTS if buckets is None else datasets.collection_name(VERSION)]
     await coll.find_one({"_id": ids[0]})
     latencies: list[float] = []
     position = 0
@@ -150,7 +169,7 @@ async def _find_one_loop(
             key = ids[position % len(ids)]
             position += 1
             t = time.perf_counter()
-            await coll.find_one({"_id": key}, datasets.LOOKUP_PROJECTION)
+            await coll.find_one(*datasets.rows_query([key], buckets))
             latencies.append(time.perf_counter() - t)
 
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -192,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     with stack(api=True) as st:
         assert st.api_url is not None
         ids = load(st, path)
+        load_row_documents(st, path)
         wait_live(st.api_url, ids[0])
         files = st.tmp / "ids"
         files.mkdir()
@@ -240,13 +260,27 @@ def main(argv: list[str] | None = None) -> None:
             cases += [
                 ("miss: API (both cache levels cold)", miss_run),
                 (
-                    "miss: bare AsyncMongoClient find_one",
+                    "miss: bare AsyncMongoClient find_one (one document per row)",
                     lambda: asyncio.run(
                         _find_one_loop(st.mongo_url, st.env["MONGO_DB"], ids, secs, conns)
                     ),
                 ),
             ]
-            refs["miss: API (both cache levels cold)"] = ["miss: bare AsyncMongoClient find_one"]
+            buckets = datasets.read_buckets_sync(st.mongo_db(), VERSION)
+            cases.append(
+                (
+                    "miss: bare AsyncMongoClient find_one of a bucket, one id projected",
+                    lambda: asyncio.run(
+                        _find_one_loop(st.mongo_url, st.env["MONGO_DB"], ids, secs, conns, buckets)
+                    ),
+                )
+            )
+            refs["miss: API (both cache levels cold)"] = [
+                "miss: bare AsyncMongoClient find_one (one document per row)"
+            ]
+            refs["miss: bare AsyncMongoClient find_one of a bucket, one id projected"] = [
+                "miss: bare AsyncMongoClient find_one (one document per row)"
+            ]
         try:
             samples = interleave(args.runs, cases)
         finally:
@@ -278,9 +312,10 @@ def main(argv: list[str] | None = None) -> None:
         f"\n\nConcurrency {args.connections} (wrk -t1), {args.seconds:g} s per measurement, "
         f"{args.rows:,} rows loaded, {args.hot_ids:,} hot ids, 1,000 absent ids. "
         "Targets: hit ≥ 2.5x bare Starlette + Redis and ≥ 0.5x raw ASGI; miss ≥ 0.80x bare "
-        "find_one. 'req per server CPU s': requests per CPU second of the serving process "
-        "(the API or the bare app; for the bare find_one loop, the loop's process), Redis "
-        "and the store not included."
+        "find_one (issue #10) and ≥ 0.9x a bare find_one of today's row documents (issue "
+        "#15: the service reads buckets). 'req per server CPU s': requests per CPU second "
+        "of the serving process (the API or the bare app; for the bare find_one loop, the "
+        "loop's process), Redis and the store not included."
     )
     report("Lookups", body, args.runs, args.append_results)
 

@@ -53,6 +53,8 @@ def job_summary(job: dict[str, Any]) -> str:
     parts = []
     if job.get("chunks_total") and job.get("status") not in ("succeeded", "failed", "held"):
         parts.append(f"{job.get('chunks_done', 0)}/{job['chunks_total']} chunks")
+        if job.get("phase") == "writing":
+            parts.append(f"{job.get('partitions_done', 0)}/{job['partitions_total']} partitions")
     parts.append(f"{job.get('rows_loaded') or 0:,} rows")
     if job.get("rows_per_s") is not None:
         parts.append(f"{job['rows_per_s']:,.0f} rows/s")
@@ -164,18 +166,20 @@ class Reporter:
 
     def job_progress(self, job: dict[str, Any]) -> None:
         phase = str(job.get("phase"))
-        total = job.get("chunks_total")
+        # One step per chunk parsed and per partition written.
+        total = (job.get("chunks_total") or 0) + (job.get("partitions_total") or 0)
+        done = (job.get("chunks_done") or 0) + (job.get("partitions_done") or 0)
         if self._progress is not None and self._task is not None:
             finished = job.get("status") in ("succeeded", "failed", "held")
             self._progress.update(
                 self._task,
                 description=str(job.get("status")) if finished else phase,
                 total=total or (1 if finished else None),
-                completed=job.get("chunks_done") or (1 if finished else 0),
+                completed=done or (1 if finished else 0),
                 summary=job_summary(job),
             )
             return
-        fraction = (job.get("chunks_done") or 0) / total if total else 0.0
+        fraction = done / total if total else 0.0
         if job.get("status") == "succeeded":
             fraction = 1.0
         self._line(

@@ -38,7 +38,9 @@ SCOPE: dict[str, list[str] | None] = {
     "shared/promotion_rows.py": None,
     "shared/bulk_rows.py": None,
     "shared/chunking.py": None,
-    "worker/chunk_writer.py": None,
+    "worker/bucket_writer.py": ["check_bulk_error", "write_buckets", "merge", "insert_batches"],
+    "worker/shuffle_files.py": None,
+    "shared/bucket_layout.py": None,
     "shared/errors.py": None,
     "shared/cache.py": None,
     "shared/lifecycle.py": [

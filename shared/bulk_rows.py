@@ -17,6 +17,7 @@ import operator
 import re
 import struct
 from itertools import accumulate, repeat
+from typing import Any
 
 RUN_LINES = 2048  # lines per run: amortises the per-run calls, bounds the lists' memory
 
@@ -72,6 +73,25 @@ _ORDER = struct.Struct("<4sqx").pack  # "\x00\x12o\x00", o, end of document
 _join = b"".join
 
 
+def _split_run(
+    run: bytes, run_offset: int | None, quoted: bool
+) -> tuple[list[int], list[bytes], list[bytes], list[bytes]]:
+    """Line offsets in the file (none without ``run_offset``), ids, prices and dates of a
+    run of well-formed lines."""
+    offsets: list[int] = []
+    if run_offset is not None:
+        line_lens = list(map(len, run.split(b"\n")))
+        del line_lens[-2:]  # a line starts after each line but the last (and the b"" after it)
+        offsets = list(accumulate(map(operator.add, line_lens, repeat(1)), initial=run_offset))
+    if quoted:
+        run = run.replace(b'"', b"")
+    if b"\r" in run:  # only right before "\n" in a well-formed run
+        run = run.replace(b"\r\n", b"\n")
+    fields = run.replace(b"\n", b",").split(b",")
+    del fields[-1]  # after the last newline
+    return offsets, fields[0::3], fields[1::3], fields[2::3]
+
+
 def encode_run(run: bytes, run_offset: int, quoted: bool = False) -> tuple[list[str], list[bytes]]:
     """Keys (ids lower-cased) and BSON documents of a run of well-formed lines.
 
@@ -80,16 +100,8 @@ def encode_run(run: bytes, run_offset: int, quoted: bool = False) -> tuple[list[
     plans of one file agree on which duplicate row wins. ``quoted``: the run came from
     ``quoted_run_end``; its quotes go once the offsets are taken.
     """
-    line_lens = list(map(len, run.split(b"\n")))
-    del line_lens[-2:]  # a line starts after each line but the last (and the b"" after it)
-    offsets = accumulate(map(operator.add, line_lens, repeat(1)), initial=run_offset)
-    if quoted:
-        run = run.replace(b'"', b"")
-    if b"\r" in run:  # only right before "\n" in a well-formed run
-        run = run.replace(b"\r\n", b"\n")
-    fields = run.replace(b"\n", b",").split(b",")
-    del fields[-1]  # after the last newline
-    raw_ids, prices, dates = fields[0::3], fields[1::3], fields[2::3]
+    offsets_list, raw_ids, prices, dates = _split_run(run, run_offset, quoted)
+    offsets = iter(offsets_list)
     keys = list(map(bytes.lower, raw_ids))
     key_lens = list(map(operator.add, map(len, keys), repeat(1)))
     date_lens = list(map(operator.add, map(len, dates), repeat(1)))
@@ -121,3 +133,54 @@ def encode_run(run: bytes, run_offset: int, quoted: bool = False) -> tuple[list[
         heads = map(_HEAD, sizes, repeat(b"\x02_id\x00"), key_lens)
         docs = list(map(_join, zip(heads, keys, id_fields, price_date, dates, orders, strict=True)))
     return list(map(bytes.decode, keys)), docs
+
+
+# Element ``key: {p: price, e: expiration_date, [i: id]}`` of a bucket's ``r`` document
+# (``shared.bucket_layout.encode_element``): the bytes between key and date, and after it.
+_ELEMENT_MID = struct.Struct(
+    "<1si3sd3si"
+).pack  # "\x00", size, "\x01p\x00", price, "\x02e\x00", len
+_ELEMENT_END = b"\x00\x00"  # the date's terminator, the row document's end
+_ID_HEAD = struct.Struct("<4si").pack  # date's terminator + "\x02i\x00", len(id) + 1
+
+
+def encode_run_elements(run: bytes, quoted: bool) -> tuple[list[bytes], list[bytes]]:
+    """Keys (ids lower-cased) and bucket row elements of a run of well-formed lines, in
+    file order: exactly ``bucket_layout.encode_element`` for every row."""
+    _, raw_ids, prices, dates = _split_run(run, None, quoted)  # file order is the order
+    keys = list(map(bytes.lower, raw_ids))
+    date_lens = list(map(operator.add, map(len, dates), repeat(1)))
+    sizes = list(map(operator.add, date_lens, repeat(23)))  # 4 + 11 + 7 + len + date + 1
+    tails: Any
+    if keys == raw_ids:
+        tails = repeat(_ELEMENT_END)
+    else:
+        # ``i`` (the id as written) only where it differs: bytes * False is b"".
+        differs = list(map(operator.ne, raw_ids, keys))
+        id_lens = list(map(len, raw_ids))
+        with_id = map(
+            _join,
+            zip(
+                map(_ID_HEAD, repeat(b"\x00\x02i\x00"), map(operator.add, id_lens, repeat(1))),
+                raw_ids,
+                repeat(_ELEMENT_END),
+            ),
+        )
+        tails = map(
+            operator.add,
+            map(operator.mul, with_id, differs),
+            map(operator.mul, repeat(_ELEMENT_END), map(operator.not_, differs)),
+        )
+        extra = map(operator.mul, map(operator.add, id_lens, repeat(8)), differs)
+        sizes = list(map(operator.add, sizes, extra))
+    mids = map(
+        _ELEMENT_MID,
+        repeat(b"\x00"),
+        sizes,
+        repeat(b"\x01p\x00"),
+        map(float, prices),
+        repeat(b"\x02e\x00"),
+        date_lens,
+    )
+    elements = list(map(_join, zip(repeat(b"\x03"), keys, mids, dates, tails)))
+    return keys, elements

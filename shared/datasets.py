@@ -1,6 +1,10 @@
 """Versioned datasets: one collection per loaded file and one pointer document naming the
 live one. This module names and reads them; every change of state is in ``shared.lifecycle``.
 
+A version's collection holds bucket documents (``shared.bucket_layout``); its record keeps
+the bucket count. A version without one was loaded by an earlier release, one document per
+row: it is still read (rollback to it works) but no longer written.
+
 Going live is a single-document update of the pointer, which every MongoDB deployment
 (replica set or sharded) applies atomically; ``renameCollection`` is never used. The pointer
 also keeps ``high_water``, the newest version ever activated by a job, so that a job
@@ -19,6 +23,8 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.database import Database
 from pymongo.errors import CollectionInvalid, DuplicateKeyError
+
+from shared import bucket_layout
 
 META_COLLECTION = "datasets"
 ACTIVE_ID = "active"
@@ -42,6 +48,9 @@ class ActiveDataset:
     rows: int
     job_id: str | None
     activated_at: datetime | None
+    # The live version's bucket count, switched with it (None: one document per row, or a
+    # pointer written by an earlier release: then the version record tells).
+    buckets: int | None = None
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> ActiveDataset:
@@ -50,6 +59,7 @@ class ActiveDataset:
             rows=int(doc.get("rows", 0)),
             job_id=doc.get("job_id"),
             activated_at=doc.get("activated_at"),
+            buckets=int(doc["buckets"]) if doc.get("buckets") else None,
         )
 
     @classmethod
@@ -65,6 +75,24 @@ def promotion_from_doc(doc: dict[str, Any]) -> dict[str, Any]:
         "price": doc["price"],
         "expiration_date": doc["expiration_date"],
     }
+
+
+def buckets_of_record(record: dict[str, Any] | None) -> int | None:
+    return int(record["buckets"]) if record and record.get("buckets") else None
+
+
+def rows_query(keys: list[str], buckets: int | None) -> tuple[dict[str, Any], dict[str, int]]:
+    """Filter and projection that read exactly ``keys`` from a version of either layout."""
+    if buckets is not None:
+        return bucket_layout.lookup(keys, buckets)
+    query: dict[str, Any] = {"_id": keys[0]} if len(keys) == 1 else {"_id": {"$in": keys}}
+    return query, LOOKUP_PROJECTION
+
+
+def rows_from_docs(docs: list[dict[str, Any]], buckets: int | None) -> dict[str, dict[str, Any]]:
+    if buckets is not None:
+        return bucket_layout.rows_found(docs)
+    return {doc["_id"]: promotion_from_doc(doc) for doc in docs}
 
 
 # --- update documents shared by the async (API) and sync (worker) sides ----------------
@@ -97,9 +125,25 @@ async def read_active(db: AsyncDatabase[Any]) -> ActiveDataset | None:
     return ActiveDataset.from_pointer(await db[META_COLLECTION].find_one({"_id": ACTIVE_ID}))
 
 
-async def find_promotion(db: AsyncDatabase[Any], version: int, key: str) -> dict[str, Any] | None:
-    doc = await db[collection_name(version)].find_one({"_id": key}, LOOKUP_PROJECTION)
-    return promotion_from_doc(doc) if doc else None
+async def read_buckets(db: AsyncDatabase[Any], version: int) -> int | None:
+    """The bucket count of a version (None: one document per row). Never changes for a
+    version, so callers may keep it."""
+    record = await db[META_COLLECTION].find_one({"_id": version_doc_id(version)}, {"buckets": 1})
+    return buckets_of_record(record)
+
+
+async def find_rows(
+    db: AsyncDatabase[Any], version: int, buckets: int | None, keys: list[str]
+) -> dict[str, dict[str, Any]]:
+    """The public rows of ``keys`` (lower-cased ids) found in a version, by key."""
+    query, projection = rows_query(keys, buckets)
+    coll = db[collection_name(version)]
+    if len(keys) == 1:
+        doc = await coll.find_one(query, projection)
+        docs = [doc] if doc else []
+    else:
+        docs = await coll.find(query, projection).to_list()
+    return rows_from_docs(docs, buckets)
 
 
 async def list_versions_async(db: AsyncDatabase[Any], limit: int = 0) -> list[dict[str, Any]]:
@@ -132,6 +176,18 @@ def create_version_collection(db: Database[Any], version: int, sharded: bool) ->
         return
     with contextlib.suppress(CollectionInvalid):  # created by an earlier delivery
         db.create_collection(name)
+
+
+def read_buckets_sync(db: Database[Any], version: int) -> int | None:
+    record = db[META_COLLECTION].find_one({"_id": version_doc_id(version)}, {"buckets": 1})
+    return buckets_of_record(record)
+
+
+def find_rows_sync(
+    db: Database[Any], version: int, buckets: int | None, keys: list[str]
+) -> dict[str, dict[str, Any]]:
+    query, projection = rows_query(keys, buckets)
+    return rows_from_docs(list(db[collection_name(version)].find(query, projection)), buckets)
 
 
 def get_version(db: Database[Any], version: int) -> dict[str, Any] | None:

@@ -13,7 +13,8 @@ from typing import Any
 from shared.lifecycle import FINISHED
 
 # In the order a job goes through them; each starts at the timestamp named here.
-PHASES = ("queued", "splitting", "loading", "activating")
+# loading: chunks parsed into run files; writing: partitions written as bucket documents.
+PHASES = ("queued", "splitting", "loading", "writing", "activating")
 
 
 def _aware(value: datetime) -> datetime:
@@ -57,10 +58,11 @@ def phase_durations(doc: dict[str, Any]) -> dict[str, float] | None:
 
 
 def progress_fields(doc: dict[str, Any], now: datetime) -> dict[str, Any]:
-    """``rows_per_s``: rows loaded per second of the loading phase (so far while loading,
-    the phase's average once it is over). ``eta_s``: while loading, the seconds left if the
-    remaining chunks go as fast as the finished ones did; None before the first chunk ends and
-    outside the loading phase. ``phase_durations_s``: once the job has ended."""
+    """``rows_per_s``: rows loaded per second of loading and writing (so far while they run,
+    their average once they are over). ``eta_s``: the seconds left in the current phase if
+    its remaining chunks (loading) or partitions (writing) go as fast as the finished ones
+    did; None before the first one ends and outside those phases. ``phase_durations_s``:
+    once the job has ended."""
     starts = phase_starts(doc)
     finished = _utc(doc.get("finished_at"))
     loading_from = starts.get("loading")
@@ -71,8 +73,13 @@ def progress_fields(doc: dict[str, Any], now: datetime) -> dict[str, Any]:
         elapsed = _seconds(loading_from, loading_until)
         rows = int(doc.get("rows_loaded") or 0)
         rows_per_s = round(rows / elapsed, 1) if elapsed > 0 else None
-        total = int(doc.get("chunks_total") or 0)
-        done = int(doc.get("chunks_done") or 0)
-        if doc.get("status") == "running" and doc.get("phase") == "loading" and total and done:
-            eta_s = round(elapsed * max(0, total - done) / done, 1)
+        phase = doc.get("phase")
+        unit = {"loading": "chunks", "writing": "partitions"}.get(str(phase))
+        phase_from = starts.get(str(phase))
+        if doc.get("status") == "running" and unit and phase_from is not None:
+            total = int(doc.get(f"{unit}_total") or 0)
+            done = int(doc.get(f"{unit}_done") or 0)
+            if total and done:
+                spent = _seconds(phase_from, _aware(now))
+                eta_s = round(spent * max(0, total - done) / done, 1)
     return {"rows_per_s": rows_per_s, "eta_s": eta_s, "phase_durations_s": phase_durations(doc)}

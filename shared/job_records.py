@@ -23,6 +23,7 @@ from shared.promotion_rows import MAX_REJECTS_KEPT, ChunkStats
 from shared.timeutil import iso, now
 
 CHUNKS = "job_chunks"
+PARTITIONS = "job_partitions"
 
 PUBLIC_FIELDS = (
     "status",
@@ -31,6 +32,8 @@ PUBLIC_FIELDS = (
     "bytes_total",
     "chunks_total",
     "chunks_done",
+    "partitions_total",
+    "partitions_done",
     "rows_loaded",
     "rows_rejected",
     "duplicates",
@@ -72,6 +75,9 @@ def new_job(
         "chunks_total": None,
         "chunks_done": 0,
         "done_chunks": [],
+        "partitions_total": None,
+        "partitions_done": 0,
+        "done_partitions": [],
         "rows_loaded": 0,
         "rows_rejected": 0,
         "duplicates": 0,
@@ -84,6 +90,10 @@ def new_job(
         "finished_at": None,
         "updated_at": now(),
     }
+
+
+# Per-index bookkeeping of a job: long lists nobody but the counters needs to read.
+_LISTS_OUT = {"done_chunks": 0, "done_partitions": 0}
 
 
 def public_job(doc: dict[str, Any]) -> dict[str, Any]:
@@ -99,6 +109,7 @@ def ensure_indexes(db: Database[Any]) -> None:
     db[JOBS].create_index([("created_at", DESCENDING)])
     db[JOBS].create_index([("status", 1), ("updated_at", 1)])
     db[CHUNKS].create_index([("job_id", 1), ("index", 1)])
+    db[PARTITIONS].create_index([("job_id", 1)])
 
 
 # --- async side (API) -----------------------------------------------------------------
@@ -119,11 +130,11 @@ async def mark_enqueued(db: AsyncDatabase[Any], job_id: str) -> None:
 
 
 async def get_job(db: AsyncDatabase[Any], job_id: str) -> dict[str, Any] | None:
-    return await db[JOBS].find_one({"_id": job_id}, {"done_chunks": 0})
+    return await db[JOBS].find_one({"_id": job_id}, _LISTS_OUT)
 
 
 async def list_jobs(db: AsyncDatabase[Any], limit: int) -> list[dict[str, Any]]:
-    cursor = db[JOBS].find({}, {"done_chunks": 0, "rejects": 0}).sort("created_at", DESCENDING)
+    cursor = db[JOBS].find({}, {**_LISTS_OUT, "rejects": 0}).sort("created_at", DESCENDING)
     return [doc async for doc in cursor.limit(limit)]
 
 
@@ -148,7 +159,7 @@ def mark_enqueued_sync(db: Database[Any], job_id: str) -> None:
 
 
 def load_job(db: Database[Any], job_id: str) -> dict[str, Any] | None:
-    return db[JOBS].find_one({"_id": job_id}, {"done_chunks": 0})
+    return db[JOBS].find_one({"_id": job_id}, _LISTS_OUT)
 
 
 def done_chunk_indexes(db: Database[Any], job_id: str) -> set[int]:
@@ -163,11 +174,8 @@ def save_chunk_result(
     start: int,
     end: int,
     stats: ChunkStats,
-    written: int = 0,
-    conflicts: int = 0,
 ) -> None:
-    """Replaces what an earlier delivery of the chunk recorded. ``written``: rows sent to
-    the store; ``conflicts``: those that met an id already there."""
+    """Replaces what an earlier delivery of the chunk recorded."""
     db[CHUNKS].replace_one(
         {"_id": f"{job_id}:{index}"},
         {
@@ -180,8 +188,6 @@ def save_chunk_result(
             "rows_valid": stats.rows_valid,
             "rows_rejected": stats.rows_rejected,
             "rejects": [list(r) for r in stats.rejects],
-            "written": written,
-            "conflicts": conflicts,
         },
         upsert=True,
     )
@@ -203,7 +209,7 @@ def count_chunk_done(
             },
             "$set": {"updated_at": now()},
         },
-        projection={"done_chunks": 0, "rejects": 0},
+        projection={**_LISTS_OUT, "rejects": 0},
         return_document=ReturnDocument.AFTER,
     )
 
@@ -221,17 +227,12 @@ def chunk_totals(db: Database[Any], job_id: str) -> dict[str, int]:
                         "rows_read": {"$sum": "$rows_read"},
                         "rows_valid": {"$sum": "$rows_valid"},
                         "rows_rejected": {"$sum": "$rows_rejected"},
-                        "written": {"$sum": "$written"},
-                        # A record from before these fields existed forces the exact count.
-                        "conflicts": {"$sum": {"$ifNull": ["$conflicts", 1]}},
                     }
                 },
             ]
         )
     )
-    totals = dict.fromkeys(
-        ("chunks", "rows_read", "rows_valid", "rows_rejected", "written", "conflicts"), 0
-    )
+    totals = dict.fromkeys(("chunks", "rows_read", "rows_valid", "rows_rejected"), 0)
     if rows:
         totals.update({k: int(rows[0][k]) for k in totals})
     return totals
@@ -279,10 +280,76 @@ def stalled_jobs(db: Database[Any], cutoff: datetime) -> list[dict[str, Any]]:
     return list(
         db[JOBS].find(
             {"status": {"$nin": list(FINISHED)}, "updated_at": {"$lt": cutoff}},
-            {"done_chunks": 0, "rejects": 0},
+            {**_LISTS_OUT, "rejects": 0},
         )
     )
 
 
 def delete_chunk_results(db: Database[Any], job_id: str) -> None:
     db[CHUNKS].delete_many({"job_id": job_id})
+    db[PARTITIONS].delete_many({"job_id": job_id})
+
+
+# --- partitions (the reduce side of the shuffle) -------------------------------------------
+
+
+def done_partition_indexes(db: Database[Any], job_id: str) -> set[int]:
+    doc = db[JOBS].find_one({"_id": job_id}, {"done_partitions": 1}) or {}
+    return set(doc.get("done_partitions") or [])
+
+
+def save_partition_result(
+    db: Database[Any], job_id: str, partition: int, rows: int, duplicates: int, buckets: int
+) -> None:
+    """Replaces what an earlier delivery recorded (the same figures: the run files are
+    the same). ``rows``: distinct ids written; ``duplicates``: rows an id met again."""
+    db[PARTITIONS].replace_one(
+        {"_id": f"{job_id}:{partition}"},
+        {
+            "job_id": job_id,
+            "partition": partition,
+            "rows": rows,
+            "duplicates": duplicates,
+            "buckets": buckets,
+        },
+        upsert=True,
+    )
+
+
+def count_partition_done(db: Database[Any], job_id: str, partition: int) -> dict[str, Any] | None:
+    """Count a written partition once; the job after the update, or None if already
+    counted or the job is no longer running."""
+    return db[JOBS].find_one_and_update(
+        {"_id": job_id, "status": RUNNING, "done_partitions": {"$ne": partition}},
+        {
+            "$addToSet": {"done_partitions": partition},
+            "$inc": {"partitions_done": 1},
+            "$set": {"updated_at": now()},
+        },
+        projection={**_LISTS_OUT, "rejects": 0},
+        return_document=ReturnDocument.AFTER,
+    )
+
+
+def partition_totals(db: Database[Any], job_id: str) -> dict[str, int]:
+    """Sums over the written partitions: the version's exact row count, with no scan."""
+    rows = list(
+        db[PARTITIONS].aggregate(
+            [
+                {"$match": {"job_id": job_id}},
+                {
+                    "$group": {
+                        "_id": None,
+                        "partitions": {"$sum": 1},
+                        "rows": {"$sum": "$rows"},
+                        "duplicates": {"$sum": "$duplicates"},
+                        "buckets": {"$sum": "$buckets"},
+                    }
+                },
+            ]
+        )
+    )
+    totals = dict.fromkeys(("partitions", "rows", "duplicates", "buckets"), 0)
+    if rows:
+        totals.update({k: int(rows[0][k]) for k in totals})
+    return totals

@@ -288,32 +288,71 @@ def start_job(db: Database[Any], job_id: str) -> dict[str, Any] | None:
     return db[JOBS].find_one_and_update(
         {"_id": job_id, "status": RUNNING},
         {"$set": {"updated_at": at}},
-        projection={"done_chunks": 0},
+        projection={"done_chunks": 0, "done_partitions": 0},
         return_document=ReturnDocument.AFTER,
     )
 
 
-def record_plan(db: Database[Any], job_id: str, chunks_total: int, chunk_size: int) -> int:
-    """The first plan of a job wins; returns the chunk size of the recorded plan, so a
-    redelivered planner enqueues the very same chunks (counts are per chunk index)."""
+@dataclass(frozen=True)
+class Plan:
+    """How a job's file is split and laid out; the first plan recorded is the job's."""
+
+    chunk_size: int
+    buckets: int
+    partitions: int
+
+
+def record_plan(
+    db: Database[Any], job_id: str, version: int, chunks_total: int, plan: Plan
+) -> Plan:
+    """The first plan of a job wins; returns the recorded one, so a redelivered planner
+    enqueues the very same chunks (counts are per chunk index) and writes the very same
+    buckets. The version record learns its bucket count here: readers need it."""
     at = now()
     doc = db[JOBS].find_one_and_update(
         {"_id": job_id, "status": RUNNING, "chunks_total": None},
         {
             "$set": {
                 "chunks_total": chunks_total,
-                "chunk_size": chunk_size,
+                "chunk_size": plan.chunk_size,
+                "buckets": plan.buckets,
+                "partitions_total": plan.partitions,
                 "phase": "loading",
                 "phase_at.loading": at,
                 "updated_at": at,
             }
         },
-        projection={"chunk_size": 1},
+        projection={"chunk_size": 1, "buckets": 1, "partitions_total": 1},
         return_document=ReturnDocument.AFTER,
     )
     if doc is None:
-        doc = db[JOBS].find_one({"_id": job_id}, {"chunk_size": 1}) or {}
-    return int(doc.get("chunk_size") or chunk_size)
+        doc = (
+            db[JOBS].find_one(
+                {"_id": job_id}, {"chunk_size": 1, "buckets": 1, "partitions_total": 1}
+            )
+            or {}
+        )
+    recorded = Plan(
+        chunk_size=int(doc.get("chunk_size") or plan.chunk_size),
+        buckets=int(doc.get("buckets") or plan.buckets),
+        partitions=int(doc.get("partitions_total") or plan.partitions),
+    )
+    db[META_COLLECTION].update_one(
+        {"_id": version_doc_id(version), "buckets": {"$exists": False}},
+        {"$set": {"buckets": recorded.buckets}},
+    )
+    return recorded
+
+
+def start_writing(db: Database[Any], job_id: str) -> bool:
+    """Phase loading -> writing (status stays running): every chunk is parsed and
+    partitioned; the partitions' buckets are written next. Repeat-safe."""
+    at = now()
+    return _job_update(
+        db,
+        {"_id": job_id, "status": RUNNING, "phase": "loading"},
+        {"$set": {"phase": "writing", "phase_at.writing": at, "updated_at": at}},
+    )
 
 
 def fail_job(
@@ -341,7 +380,7 @@ def fail_job(
                 "error": error,
                 **fields,
             },
-            "$unset": {"done_chunks": ""},
+            "$unset": {"done_chunks": "", "done_partitions": ""},
         },
         projection={"version": 1},
     )
@@ -358,7 +397,10 @@ def claim_finalization(db: Database[Any], job_id: str, **counts: Any) -> bool:
     record says what was loaded. True too for a redelivered finalizer of a claimed job."""
     result = db[JOBS].update_one(
         {"_id": job_id, "status": {"$in": [RUNNING, FINALIZING]}},
-        {"$set": {"status": FINALIZING, "phase": "activating", "updated_at": now(), **counts}},
+        {
+            "$set": {"status": FINALIZING, "phase": "activating", "updated_at": now(), **counts},
+            "$min": {"phase_at.activating": now()},  # a redelivered finalizer keeps the first
+        },
     )
     return result.matched_count == 1
 
@@ -384,7 +426,7 @@ def _end_finalization(
                 "updated_at": now(),
                 **fields,
             },
-            "$unset": {"done_chunks": ""},
+            "$unset": {"done_chunks": "", "done_partitions": ""},
         },
     )
 
@@ -442,20 +484,22 @@ def decide_finalization(
 # --- version transitions ----------------------------------------------------------------
 
 
-def register_version(db: Database[Any], version: int, job_id: str) -> None:
-    """-> building; idempotent (a redelivered planner finds the record there)."""
+def register_version(
+    db: Database[Any], version: int, job_id: str, buckets: int | None = None
+) -> None:
+    """-> building; idempotent (a redelivered planner finds the record there). A job's
+    planner records the bucket count later, with its plan (``record_plan``)."""
+    fields: dict[str, Any] = {
+        "version": version,
+        "collection": collection_name(version),
+        "job_id": job_id,
+        "state": BUILDING,
+        "created_at": now(),
+    }
+    if buckets is not None:
+        fields["buckets"] = buckets
     db[META_COLLECTION].update_one(
-        {"_id": version_doc_id(version)},
-        {
-            "$setOnInsert": {
-                "version": version,
-                "collection": collection_name(version),
-                "job_id": job_id,
-                "state": BUILDING,
-                "created_at": now(),
-            }
-        },
-        upsert=True,
+        {"_id": version_doc_id(version)}, {"$setOnInsert": fields}, upsert=True
     )
 
 
@@ -560,11 +604,18 @@ def _confirm_live(db: Database[Any], version: int) -> None:
     _revive(db, version, activated_at=now())
 
 
+def _buckets(db: Database[Any], version: int) -> int | None:
+    """Readers learn the layout of the live version with the pointer, in the same read."""
+    doc = db[META_COLLECTION].find_one({"_id": version_doc_id(version)}, {"buckets": 1}) or {}
+    return doc.get("buckets")
+
+
 def activate_if_newest(db: Database[Any], version: int, rows: int, job_id: str) -> SwitchOutcome:
     """A job's switch, unless a newer submission already went live (``superseded``) or the
     version was failed meanwhile (``barred``). ``already``: a redelivered finalizer whose
     switch happened before."""
-    outcome = _switch(db, version, {"rows": rows, "job_id": job_id}, newest_only=True)
+    fields = {"rows": rows, "job_id": job_id, "buckets": _buckets(db, version)}
+    outcome = _switch(db, version, fields, newest_only=True)
     if outcome in ("switched", "already"):
         _confirm_live(db, version)
     log.info("version %d: switch %s", version, outcome)
@@ -592,7 +643,11 @@ def activate_by_hand(db: Database[Any], version: int) -> ActiveDataset:
     if not revived or record is None:
         raise ActivationRefused(refusal(version, record))
     doc = db[META_COLLECTION].find_one({"_id": version_doc_id(version)}) or {}
-    fields = {"rows": doc.get("rows", 0), "job_id": doc.get("job_id")}
+    fields = {
+        "rows": doc.get("rows", 0),
+        "job_id": doc.get("job_id"),
+        "buckets": doc.get("buckets"),
+    }
     if _switch(db, version, fields, newest_only=False) == "barred":
         raise ActivationRefused(refusal(version, record))
     _confirm_live(db, version)

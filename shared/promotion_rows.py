@@ -14,7 +14,8 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from shared.bulk_rows import encode_run, fast_run_end, quoted_run_end
+from shared.bucket_layout import encode_element
+from shared.bulk_rows import encode_run, encode_run_elements, fast_run_end, quoted_run_end
 
 MAX_ID_LENGTH = 64
 MAX_LINE_LENGTH = 1024
@@ -222,11 +223,11 @@ def _lines(data: bytes, chunk_start: int) -> Iterator[tuple[int, str]]:
         pos = stop + 1
 
 
-def _parse_line(
-    line: str, index: int, offset: int, is_file_start: bool, stats: ChunkStats
-) -> tuple[str, bytes] | None:
-    """One line through the strict validator: (key, document), or None (skipped, rejected).
-    ``index`` is the line's position in its chunk, ``offset`` its byte offset in the file."""
+def _check_line(
+    line: str, index: int, is_file_start: bool, stats: ChunkStats
+) -> tuple[str, float, str] | None:
+    """One line through the strict validator: the row, or None (skipped, rejected).
+    ``index`` is the line's position in its chunk."""
     stats.lines += 1
     line = line.rstrip("\r")
     if not line.strip():
@@ -235,11 +236,22 @@ def _parse_line(
         return None
     stats.rows_read += 1
     try:
-        row_id, price, expiration = parse_row(line)
+        row = parse_row(line)
     except RowError as exc:
         stats.reject(index + 1, str(exc), line)
         return None
     stats.rows_valid += 1
+    return row
+
+
+def _parse_line(
+    line: str, index: int, offset: int, is_file_start: bool, stats: ChunkStats
+) -> tuple[str, bytes] | None:
+    """(key, document) of a line, ``offset`` its byte offset in the file."""
+    row = _check_line(line, index, is_file_start, stats)
+    if row is None:
+        return None
+    row_id, price, expiration = row
     return row_id.lower(), encode_document(row_id, price, expiration, offset)
 
 
@@ -314,3 +326,48 @@ def parse_chunk(
         pos = stop + 1
     if batch:
         yield batch
+
+
+def parse_chunk_rows(
+    data: bytes, chunk_start: int, stats: ChunkStats
+) -> tuple[list[bytes], list[bytes]]:
+    """Every valid row of a line-aligned chunk, in file order: keys (ids lower-cased) and
+    bucket row elements (``shared.bucket_layout``). The order is what decides duplicates
+    (the row nearest the end of the file wins), so nothing is merged here.
+
+    Same validation as ``parse_chunk``: runs of well-formed lines in bulk, any other line
+    through the strict validator.
+    """
+    pos = len(_BOM) if chunk_start == 0 and data.startswith(_BOM) else 0
+    size = len(data)
+    index = 0
+    keys: list[bytes] = []
+    elements: list[bytes] = []
+    while pos < size:
+        end = fast_run_end(data, pos)
+        quoted = end == pos  # then perhaps a run of lines with quoted fields
+        if quoted:
+            end = quoted_run_end(data, pos)
+        if end > pos:
+            run_keys, run_elements = encode_run_elements(data[pos:end], quoted)
+            count = len(run_keys)
+            stats.lines += count
+            stats.rows_read += count
+            stats.rows_valid += count
+            index += count
+            keys += run_keys
+            elements += run_elements
+            pos = end
+            continue
+        newline = data.find(b"\n", pos)
+        stop = size if newline < 0 else newline
+        line = data[pos:stop].decode("utf-8", errors="surrogateescape")
+        row = _check_line(line, index, chunk_start == 0, stats)
+        if row is not None:
+            raw = row[0].encode()
+            key = raw.lower()
+            keys.append(key)
+            elements.append(encode_element(key, raw, row[1], row[2].encode()))
+        index += 1
+        pos = stop + 1
+    return keys, elements

@@ -57,7 +57,15 @@ class Settings(BaseSettings):
 
     # Ingestion
     chunk_size_bytes: int = Field(default=32 * MiB, ge=1)
+    # Rows per insert: a partition task writes bucket documents holding about this many rows
+    # per insert_many.
     insert_batch_rows: int = Field(default=5000, ge=1)
+    # Bucketed layout (README "How it works"): about this many rows per bucket document, and
+    # at most this many rows per partition (what one partition task holds in memory, ~200
+    # bytes a row), with at least min_partitions partitions so every worker process writes.
+    rows_per_bucket: int = Field(default=100, ge=1, le=10_000)
+    rows_per_partition: int = Field(default=250_000, ge=1000)
+    min_partitions: int = Field(default=8, ge=1)
     reject_ratio: float = Field(default=0.01, ge=0, le=1)
     # Shrink guard (0 = off: every valid file replaces the whole dataset). A complete file
     # with fewer than this share of the active dataset's rows is held, not switched to.
@@ -192,6 +200,11 @@ class Settings(BaseSettings):
     @property
     def rejects_dir(self) -> Path:
         return self.data_dir / "rejects"
+
+    @property
+    def runs_dir(self) -> Path:
+        """The shuffle's run files (worker/shuffle_files.py), removed when a job ends."""
+        return self.data_dir / "runs"
 
     def safe_summary(self) -> dict[str, Any]:
         """What may be logged at start-up: URLs without credentials, no tokens."""

@@ -35,11 +35,6 @@ log = logging.getLogger(__name__)
 BATCH_IDS = 500  # ids per $in query and per Redis pipeline
 
 
-def promotion_body(doc: dict[str, Any] | None) -> bytes:
-    """The cached bytes of one stored row (``NEGATIVE`` when absent)."""
-    return answer_body(datasets.promotion_from_doc(doc) if doc else None)
-
-
 @dataclass
 class WarmupResult:
     hot_ids: int = 0  # hot ids known
@@ -58,14 +53,14 @@ def batches(ids: list[str], size: int = BATCH_IDS) -> list[list[str]]:
     return [ids[i : i + size] for i in range(0, len(ids), size)]
 
 
-def bodies_for(batch: list[str], docs: list[dict[str, Any]]) -> dict[str, bytes]:
-    found = {doc["_id"]: promotion_body(doc) for doc in docs}
-    return {key: found.get(key, NEGATIVE) for key in batch}
+def bodies_for(batch: list[str], found: dict[str, dict[str, Any]]) -> dict[str, bytes]:
+    """Cached bytes of each id of the batch (``NEGATIVE`` when absent)."""
+    return {key: answer_body(found[key]) if key in found else NEGATIVE for key in batch}
 
 
 def run_warmup(
     ids: list[str],
-    fetch: Callable[[list[str], float], list[dict[str, Any]]],
+    fetch: Callable[[list[str], float], dict[str, dict[str, Any]]],
     store: Callable[[dict[str, bytes]], None],
     max_seconds: float,
     clock: Callable[[], float] = time.monotonic,
@@ -102,12 +97,12 @@ def _log(version: int, result: WarmupResult) -> None:
 def warm_version(db: Database[Any], redis: Redis, version: int, settings: Settings) -> WarmupResult:
     if settings.warmup_max_ids <= 0:
         return WarmupResult()
-    coll = db[datasets.collection_name(version)]
     deadline = time.monotonic() + settings.warmup_max_seconds
+    buckets = datasets.read_buckets_sync(db, version)
 
-    def fetch(batch: list[str], left: float) -> list[dict[str, Any]]:
+    def fetch(batch: list[str], left: float) -> dict[str, dict[str, Any]]:
         with pymongo.timeout(left):
-            return list(coll.find({"_id": {"$in": batch}}, datasets.LOOKUP_PROJECTION))
+            return datasets.find_rows_sync(db, version, buckets, batch)
 
     def store(answers: dict[str, bytes]) -> None:
         pipe = redis.pipeline(transaction=False)
@@ -155,7 +150,6 @@ async def warm_version_async(
     if settings.warmup_max_ids <= 0:
         return result
     started = time.monotonic()
-    coll = db[datasets.collection_name(version)]
 
     async def warm() -> None:
         meta = db[datasets.META_COLLECTION]
@@ -165,11 +159,11 @@ async def warm_version_async(
         }
         if await meta.find_one(complete, {"_id": 1}) is None:
             return
+        buckets = await datasets.read_buckets(db, version)
         ids = await read_hot_ids_async(redis, settings.warmup_max_ids)
         result.hot_ids = len(ids)
         for batch in batches(ids):
-            query = coll.find({"_id": {"$in": batch}}, datasets.LOOKUP_PROJECTION)
-            answers = bodies_for(batch, [doc async for doc in query])
+            answers = bodies_for(batch, await datasets.find_rows(db, version, buckets, batch))
             async with redis.pipeline(transaction=False) as pipe:
                 for key, body in answers.items():
                     pipe.set(cache_key(version, key), body, ex=ttl_for(body, settings))

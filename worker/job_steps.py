@@ -1,8 +1,15 @@
-"""The work of the plan and chunk tasks, free of Celery so the lifecycle test can run it.
+"""The work of the plan, chunk and partition tasks, free of Celery so the lifecycle test
+can run it. Loading is a shuffle (README "How it works"):
 
-Both steps are idempotent: a redelivered plan records nothing new and enqueues the recorded
-plan's chunks again; a redelivered chunk re-inserts rows already there (same file
-positions, no-ops) and is counted once.
+- plan: split the file into line-aligned chunks and choose the layout (buckets, partitions);
+- map, one task per chunk: parse and validate its rows, write them to a run file grouped by
+  partition (``worker/shuffle_files.py``);
+- reduce, one task per partition once every chunk is mapped: read the partition's rows from
+  every run file, keep each id's last row, insert the bucket documents.
+
+Every step is idempotent: a redelivered plan records nothing new and enqueues the recorded
+plan's chunks again; a redelivered map writes the same run file again; a redelivered reduce
+finds its buckets already inserted (same run files, same documents). Each is counted once.
 """
 
 from __future__ import annotations
@@ -16,11 +23,13 @@ from typing import Any, Literal
 from pymongo.database import Database
 
 from shared import datasets, job_records, lifecycle, reject_report
+from shared.bucket_layout import bucket_count, partition_count
 from shared.chunking import LineTooLong, chunk_size_for, plan_chunks, read_range
 from shared.file_checks import SNIFF_BYTES, sniff_problem
-from shared.promotion_rows import ChunkStats, parse_chunk
+from shared.promotion_rows import ChunkStats, parse_chunk_rows
 from shared.settings import Settings
-from worker.chunk_writer import write_batch
+from worker import shuffle_files
+from worker.bucket_writer import insert_batches, merge, write_buckets
 from worker.throttle import paced
 
 log = logging.getLogger(__name__)
@@ -28,6 +37,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT_EVERY_S = 5.0
 
 EnqueueChunk = Callable[[int, int, int], None]  # (index, start, end)
+EnqueuePartition = Callable[[int], None]
 
 
 def stop_if_superseded(db: Database[Any], job: dict[str, Any]) -> bool:
@@ -57,15 +67,21 @@ def plan(db: Database[Any], settings: Settings, job_id: str, enqueue: EnqueueChu
     if stop_if_superseded(db, job):
         return True
     try:
-        chunk_size, chunks = _plan_file(path, settings.chunk_size_bytes, job.get("chunk_size"))
+        chosen, chunks = _plan_file(path, settings, job.get("chunk_size"))
     except PlanProblem as exc:
         return lifecycle.fail_job(db, job_id, str(exc))
     datasets.create_version_collection(db, version, settings.shard_version_collections)
-    recorded = lifecycle.record_plan(db, job_id, len(chunks), chunk_size)
-    if recorded != chunk_size:  # an earlier delivery planned first, with other settings
-        chunk_size, chunks = _plan_file(path, settings.chunk_size_bytes, recorded)
+    recorded = lifecycle.record_plan(db, job_id, version, len(chunks), chosen)
+    if recorded.chunk_size != chosen.chunk_size:  # an earlier delivery planned first
+        _, chunks = _plan_file(path, settings, recorded.chunk_size)
     log.info(
-        "job %s: %d chunks of %d bytes -> version %d", job_id, len(chunks), chunk_size, version
+        "job %s: %d chunks of %d bytes, %d buckets in %d partitions -> version %d",
+        job_id,
+        len(chunks),
+        recorded.chunk_size,
+        recorded.buckets,
+        recorded.partitions,
+        version,
     )
     done = job_records.done_chunk_indexes(db, job_id)
     for index, (start, end) in enumerate(chunks):
@@ -79,20 +95,27 @@ class PlanProblem(Exception):
 
 
 def _plan_file(
-    path: Path, configured: int, recorded: int | None
-) -> tuple[int, list[tuple[int, int]]]:
+    path: Path, settings: Settings, recorded_chunk_size: int | None
+) -> tuple[lifecycle.Plan, list[tuple[int, int]]]:
     if not path.exists():
         raise PlanProblem("the uploaded file is missing from the shared volume")
     size = path.stat().st_size
     with path.open("rb") as f:
-        problem = sniff_problem(f.read(SNIFF_BYTES), is_whole_file=size <= SNIFF_BYTES)
+        sample = f.read(SNIFF_BYTES)
+        problem = sniff_problem(sample, is_whole_file=size <= SNIFF_BYTES)
         if problem:
             raise PlanProblem(problem)
-        chunk_size = recorded or chunk_size_for(size, configured)
+        chunk_size = recorded_chunk_size or chunk_size_for(size, settings.chunk_size_bytes)
         try:
-            return chunk_size, plan_chunks(f, size, chunk_size)
+            chunks = plan_chunks(f, size, chunk_size)
         except LineTooLong as exc:
             raise PlanProblem(str(exc)) from exc
+    mean_line = len(sample) / max(1, sample.count(b"\n"))
+    buckets = bucket_count(size, mean_line, settings.rows_per_bucket)
+    partitions = partition_count(
+        buckets, settings.rows_per_bucket, settings.rows_per_partition, settings.min_partitions
+    )
+    return lifecycle.Plan(chunk_size, buckets, partitions), chunks
 
 
 LoadOutcome = Literal["loaded", "last", "ended", "skipped"]
@@ -101,35 +124,32 @@ LoadOutcome = Literal["loaded", "last", "ended", "skipped"]
 def load(
     db: Database[Any], settings: Settings, job_id: str, index: int, start: int, end: int
 ) -> LoadOutcome:
-    """Load one chunk. ``last``: it was the last one counted (finalize next); ``ended``:
-    this delivery ended the job (superseded); ``skipped``: the job is not loading."""
+    """Map one chunk: its valid rows to a run file, its rejects to the report. ``last``:
+    every chunk is mapped (call ``after_loading``); ``ended``: this delivery ended the job
+    (superseded); ``skipped``: the job is not loading."""
     job = job_records.load_job(db, job_id)
     if job is None or job["status"] != lifecycle.RUNNING:
         return "skipped"
+    if job.get("phase") == "writing":
+        return "last"  # a redelivery after every chunk was counted: the reduce may need sending
     if stop_if_superseded(db, job):
         return "ended"
-    coll = db[datasets.collection_name(job["version"])]
     with (settings.uploads_dir / job["file"]).open("rb") as f:
         data = read_range(f, start, end)
     report = reject_report.ChunkReport(settings.rejects_dir, job_id, index)
     stats = ChunkStats(on_reject=report.add)
-    beat_at = 0.0
-    written = conflicts = 0
-    for batch in parse_chunk(data, start, settings.insert_batch_rows, stats):
-        if time.monotonic() - beat_at >= HEARTBEAT_EVERY_S:
-            if not job_records.heartbeat(db, job_id):
-                return "skipped"  # the job ended meanwhile: stop writing into its collection
-            beat_at = time.monotonic()
-        written += len(batch)
-        with paced(len(batch)):  # loads yield to reads (worker/throttle.py)
-            conflicts += write_batch(coll, list(batch.values()))
+    keys, elements = parse_chunk_rows(data, start, stats)
     del data
+    if not job_records.heartbeat(db, job_id):
+        return "skipped"  # the job ended meanwhile
+    shuffle_files.write_chunk_runs(
+        settings.runs_dir, job_id, index, keys, elements, job["buckets"], job["partitions_total"]
+    )
+    del keys, elements
     report.save()
     if not job_records.heartbeat(db, job_id):
         return "skipped"  # ended meanwhile: its chunk results were already removed
-    job_records.save_chunk_result(
-        db, job_id, index, start, end, stats, written=written, conflicts=conflicts
-    )
+    job_records.save_chunk_result(db, job_id, index, start, end, stats)
     updated = job_records.count_chunk_done(db, job_id, index, stats)
     if updated is None:  # counted by an earlier delivery, which may have died before this
         updated = job_records.load_job(db, job_id)
@@ -140,3 +160,96 @@ def load(
     ):
         return "last"
     return "loaded"
+
+
+def rejection_problem(
+    totals: dict[str, int], rejects: list[dict[str, Any]], reject_ratio: float
+) -> str | None:
+    read, valid, rejected = totals["rows_read"], totals["rows_valid"], totals["rows_rejected"]
+    first = f"first: line {rejects[0]['line']}: {rejects[0]['reason']}" if rejects else ""
+    if read == 0:
+        return "the file has no data rows"
+    if valid == 0:
+        return f"none of the {read} rows is valid ({first})"
+    if rejected / read > reject_ratio:
+        return (
+            f"{rejected} of {read} rows ({rejected / read:.2%}) are invalid, more than the "
+            f"allowed {reject_ratio:.2%} ({first}); see 'rejects' for details"
+        )
+    return None
+
+
+def after_loading(
+    db: Database[Any], settings: Settings, job_id: str, enqueue: EnqueuePartition
+) -> bool:
+    """Every chunk is mapped: a file with too many invalid rows fails now (nothing written
+    to the store yet); otherwise the partitions not yet written are sent. True if the job
+    ended here. Repeat-safe."""
+    job = job_records.load_job(db, job_id)
+    if job is None or job["status"] != lifecycle.RUNNING:
+        return False
+    totals = job_records.chunk_totals(db, job_id)
+    if totals["chunks"] != job["chunks_total"]:
+        return False  # not every chunk is recorded yet; the last one calls again
+    rejects = job_records.first_rejects(db, job_id)
+    problem = rejection_problem(totals, rejects, settings.reject_ratio)
+    if problem:
+        return lifecycle.fail_job(
+            db,
+            job_id,
+            problem,
+            rows_loaded=totals["rows_valid"],
+            rows_rejected=totals["rows_rejected"],
+            rejects=rejects,
+        )
+    lifecycle.start_writing(db, job_id)
+    done = job_records.done_partition_indexes(db, job_id)
+    for partition in range(int(job["partitions_total"])):
+        if partition not in done:
+            enqueue(partition)
+    return False
+
+
+WriteOutcome = Literal["written", "last", "ended", "skipped"]
+
+
+def write_partition(
+    db: Database[Any], settings: Settings, job_id: str, partition: int
+) -> WriteOutcome:
+    """Reduce one partition: its rows from every run file, the last row of each id, bucket
+    documents inserted in batches. ``last``: every partition is written (finalize next)."""
+    job = job_records.load_job(db, job_id)
+    if job is None or job["status"] != lifecycle.RUNNING or job.get("phase") != "writing":
+        return "skipped"
+    if stop_if_superseded(db, job):
+        return "ended"
+    partitions = int(job["partitions_total"])
+    rows = shuffle_files.read_partition(
+        settings.runs_dir, job_id, int(job["chunks_total"]), partition, partitions
+    )
+    merged = merge(rows)
+    del rows
+    coll = db[datasets.collection_name(job["version"])]
+    beat_at = time.monotonic()
+    for count, batch in insert_batches(merged.documents, settings.insert_batch_rows):
+        if time.monotonic() - beat_at >= HEARTBEAT_EVERY_S:
+            if not job_records.heartbeat(db, job_id):
+                return "skipped"  # the job ended meanwhile: stop writing into its collection
+            beat_at = time.monotonic()
+        with paced(count):  # loads yield to reads (worker/throttle.py)
+            write_buckets(coll, batch)
+    if not job_records.heartbeat(db, job_id):
+        return "skipped"
+    job_records.save_partition_result(
+        db, job_id, partition, merged.rows, merged.duplicates, len(merged.documents)
+    )
+    updated = job_records.count_partition_done(db, job_id, partition)
+    if updated is None:
+        updated = job_records.load_job(db, job_id)
+    if (
+        updated is not None
+        and updated["status"] == lifecycle.RUNNING
+        and updated["partitions_done"] == updated["partitions_total"]
+    ):
+        return "last"
+    return "written"

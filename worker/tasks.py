@@ -40,9 +40,10 @@ from shared.task_names import (
     FINALIZE_JOB,
     LOAD_CHUNK,
     PLAN_JOB,
+    WRITE_PARTITION,
 )
 from shared.timeutil import now
-from worker import job_steps, upkeep
+from worker import job_steps, shuffle_files, upkeep
 from worker.celery_app import app
 from worker.finalizing import finalize_steps
 from worker.store import database
@@ -209,10 +210,11 @@ def end_job(job_id: str, reason: str, finalizer: bool) -> None:
 
 
 def clean_up_after(job: dict[str, Any]) -> None:
-    """A job ended: its chunk results go now; the upload file and versions beyond the keep
-    count now, and their collections once the grace period has passed."""
+    """A job ended: its chunk results and run files go now; the upload file and versions
+    beyond the keep count now, and their collections once the grace period has passed."""
     reject_report.seal(database(), settings.rejects_dir, job["_id"])  # before chunk results go
     job_records.delete_chunk_results(database(), job["_id"])
+    shuffle_files.remove_job_runs(settings.runs_dir, job["_id"])
     cleanup_datasets.apply_async(kwargs={"file_name": job.get("file")})
     cleanup_datasets.apply_async(countdown=settings.drop_grace_s + 5)
 
@@ -235,7 +237,24 @@ def plan_job(self: Task, job_id: str) -> None:
 
 @app.task(base=IngestTask, name=LOAD_CHUNK, bind=True)
 def load_chunk(self: Task, job_id: str, index: int, start: int, end: int) -> None:
-    outcome = job_steps.load(database(), settings, job_id, index, start, end)
+    db = database()
+    outcome = job_steps.load(db, settings, job_id, index, start, end)
+    if outcome == "last":
+
+        def enqueue(partition: int) -> None:
+            write_partition.apply_async(
+                args=[job_id, partition], task_id=f"{job_id}-part-{partition}"
+            )
+
+        if job_steps.after_loading(db, settings, job_id, enqueue):
+            _clean_up_if_ended(job_id)
+    elif outcome == "ended":
+        _clean_up_if_ended(job_id)
+
+
+@app.task(base=IngestTask, name=WRITE_PARTITION, bind=True)
+def write_partition(self: Task, job_id: str, partition: int) -> None:
+    outcome = job_steps.write_partition(database(), settings, job_id, partition)
     if outcome == "last":
         finalize_job.apply_async(args=[job_id])
     elif outcome == "ended":
@@ -271,6 +290,7 @@ def fail_stalled_jobs() -> int:
         upkeep.sweep_uploads(
             db, settings.uploads_dir, (at.timestamp() - settings.job_stall_timeout_s)
         )
+        upkeep.sweep_runs(db, settings.runs_dir)
         reject_report.sweep(
             db,
             settings.rejects_dir,

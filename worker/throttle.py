@@ -122,6 +122,6 @@ def insert_throttle() -> InsertThrottle | None:
 
 
 def paced(rows: int) -> contextlib.AbstractContextManager[None]:
-    """The call site: ``with paced(len(batch)): write_batch(...)``."""
+    """The call site: ``with paced(rows): write_buckets(...)``."""
     throttle = insert_throttle()
     return throttle.paced(rows) if throttle is not None else contextlib.nullcontext()

@@ -19,6 +19,7 @@ from pymongo.database import Database
 
 from shared import job_records, lifecycle
 from shared.settings import Settings
+from worker import shuffle_files
 
 log = logging.getLogger(__name__)
 
@@ -117,3 +118,14 @@ def sweep_uploads(db: Database[Any], uploads_dir: Path, cutoff_ts: float) -> Non
             if path.name not in unfinished and path.stat().st_mtime < cutoff_ts:
                 log.info("removing stale upload file %s", path.name)
                 path.unlink()
+
+
+def sweep_runs(db: Database[Any], runs_dir: Path) -> None:
+    """Run files of jobs that ended or are gone: a clean-up lost with its worker, or a map
+    task that finished writing after its job ended. A running job's files are never
+    touched."""
+    for job_id in shuffle_files.job_ids_with_runs(runs_dir):
+        job = db[lifecycle.JOBS].find_one({"_id": job_id}, {"status": 1})
+        if job is None or job["status"] in lifecycle.FINISHED:
+            log.info("removing run files of ended job %s", job_id)
+            shuffle_files.remove_job_runs(runs_dir, job_id)

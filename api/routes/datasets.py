@@ -29,6 +29,7 @@ def _active_out(active: ActiveDataset) -> dict[str, Any]:
         "rows": active.rows,
         "job_id": active.job_id,
         "activated_at": iso(active.activated_at),
+        "buckets": active.buckets,
     }
 
 
@@ -65,6 +66,7 @@ async def list_datasets(
                 "job_id": doc.get("job_id"),
                 "created_at": iso(doc.get("created_at")),
                 "activated_at": iso(doc.get("activated_at")),
+                "buckets": doc.get("buckets"),
                 "active": active is not None and doc["version"] == active.version,
             }
             for doc in docs

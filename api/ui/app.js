@@ -82,12 +82,15 @@ async function getJson(path, allow404 = false) {
 // ---- jobs -------------------------------------------------------------------------------
 function progressCell(job) {
   const done = job.status === "succeeded" || job.status === "failed" || job.status === "held";
-  const bar = el("progress", { max: job.chunks_total || 1 });
-  if (job.chunks_total) bar.value = job.chunks_done;
+  // One step per chunk parsed and per partition written.
+  const steps = (job.chunks_total || 0) + (job.partitions_total || 0);
+  const bar = el("progress", { max: steps || 1 });
+  if (steps) bar.value = (job.chunks_done || 0) + (job.partitions_done || 0);
   else if (done) bar.value = 1;
   else bar.removeAttribute("value"); // indeterminate until the file is split
   const parts = [];
   if (!done && job.chunks_total) parts.push(`${num(job.chunks_done)}/${num(job.chunks_total)} chunks`);
+  if (!done && job.phase === "writing") parts.push(`${num(job.partitions_done)}/${num(job.partitions_total)} partitions`);
   parts.push(`${num(job.rows_loaded)} rows`);
   if (job.rows_per_s !== null && job.rows_per_s !== undefined) parts.push(`${num(Math.round(job.rows_per_s))} rows/s`);
   if (!done && job.eta_s !== null && job.eta_s !== undefined) parts.push(`ETA ${duration(job.eta_s)}`);

@@ -37,10 +37,10 @@ from devstack.services import (
     redis_command,
     worker_command,
 )
-from shared.datasets import collection_name
 from shared.settings import Settings
 from tests.cluster.netns import Host, VirtualNetwork, host_command, thread_in_netns
 from tests.cluster.task_events import TaskEvents
+from tests.helpers import stored_rows
 
 HOSTS = {"data": 10, "cache": 11, "api1": 21, "api2": 22, "w1": 31, "w2": 32, "client": 100}
 WORKER_HOSTS = ("w1", "w2")
@@ -215,10 +215,7 @@ class Cluster:
         return doc
 
     def collection(self, version: int) -> dict[str, tuple[str, float, str]]:
-        return {
-            d["_id"]: (d.get("id", d["_id"]), d["price"], d["expiration_date"])
-            for d in self.db[collection_name(version)].find({}, {"o": 0})
-        }
+        return stored_rows(self.db, version)
 
 
 def _redis(directory: Path, host: Host) -> list[str]:

@@ -102,6 +102,17 @@ class TaskEvents:
         messages it has not acknowledged."""
         return self._pending(job_id, node, "task-received")
 
+    def holding(self, job_id: str, node: str) -> set[str] | None:
+        """The job's tasks ``node`` itself says it has (running or reserved), asked over the
+        broker; None if it does not answer. Events sent while a host was cut off can be lost
+        (a task rejected back to the broker then never reports an outcome): the worker's own
+        answer is the truth."""
+        inspect = self.app.control.inspect(destination=[node], timeout=2.0)
+        answers = [inspect.active(), inspect.reserved()]
+        if any(a is None or node not in a for a in answers):
+            return None
+        return {t["id"] for a in answers if a for t in a[node] if job_id in t["id"]}
+
     def in_flight(self, job_id: str, node: str) -> set[int]:
         """Chunks ``node`` has started and not (yet) reported an outcome for."""
         return self._pending(job_id, node, "task-started")

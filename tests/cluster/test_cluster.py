@@ -322,7 +322,7 @@ def test_a_worker_host_cut_off_mid_load(on_client: Cluster, files: Path) -> None
     print(f"w1 held chunks {sorted(held)}; redelivered to w2 after {redelivered_after:.1f} s")
     # w1 is back on the network and settles what it was doing when cut off.
     wait_until(lambda: events.heartbeat_at(W1) > back, 120)
-    wait_until(lambda: not events.held(job_id, W1), 120)
+    wait_until(lambda: not events.held(job_id, W1) or events.holding(job_id, W1) == set(), 120)
     settle(c, job)
     assert c.collection(job["dataset_version"]) == new
 

@@ -32,7 +32,7 @@ from shared.cache import cache_key
 from shared.settings import Settings
 from shared.timeutil import now
 from tests.conftest import _LOGS, wait_for
-from tests.helpers import expected_rows, load_dataset, wait_job
+from tests.helpers import expected_rows, load_dataset, stored_rows, wait_job
 from worker import upkeep
 
 pytestmark = [pytest.mark.usefixtures("worker", "clean_state"), pytest.mark.slow]
@@ -47,10 +47,7 @@ def _post_file(http: httpx.Client | TestClient, path: Path) -> str:
 
 
 def _dataset(mongo_db: Any, version: int) -> dict[str, tuple[str, float, str]]:
-    return {
-        d["_id"]: (d.get("id", d["_id"]), d["price"], d["expiration_date"])
-        for d in mongo_db[datasets.collection_name(version)].find({}, {"o": 0})
-    }
+    return stored_rows(mongo_db, version)
 
 
 @pytest.fixture
@@ -505,11 +502,11 @@ def test_a_failover_outlasting_the_retries_fails_the_job_saying_so(
             admin.command("configureFailPoint", "failCommand", mode="off")
         assert job["status"] == "failed", job
         assert job["error"].startswith(
-            "the store was busy (failover, migration or interruption) during load_chunk and "
-            "stayed so after 2 retries (error 112"
+            "the store was busy (failover, migration or interruption) during write_partition "
+            "and stayed so after 2 retries (error 112"
         ), job["error"]
         wait_for(s.broker_idle, 60, 0.5)
-        assert s.gave_up_unrecorded("load_chunk") == 0
+        assert s.gave_up_unrecorded("write_partition") == 0
         assert c.get(f"/jobs/{job_id}").json() == job
         _serves(c, first["dataset_version"], old)
         admin.client.close()

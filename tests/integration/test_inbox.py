@@ -18,7 +18,7 @@ from devstack.services import Service, beat_command
 from shared import lifecycle
 from shared.settings import Settings
 from tests.conftest import _LOGS, wait_for
-from tests.helpers import expected_rows
+from tests.helpers import expected_rows, stored_rows
 from worker.inbox import scan_inbox
 
 pytestmark = pytest.mark.usefixtures("worker", "clean_state")
@@ -59,8 +59,7 @@ def test_a_dropped_file_becomes_one_job_even_when_scans_race(
     assert job["source"] == "inbox" and job["original_name"] == "partner.csv"
     assert job["rows_loaded"] == 3_000 and job["dataset_version"] == job["version"]
     assert list(settings.inbox_dir.iterdir()) == []
-    stored = mongo_db[f"promotions_v{job['version']}"].count_documents({})
-    assert stored == len(want)
+    assert len(stored_rows(mongo_db, job["version"])) == len(want)
     wait_for(lambda: not any(settings.uploads_dir.iterdir()), 10)  # removed once loaded
 
 

@@ -14,7 +14,7 @@ from cli.generate import generate
 from shared import datasets
 from shared.settings import Settings
 from tests.conftest import wait_for
-from tests.helpers import expected_rows, wait_job
+from tests.helpers import expected_rows, stored_rows, wait_job
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -30,11 +30,7 @@ def _upload(client: TestClient, path: Path, field: str = "file") -> dict[str, An
 
 def _assert_dataset_is(mongo_db: Any, version: int, path: Path) -> None:
     want = expected_rows(path)
-    docs = {
-        d["_id"]: (d.get("id", d["_id"]), d["price"], d["expiration_date"])
-        for d in mongo_db[datasets.collection_name(version)].find({}, {"o": 0})
-    }
-    assert docs == want
+    assert stored_rows(mongo_db, version) == want
 
 
 def test_a_file_loads_in_parallel_chunks_with_exact_counts(
@@ -53,8 +49,16 @@ def test_a_file_loads_in_parallel_chunks_with_exact_counts(
     for row_id, (orig, price, date) in list(expected_rows(path).items())[::400]:
         r = client.get(f"/promotions/{row_id}")
         assert r.json() == {"id": orig, "price": price, "expiration_date": date}
-    # The upload is removed once loaded.
+    # The upload and the shuffle's run files are removed once loaded.
     wait_for(lambda: not any(settings.uploads_dir.iterdir()), 10)
+    assert not (settings.runs_dir / job["job_id"]).exists()
+    # Buckets, not rows: about rows_per_bucket rows a document, a bucket count on record.
+    version = job["dataset_version"]
+    buckets = datasets.read_buckets_sync(mongo_db, version)
+    assert buckets is not None and job["partitions_total"] == job["partitions_done"] >= 2
+    stored = mongo_db[datasets.collection_name(version)].estimated_document_count()
+    assert 0.9 * buckets <= stored <= buckets
+    assert client.get("/datasets/active").json()["buckets"] == buckets
 
 
 def test_an_upload_can_allow_the_dataset_to_shrink(
@@ -95,7 +99,7 @@ def test_gzip_upload_is_inflated_while_streaming(client: TestClient, tmp_path: P
 
 
 def test_too_many_bad_rows_fail_the_job_and_the_old_data_keeps_serving(
-    client: TestClient, mongo_db: Any, tmp_path: Path
+    client: TestClient, mongo_db: Any, settings: Settings, tmp_path: Path
 ) -> None:
     good, bad = tmp_path / "good.csv", tmp_path / "bad.csv"
     generate(2_000, good, seed=5)
@@ -104,6 +108,8 @@ def test_too_many_bad_rows_fail_the_job_and_the_old_data_keeps_serving(
     job = wait_job(client, _upload(client, bad)["job_id"])
     assert job["status"] == "failed"
     assert "are invalid, more than the allowed 1.00%" in job["error"]
+    assert job["partitions_done"] == 0  # failed once parsed: nothing written to the store
+    assert not (settings.runs_dir / job["job_id"]).exists()  # run files removed
     assert job["rows_rejected"] > 0 and job["rejects"]
     first = job["rejects"][0]
     bad_lines = bad.read_text().splitlines()

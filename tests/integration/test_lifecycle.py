@@ -3,8 +3,6 @@ replayed step by step, and the rules every transition keeps."""
 
 from __future__ import annotations
 
-import threading
-import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -12,9 +10,10 @@ from typing import Any
 import pytest
 
 from shared import datasets, job_records, lifecycle
+from shared.errors import PermanentError
 from shared.settings import Settings
 from shared.timeutil import now
-from tests.helpers import load_dataset
+from tests.helpers import load_dataset, stored_rows
 from worker import job_steps, upkeep
 from worker.finalizing import finalize_steps
 
@@ -41,6 +40,10 @@ def _job(db: Any, settings: Settings, job_id: str, version: int, lines: list[str
     assert not job_steps.plan(db, settings, job_id, lambda *c: chunks.append(c))
     outcomes = [job_steps.load(db, settings, job_id, *c) for c in chunks]
     assert outcomes[-1] == "last"
+    partitions: list[int] = []
+    assert not job_steps.after_loading(db, settings, job_id, partitions.append)
+    written = [job_steps.write_partition(db, settings, job_id, p) for p in partitions]
+    assert written[-1] == "last"
 
 
 def _finalize(db: Any, settings: Settings, job_id: str, stop_after: str | None = None) -> None:
@@ -199,28 +202,40 @@ def test_only_the_finalizer_or_the_watchdog_ends_a_claimed_job(
     assert job["status"] == lifecycle.SUCCEEDED and not job["superseded"]
 
 
-def test_defect_4_a_long_count_keeps_the_job_alive_for_the_watchdog(
+def test_redelivered_maps_and_partitions_count_once_and_store_the_last_rows(
     mongo_db: Any, settings: Settings
 ) -> None:
-    _job(mongo_db, settings, "slow", 1, [ROW])
-    quick = settings.model_copy(update={"job_stall_timeout_s": 1})
-
-    def slow_count(db: Any, version: int, totals: dict[str, int]) -> int:
-        time.sleep(3)  # a scan of a billion ids, in miniature
-        return totals["written"]
-
-    def finalize() -> None:
-        for _ in finalize_steps(mongo_db, settings, "slow", lambda v: None, slow_count, 0.2):
-            pass
-
-    thread = threading.Thread(target=finalize)
-    thread.start()
-    time.sleep(2)  # longer than the stall timeout, within the count
-    ended = upkeep.watchdog(mongo_db, quick, now(), lambda j: None)
-    thread.join()
-    assert ended == []
-    job = mongo_db[lifecycle.JOBS].find_one({"_id": "slow"})
+    """The shuffle under redelivery: every map and every partition delivered twice (late
+    acks), the second partition delivery finding its buckets inserted. Counts come from the
+    partitions (no scan of the store) and are exact."""
+    lines = [f"id{i % 700},{i}.5,2018-08-04 05:32:31" for i in range(1000)] + ["bad"]
+    (settings.uploads_dir / "r.csv").write_text("".join(f"{x}\n" for x in lines))
+    mongo_db[lifecycle.JOBS].insert_one(job_records.new_job("r", 7, "r.csv", 10, "upload"))
+    small = settings.model_copy(update={"chunk_size_bytes": 4_000, "rows_per_bucket": 20})
+    chunks: list[tuple[int, int, int]] = []
+    job_steps.plan(mongo_db, small, "r", lambda *c: chunks.append(c))
+    assert len(chunks) > 3
+    for chunk in chunks + chunks:
+        job_steps.load(mongo_db, small, "r", *chunk)
+    partitions: list[int] = []
+    job_steps.after_loading(mongo_db, small, "r", partitions.append)
+    assert len(partitions) == small.min_partitions
+    outcomes = [job_steps.write_partition(mongo_db, small, "r", p) for p in partitions]
+    assert outcomes[-1] == "last"
+    again = [job_steps.write_partition(mongo_db, small, "r", p) for p in partitions]
+    assert again == ["last"] * len(partitions)  # repeat-safe; the finalizer is sent again
+    _finalize(mongo_db, small, "r")
+    job = mongo_db[lifecycle.JOBS].find_one({"_id": "r"})
     assert job["status"] == lifecycle.SUCCEEDED, job.get("error")
+    assert (job["rows_loaded"], job["rows_rejected"], job["duplicates"]) == (1000, 1, 300)
+    assert job["partitions_done"] == len(partitions)
+    want = {f"id{i % 700}": (f"id{i % 700}", i + 0.5) for i in range(1000)}
+    assert {k: v[:2] for k, v in stored_rows(mongo_db, 7).items()} == want
+    assert datasets.get_version(mongo_db, 7)["rows"] == 700  # type: ignore[index]
+    assert (
+        datasets.read_buckets_sync(mongo_db, 7)
+        == mongo_db[lifecycle.JOBS].find_one({"_id": "r"})["buckets"]
+    )
 
 
 def test_a_redelivered_plan_under_other_settings_enqueues_the_recorded_plan(
@@ -279,3 +294,36 @@ def test_shrink_guard_lets_an_upload_that_allows_it_go_live(
     _job(mongo_db, settings, "tiny", 3, rows[:1])
     _finalize(mongo_db, settings, "tiny")
     assert datasets.read_active_sync(mongo_db).version == 3  # type: ignore[union-attr]
+
+
+def test_the_sweep_removes_run_files_of_ended_or_unknown_jobs_only(
+    mongo_db: Any, settings: Settings
+) -> None:
+    for job_id, status in (("live", lifecycle.RUNNING), ("over", lifecycle.FAILED)):
+        mongo_db[lifecycle.JOBS].insert_one(
+            {**job_records.new_job(job_id, 1, "f", 1, "upload"), "status": status}
+        )
+    for job_id in ("live", "over", "gone"):
+        (settings.runs_dir / job_id).mkdir(parents=True)
+        (settings.runs_dir / job_id / "c000000.run").write_bytes(b"x")
+    upkeep.sweep_runs(mongo_db, settings.runs_dir)
+    assert sorted(p.name for p in settings.runs_dir.iterdir()) == ["live"]
+
+
+def test_a_lost_run_file_fails_the_partition_with_its_name(
+    mongo_db: Any, settings: Settings
+) -> None:
+    lines = [f"id{i},1,2018-08-04 05:32:31" for i in range(3000)]
+    (settings.uploads_dir / "l.csv").write_text("".join(f"{x}\n" for x in lines))
+    mongo_db[lifecycle.JOBS].insert_one(job_records.new_job("l", 8, "l.csv", 10, "upload"))
+    small = settings.model_copy(update={"chunk_size_bytes": 20_000})
+    chunks: list[tuple[int, int, int]] = []
+    job_steps.plan(mongo_db, small, "l", lambda *c: chunks.append(c))
+    for chunk in chunks:
+        job_steps.load(mongo_db, small, "l", *chunk)
+    partitions: list[int] = []
+    job_steps.after_loading(mongo_db, small, "l", partitions.append)
+    (settings.runs_dir / "l" / "c000001.run").unlink()
+    with pytest.raises(PermanentError, match=r"run file c000001\.run .* missing"):
+        job_steps.write_partition(mongo_db, small, "l", partitions[0])
+    assert datasets.read_active_sync(mongo_db) is None  # nothing went live

@@ -13,16 +13,14 @@ import pytest
 import redis
 from redis.asyncio import Redis as AsyncRedis
 
-from shared import datasets, lifecycle
+from shared import lifecycle
 from shared.cache import NEGATIVE, cache_key
 from shared.hot_ids import window_key
 from shared.mongo import async_client
 from shared.pointer_channel import announce_active
-from shared.promotion_rows import ChunkStats, parse_chunk
 from shared.settings import Settings
 from shared.warmup import warm_before_switch, warm_version_async
-from tests.helpers import load_dataset
-from worker.chunk_writer import write_batch
+from tests.helpers import load_dataset, write_version
 
 DATE = "2018-08-04 05:32:31 +0200 CEST"
 COMMON = [f"Common-{i}" for i in range(150)]  # in both versions, price tells the version
@@ -120,8 +118,7 @@ def test_no_answer_of_a_previous_version_after_a_switch_or_rollback(
 
 def _finalize_like_a_job(db: Any, settings: Settings) -> None:
     """The finalizer's order: complete, ready, warm, flip, announce."""
-    lifecycle.register_version(db, 2, "job2")
-    _write_rows(db, 2, rows(2))
+    write_version(db, 2, rows(2), "job2")
     assert lifecycle.mark_ready(db, 2, len(rows(2)))
     result = warm_before_switch(db, 2)
     assert result.error is None and result.warmed > 0  # hot ids were known and warmed
@@ -137,8 +134,7 @@ def test_warm_up_before_the_flip_fills_the_new_version_in_redis(
     hot = [k.lower() for k in COMMON[:20] + GONE[:5] + NEW[:5]]
     redis_client.zadd(window_key(time.time()), {k: 100 - n for n, k in enumerate(hot)})
     # Version 2 is complete but not live yet: the finalizer warms it, then flips.
-    lifecycle.register_version(mongo_db, 2, "job2")
-    _write_rows(mongo_db, 2, rows(2))
+    write_version(mongo_db, 2, rows(2), "job2")
     assert lifecycle.mark_ready(mongo_db, 2, 175)
     result = warm_before_switch(mongo_db, 2)
     assert result.error is None and result.warmed == len(hot) and result.found == 25
@@ -158,8 +154,7 @@ def test_rollback_warm_up_only_warms_complete_versions(
 ) -> None:
     hot = [k.lower() for k in COMMON[:10]]
     redis_client.zadd(window_key(time.time()), dict.fromkeys(hot, 1))
-    lifecycle.register_version(mongo_db, 1, "job1")  # still loading: its answers are not final
-    _write_rows(mongo_db, 1, rows(1)[:3])
+    write_version(mongo_db, 1, rows(1)[:3], "job1")  # still loading: its answers are not final
 
     async def warm(version: int) -> int:
         client = async_client(settings)
@@ -177,10 +172,3 @@ def test_rollback_warm_up_only_warms_complete_versions(
     # At least these ids: API processes of other tests may still add their sampled ids.
     assert asyncio.run(warm(1)) >= len(hot)
     assert all(redis_client.get(cache_key(1, key)) is not None for key in hot)
-
-
-def _write_rows(db: Any, version: int, lines: list[str]) -> None:
-    coll = db[datasets.collection_name(version)]
-    data = "".join(f"{line}\n" for line in lines).encode()
-    for batch in parse_chunk(data, 0, 1000, ChunkStats()):
-        write_batch(coll, list(batch.values()))

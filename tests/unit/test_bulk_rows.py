@@ -12,12 +12,14 @@ import bson
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from shared.bulk_rows import FAST_LINE_RE, QUOTED_LINE_RE, encode_run
+from shared.bucket_layout import encode_element
+from shared.bulk_rows import FAST_LINE_RE, QUOTED_LINE_RE, encode_run, encode_run_elements
 from shared.promotion_rows import (
     ChunkStats,
     RowError,
     encode_document,
     parse_chunk,
+    parse_chunk_rows,
     parse_chunk_strict,
     parse_row,
 )
@@ -253,3 +255,64 @@ def test_orders_of_quoted_lines_are_the_byte_offsets_of_the_lines_as_written() -
     (batch,) = batches  # type: ignore[misc]
     orders = [bson.decode(batch[f"a{i}"])["o"] for i in range(5)]
     assert orders == [100 + sum(map(len, lines[:i])) for i in range(5)]
+
+
+def _rows_of_strict(data: bytes, start: int) -> tuple[list[tuple[str, float, str]], ChunkStats]:
+    """Every row the strict parser accepts, in file order (batch_rows 1: no merging)."""
+    stats = ChunkStats()
+    rows = []
+    for batch in parse_chunk_strict(data, start, 1, stats):
+        for raw in batch.values():
+            doc = bson.decode(raw)
+            rows.append((doc.get("id", doc["_id"]), doc["price"], doc["expiration_date"]))
+    return rows, stats
+
+
+def _decoded_elements(keys: list[bytes], elements: list[bytes]) -> list[tuple[str, float, str]]:
+    out = []
+    for key, element in zip(keys, elements, strict=True):
+        assert element.startswith(b"\x03" + key + b"\x00")
+        row = bson.decode(element[len(key) + 2 :])
+        assert set(row) <= {"p", "e", "i"} and row.get("i") != key.decode()
+        out.append((row.get("i", key.decode()), row["p"], row["e"]))
+    return out
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(
+        st.one_of(
+            lines(),
+            st.just("a,1,2018-08-04 05:32:31 +0200 CEST"),
+            st.just("A,2,2018-08-04 05:32:31"),  # the same key, written otherwise
+            st.just('"b","2.5","2018-08-04T05:32:31Z"'),
+        ),
+        max_size=60,
+    ),
+    st.sampled_from([0, 1, 1000]),
+    st.booleans(),
+    st.booleans(),
+)
+def test_parse_chunk_rows_gives_the_strict_parsers_rows_in_file_order(
+    rows: list[str], start: int, bom: bool, crlf: bool
+) -> None:
+    eol = "\r\n" if crlf else "\n"
+    data = (("\ufeff" if bom else "") + "".join(r + eol for r in rows)).encode(
+        "utf-8", errors="surrogateescape"
+    )
+    stats = ChunkStats()
+    keys, elements = parse_chunk_rows(data, start, stats)
+    want, want_stats = _rows_of_strict(data, start)
+    assert _decoded_elements(keys, elements) == want
+    assert keys == [row[0].lower().encode() for row in want]
+    assert stats == want_stats
+
+
+@given(st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True), st.booleans())
+def test_bulk_elements_are_exactly_encode_element(row_id: str, quoted: bool) -> None:
+    date = "2018-08-04 05:32:31 +0200 CEST"
+    line = f'"{row_id}","9.68","{date}"' if quoted else f"{row_id},9.68,{date}"
+    keys, elements = encode_run_elements(line.encode() + b"\n", quoted)
+    key = row_id.lower().encode()
+    assert keys == [key]
+    assert elements == [encode_element(key, row_id.encode(), 9.68, date.encode())]

@@ -41,6 +41,20 @@ def test_while_loading_rate_is_rows_over_loading_time_and_eta_extrapolates_chunk
     assert out["phase_durations_s"] is None
 
 
+def test_while_writing_the_eta_extrapolates_partitions_from_the_writing_phase() -> None:
+    doc = loading_job(
+        phase="writing",
+        phase_at={"splitting": at(1), "loading": at(2), "writing": at(12)},
+        chunks_done=10,
+        partitions_total=8,
+        partitions_done=2,
+        rows_loaded=100_000,
+    )
+    out = progress_fields(doc, now=at(15))
+    assert out["eta_s"] == 9.0  # 2 partitions took 3 s: 6 more take 9 s
+    assert out["rows_per_s"] == round(100_000 / 13, 1)  # loading and writing so far
+
+
 def test_no_eta_before_the_first_chunk_or_outside_loading() -> None:
     assert progress_fields(loading_job(chunks_done=0, rows_loaded=0), at(5))["eta_s"] is None
     queued = new_job("j2", 4, "f.csv", 10, "upload")

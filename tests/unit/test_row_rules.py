@@ -15,6 +15,7 @@ from shared.promotion_rows import (
     RowError,
     is_valid_id,
     parse_chunk,
+    parse_chunk_rows,
     parse_chunk_strict,
     parse_price,
     parse_row,
@@ -171,3 +172,32 @@ def test_batches_hold_exactly_batch_rows_distinct_ids(parse: Parser) -> None:
     rows = "".join(f"r{i}, {i} ,{DATE}\n" for i in range(5))
     sizes = [len(b) for b in parse(rows.encode(), 0, 2, ChunkStats())]
     assert sizes == [2, 2, 1]
+
+
+# parse_chunk_rows (the map step's parser) at the same edges.
+
+
+def test_parse_chunk_rows_refuses_a_byte_that_is_not_utf8_and_reports_the_line() -> None:
+    seen: list[tuple[int, str, str]] = []
+    stats = ChunkStats(on_reject=lambda *r: seen.append(r))
+    keys, _ = parse_chunk_rows(f"b,1,{DATE}\na,1,{DATE}".encode() + b"\x80\n", 0, stats)
+    assert keys == [b"b"]
+    assert stats.rejects == [(2, "line is not valid UTF-8")]
+    assert seen == [(2, "line is not valid UTF-8", f"a,1,{DATE}\udc80")]  # the line as read
+
+
+@pytest.mark.parametrize("start", [0, 100])
+def test_parse_chunk_rows_skips_a_blank_first_line(start: int) -> None:
+    stats = ChunkStats()
+    keys, elements = parse_chunk_rows(f"\na,1,{DATE}\n".encode(), start, stats)
+    assert keys == [b"a"] and len(elements) == 1
+    assert (stats.lines, stats.rows_read, stats.rows_rejected) == (2, 1, 0)
+
+
+@pytest.mark.parametrize(("start", "skipped"), [(0, True), (1, False), (100, False)])
+def test_parse_chunk_rows_skips_a_header_only_at_the_start_of_the_file(
+    start: int, skipped: bool
+) -> None:
+    stats = ChunkStats()
+    parse_chunk_rows(b"id,price,expiration_date\n", start, stats)
+    assert stats.rows_rejected == (0 if skipped else 1)

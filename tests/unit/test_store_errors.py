@@ -24,7 +24,30 @@ from shared.errors import (
     store_errors,
     translate,
 )
-from worker.chunk_writer import write_batch
+from worker.bucket_writer import write_buckets
+
+
+class RecordingCollection:
+    """Keeps what insert_many was asked: the writer's contract with the driver."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[Any], bool]] = []
+
+    def insert_many(self, docs: list[Any], ordered: bool) -> None:
+        self.calls.append((docs, ordered))
+
+
+def test_buckets_are_inserted_unordered_in_one_call() -> None:
+    coll = RecordingCollection()
+    write_buckets(coll, [ROW, ROW])  # type: ignore[arg-type]
+    ((docs, ordered),) = coll.calls
+    assert ordered is False  # one bucket already there must not stop the others
+    assert [d.raw for d in docs] == [ROW, ROW]
+
+
+def test_buckets_already_inserted_are_skipped() -> None:
+    error = _bulk_error([{"index": 0, "code": 11000, "errmsg": "dup"}])
+    write_buckets(RefusingCollection(error), [ROW])  # type: ignore[arg-type]
 
 
 class RefusingCollection:
@@ -54,7 +77,7 @@ def test_a_write_concern_error_retries_the_chunk_and_is_never_counted() -> None:
     """A failover can roll the whole batch back: counting it as written loses data."""
     error = _bulk_error([], [{"code": 64, "errmsg": "waiting for replication timed out"}])
     with pytest.raises(StoreBusy, match="write concern"):
-        write_batch(RefusingCollection(error), [ROW])  # type: ignore[arg-type]
+        write_buckets(RefusingCollection(error), [ROW])  # type: ignore[arg-type]
 
 
 # The server codes that mean "the same write will succeed later", by name (MongoDB's
@@ -96,7 +119,7 @@ def test_each_transient_code_retries_the_chunk(code: int) -> None:
     """A per-document failover error means the document was not written: never counted."""
     error = _bulk_error([{"index": 0, "code": code, "errmsg": TRANSIENT_BY_NAME[code]}])
     with pytest.raises(StoreBusy, match=f"^write error {code}: {TRANSIENT_BY_NAME[code]}$"):
-        write_batch(RefusingCollection(error), [ROW])  # type: ignore[arg-type]
+        write_buckets(RefusingCollection(error), [ROW])  # type: ignore[arg-type]
 
 
 def test_a_write_concern_error_retries_even_when_the_batch_also_met_duplicates() -> None:
@@ -105,15 +128,15 @@ def test_a_write_concern_error_retries_even_when_the_batch_also_met_duplicates()
         [{"code": 64, "errmsg": "waiting for replication timed out"}],
     )
     with pytest.raises(StoreBusy, match=r"^write concern not satisfied: .*replication timed out"):
-        write_batch(RefusingCollection(error), [ROW])  # type: ignore[arg-type]
+        write_buckets(RefusingCollection(error), [ROW])  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("code", [None, "91", 91.0])
 def test_a_write_error_without_an_integer_code_fails_the_job(code: object) -> None:
     """Only a known integer code retries; anything else is not understood, so not retried."""
     error = _bulk_error([{"index": 0, "code": code, "errmsg": "odd"}])
-    with pytest.raises(PermanentError, match=f"^the store refused a row: error {code}: odd$"):
-        write_batch(RefusingCollection(error), [ROW])  # type: ignore[arg-type]
+    with pytest.raises(PermanentError, match=f"^the store refused a bucket: error {code}: odd$"):
+        write_buckets(RefusingCollection(error), [ROW])  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("code", [13388, 11601, 63, 150])  # StaleConfig, Interrupted, stale
@@ -124,8 +147,8 @@ def test_mongos_stale_routing_and_interruptions_are_transient(code: int) -> None
 @pytest.mark.parametrize("code", [2, 121, 10334, 17280])  # BadValue, validation, too large
 def test_a_deterministic_write_error_fails_the_job(code: int) -> None:
     error = _bulk_error([{"index": 0, "code": code, "errmsg": "no"}])
-    with pytest.raises(PermanentError, match=f"^the store refused a row: error {code}: no$"):
-        write_batch(RefusingCollection(error), [ROW])  # type: ignore[arg-type]
+    with pytest.raises(PermanentError, match=f"^the store refused a bucket: error {code}: no$"):
+        write_buckets(RefusingCollection(error), [ROW])  # type: ignore[arg-type]
 
 
 def test_a_transient_error_after_duplicates_still_retries() -> None:
@@ -137,7 +160,7 @@ def test_a_transient_error_after_duplicates_still_retries() -> None:
         ]
     )
     with pytest.raises(StoreBusy):
-        write_batch(RefusingCollection(error), [ROW, ROW])  # type: ignore[arg-type]
+        write_buckets(RefusingCollection(error), [ROW, ROW])  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -21,13 +21,13 @@ class Clock:
         return self.now
 
 
-def rows(batch: list[str]) -> list[dict[str, Any]]:
+def rows(batch: list[str]) -> dict[str, dict[str, Any]]:
     """Every id but those starting with 'x' exists."""
-    return [
-        {"_id": k, "price": 1.0, "expiration_date": "2018-01-01 00:00:00 +0000 UTC"}
+    return {
+        k: {"id": k, "price": 1.0, "expiration_date": "2018-01-01 00:00:00 +0000 UTC"}
         for k in batch
         if not k.startswith("x")
-    ]
+    }
 
 
 def test_warmup_writes_every_hot_id_found_or_absent() -> None:

@@ -1,0 +1,96 @@
+"""Run files: a redelivered map writes the very same bytes; a damaged or missing file is a
+clear, permanent error, never rows silently lost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shared.errors import PermanentError
+from shared.promotion_rows import ChunkStats, parse_chunk_rows
+from worker import shuffle_files
+
+DATA = b"".join(b"id%d,%d.5,2018-08-04 05:32:31\n" % (i, i) for i in range(500))
+
+
+def _write(runs: Path, chunk: int = 0, partitions: int = 4) -> Path:
+    keys, elements = parse_chunk_rows(DATA, 0, ChunkStats())
+    shuffle_files.write_chunk_runs(runs, "job", chunk, keys, elements, 64, partitions)
+    return shuffle_files.run_path(runs, "job", chunk)
+
+
+def test_a_run_file_reads_back_every_row_once_across_partitions(tmp_path: Path) -> None:
+    _write(tmp_path)
+    keys, elements = parse_chunk_rows(DATA, 0, ChunkStats())
+    back = [shuffle_files.read_partition(tmp_path, "job", 1, p, 4) for p in range(4)]
+    assert sorted(k for part in back for k in part.keys) == sorted(keys)
+    assert sorted(e for part in back for e in part.elements) == sorted(elements)
+    for part in back:  # file order kept inside a partition
+        assert part.keys == sorted(part.keys, key=keys.index)
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_the_runs_directory_is_made_when_missing(tmp_path: Path) -> None:
+    runs = tmp_path / "not" / "yet"
+    _write(runs)
+    assert shuffle_files.job_ids_with_runs(runs) == ["job"]
+
+
+def test_a_redelivered_map_writes_the_same_bytes(tmp_path: Path) -> None:
+    first = _write(tmp_path).read_bytes()
+    assert _write(tmp_path).read_bytes() == first
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda b: b[:-1], "damaged or of another plan"),
+        (lambda b: b[:10], "too short"),
+        (lambda b: b[-(16 + 40 * 4 - 1) :], "too short"),  # under trailer + directory
+        (lambda b: b[:40] + b"\xff" * 8 + b[48:], "damaged"),
+    ],
+)
+def test_a_damaged_run_file_is_a_permanent_error(tmp_path: Path, damage, message: str) -> None:  # type: ignore[no-untyped-def]
+    path = _write(tmp_path)
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(PermanentError, match=message):
+        for partition in range(4):
+            shuffle_files.read_partition(tmp_path, "job", 1, partition, 4)
+
+
+def test_a_run_file_of_another_plan_is_refused(tmp_path: Path) -> None:
+    _write(tmp_path, partitions=4)
+    with pytest.raises(PermanentError, match="another plan"):
+        shuffle_files.read_partition(tmp_path, "job", 1, 0, 5)
+
+
+def test_a_missing_run_file_names_the_file(tmp_path: Path) -> None:
+    _write(tmp_path, chunk=0)
+    with pytest.raises(PermanentError, match=r"c000001\.run .* missing"):
+        shuffle_files.read_partition(tmp_path, "job", 2, 0, 4)
+
+
+def test_removing_a_jobs_runs_is_repeat_safe(tmp_path: Path) -> None:
+    _write(tmp_path)
+    assert shuffle_files.job_ids_with_runs(tmp_path) == ["job"]
+    shuffle_files.remove_job_runs(tmp_path, "job")
+    shuffle_files.remove_job_runs(tmp_path, "job")
+    assert shuffle_files.job_ids_with_runs(tmp_path) == []
+
+
+def test_a_segment_whose_lengths_disagree_is_refused_even_with_a_matching_checksum(
+    tmp_path: Path,
+) -> None:
+    """A writer bug, not a disk fault: the directory moves one byte from the elements to the
+    keys; the checksum still covers the same bytes, the element lengths no longer add up."""
+    path = _write(tmp_path, partitions=1)
+    data = bytearray(path.read_bytes())
+    entry_at = len(data) - shuffle_files._TRAILER.size - shuffle_files._ENTRY.size
+    offset, rows, keys_len, elements_len, crc = shuffle_files._ENTRY.unpack_from(data, entry_at)
+    shuffle_files._ENTRY.pack_into(
+        data, entry_at, offset, rows, keys_len + 1, elements_len - 1, crc
+    )
+    path.write_bytes(bytes(data))
+    with pytest.raises(PermanentError, match=r"c000000\.run is damaged \(segment 0\)$"):
+        shuffle_files.read_partition(tmp_path, "job", 1, 0, 1)

@@ -1,0 +1,171 @@
+"""Run files of the shuffle: what each chunk task (map) leaves for the partition tasks
+(reduce), on the shared volume so that any worker host can read any of them.
+
+One file per chunk, ``<runs_dir>/<job id>/c<chunk>.run``: a segment per partition, then a
+directory of the segments. A segment holds its rows in file order as three columns, each
+read back in one C call: bucket numbers (uint32), keys (joined by newlines: ids never hold
+one) and row elements (lengths, then the bytes). One file per chunk rather than per
+(chunk, partition): a billion-row file has thousands of partitions.
+
+Each segment carries a CRC-32 (C speed, a small share of the map's time): a shared volume
+that hands back other bytes fails the job rather than writing wrong rows. A file is
+written under a temporary name, flushed to disk and renamed, so a reader sees a
+whole file or none, and a redelivered map task that writes it again (the same bytes: same
+chunk, same plan) changes nothing for a reader.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import struct
+import uuid
+import zlib
+from array import array
+from bisect import bisect_left
+from dataclasses import dataclass
+from itertools import accumulate
+from pathlib import Path
+from typing import BinaryIO
+
+from shared.bucket_layout import buckets_of, partitions_of
+from shared.errors import PermanentError
+
+MAGIC = b"PRUNS\x00\x01\x00"
+_ENTRY = struct.Struct("<qqqqq")  # segment offset, rows, keys bytes, elements bytes, CRC-32
+_TRAILER = struct.Struct("<q8s")  # partitions, MAGIC
+
+
+def job_dir(runs_dir: Path, job_id: str) -> Path:
+    return runs_dir / job_id
+
+
+def run_path(runs_dir: Path, job_id: str, chunk: int) -> Path:
+    return job_dir(runs_dir, job_id) / f"c{chunk:06d}.run"
+
+
+def _u32(values: list[int]) -> bytes:
+    return array("I", values).tobytes()
+
+
+def write_chunk_runs(
+    runs_dir: Path,
+    job_id: str,
+    chunk: int,
+    keys: list[bytes],
+    elements: list[bytes],
+    buckets: int,
+    partitions: int,
+) -> None:
+    """Partition one chunk's rows (in file order) and write its run file."""
+    numbers = buckets_of(keys, buckets)
+    parts = partitions_of(numbers, buckets, partitions)
+    order = sorted(range(len(keys)), key=parts.__getitem__)  # stable: file order kept
+    sorted_parts = list(map(parts.__getitem__, order))
+    path = run_path(runs_dir, job_id, chunk)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
+    directory = []
+    try:
+        with tmp.open("wb") as f:
+            low = 0
+            for partition in range(partitions):
+                high = bisect_left(sorted_parts, partition + 1, low)
+                rows = order[low:high]
+                low = high
+                segment_elements = list(map(elements.__getitem__, rows))
+                columns = [
+                    _u32(list(map(numbers.__getitem__, rows))),
+                    b"\n".join(map(keys.__getitem__, rows)),
+                    _u32(list(map(len, segment_elements))),
+                    b"".join(segment_elements),
+                ]
+                crc = 0
+                for column in columns:
+                    crc = zlib.crc32(column, crc)
+                entry = (f.tell(), len(rows), len(columns[1]), len(columns[3]), crc)
+                directory.append(_ENTRY.pack(*entry))
+                if rows:
+                    f.writelines(columns)
+            f.write(b"".join(directory))
+            f.write(_TRAILER.pack(partitions, MAGIC))
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.rename(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@dataclass
+class PartitionRows:
+    """The rows of one partition over every chunk, in file order (parallel lists)."""
+
+    buckets: list[int]
+    keys: list[bytes]
+    elements: list[bytes]
+
+
+def read_partition(
+    runs_dir: Path, job_id: str, chunks: int, partition: int, partitions: int
+) -> PartitionRows:
+    """Chunk by chunk in chunk order, so the rows stay in file order: the last row of an
+    id is the one nearest the end of the file. A missing or damaged run file is a lost
+    shuffle (the shared volume lost it): the job cannot be completed."""
+    out = PartitionRows([], [], [])
+    for chunk in range(chunks):
+        path = run_path(runs_dir, job_id, chunk)
+        try:
+            with path.open("rb") as f:
+                _read_segment(f, path, partition, partitions, out)
+        except FileNotFoundError as exc:
+            raise PermanentError(
+                f"run file {path.name} of the shuffle is missing from the shared volume"
+            ) from exc
+    return out
+
+
+def _read_segment(
+    f: BinaryIO, path: Path, partition: int, partitions: int, out: PartitionRows
+) -> None:
+    size = f.seek(0, os.SEEK_END)
+    if size < _TRAILER.size + _ENTRY.size * partitions:
+        raise PermanentError(f"run file {path.name} is damaged (too short)")
+    f.seek(size - _TRAILER.size)
+    count, magic = _TRAILER.unpack(f.read(_TRAILER.size))
+    if magic != MAGIC or count != partitions:
+        raise PermanentError(f"run file {path.name} is damaged or of another plan")
+    f.seek(size - _TRAILER.size - _ENTRY.size * (partitions - partition))
+    offset, rows, keys_len, elements_len, crc = _ENTRY.unpack(f.read(_ENTRY.size))
+    if not rows:
+        return
+    f.seek(offset)
+    data = f.read(8 * rows + keys_len + elements_len)
+    if zlib.crc32(data) != crc:
+        raise PermanentError(f"run file {path.name} is damaged (segment {partition} checksum)")
+    numbers = array("I")
+    numbers.frombytes(data[: 4 * rows])
+    keys = data[4 * rows : 4 * rows + keys_len].split(b"\n")
+    lengths = array("I")
+    lengths.frombytes(data[4 * rows + keys_len : 8 * rows + keys_len])
+    blob = data[8 * rows + keys_len :]
+    if len(keys) != rows or len(blob) != elements_len or sum(lengths) != elements_len:
+        raise PermanentError(f"run file {path.name} is damaged (segment {partition})")
+    ends = list(accumulate(lengths))
+    starts = [0, *ends[:-1]]
+    out.buckets += numbers.tolist()
+    out.keys += keys
+    out.elements += list(map(blob.__getitem__, map(slice, starts, ends)))
+
+
+def remove_job_runs(runs_dir: Path, job_id: str) -> None:
+    """Repeat-safe; a map task still writing after its job ended leaves only a .tmp, which
+    ``sweep`` takes later."""
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(job_dir(runs_dir, job_id))
+
+
+def job_ids_with_runs(runs_dir: Path) -> list[str]:
+    if not runs_dir.is_dir():
+        return []
+    return [p.name for p in runs_dir.iterdir() if p.is_dir()]
