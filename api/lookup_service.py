@@ -32,6 +32,7 @@ from shared import datasets
 from shared.cache import PromotionCache, answer_body
 from shared.hot_ids import HotIdSampler, read_hot_ids_async
 from shared.local_cache import LocalCache
+from shared.read_latency import ReadLatencyPublisher
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,10 @@ class LookupService:
         local: LocalCache,
         sampler: HotIdSampler,
         prefill_ids: int,
+        read_latency: ReadLatencyPublisher | None = None,
     ) -> None:
         self.db = db
+        self.read_latency = read_latency  # published for the loaders (worker/throttle.py)
         self.cache = cache
         self.local = local
         self.sampler = sampler
@@ -146,7 +149,10 @@ class LookupService:
             docs = [doc] if doc else []
         else:
             docs = await coll.find({"_id": {"$in": keys}}, datasets.LOOKUP_PROJECTION).to_list()
-        STORE_LOOKUP_LATENCY.observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        STORE_LOOKUP_LATENCY.observe(elapsed)
+        if self.read_latency is not None:
+            self.read_latency.observe(elapsed)
         return {doc["_id"]: datasets.promotion_from_doc(doc) for doc in docs}
 
     async def prefill(self, version: int) -> None:
