@@ -12,11 +12,13 @@ Two congestion signals drive one AIMD rate (rows/s per worker process):
   per new summary. Measured on the dev store, this is what readers suffer: their reads queue
   behind insert batches inside the store and wait for CPU, while the batches themselves keep
   their speed, so the insert latency alone did not see it (bench/RESULTS.md).
-- **The insert latency** (delay-based, TCP Vegas-like): the latency per row of a batch is
+- **The insert latency** (delay-based, TCP Vegas-like), while there is no readers' signal
+  (no misses, no API publishing, Redis unreachable): the latency per row of a batch is
   compared with the best of the recent batches (``WINDOW`` of them, so a store that got
   slower for good becomes the new normal). A batch more than ``slowdown`` times slower
-  halves the rate. While there is no readers' signal (no misses, no API publishing, Redis
-  unreachable), a batch at normal speed adds ``min_rate`` instead.
+  halves the rate; a batch at normal speed adds ``min_rate``. While readers do speak, slower
+  batches alone do not slow the load: on a shared, noisy host batch latency varies 2x
+  without readers suffering, and halving on it too cost ingest time for nothing (measured).
 
 The rate never goes below ``min_rate``; pacing ends once the rate is faster than the store
 takes rows at its best. While pacing, a batch of ``n`` rows takes at least ``n / rate``
@@ -136,6 +138,8 @@ class InsertThrottle:
         self.achieved = rows / elapsed
         baseline = min(self.recent, default=per_row)
         self.recent.append(per_row)
+        if self.reads_known:
+            return  # the readers speak for themselves: their signal alone steers the rate
         if per_row > baseline * self.slowdown:
             self.decrease()
             log.info(
@@ -144,7 +148,7 @@ class InsertThrottle:
                 baseline * 1e6,
                 self.rate,
             )
-        elif not self.reads_known:
+        else:
             self.increase()
 
     def check_reads(self) -> None:
@@ -166,6 +170,9 @@ class InsertThrottle:
         self.next_reading = now + self.read_every_s
         fresh = [s for s in summaries if self.seen.get(s.process) != s.at]
         self.seen = {s.process: s.at for s in summaries}
+        if not summaries:
+            self.reads_known = False  # no API process publishes
+            return
         if not fresh:
             return  # nothing new since the last reading: no step, the verdict stands
         verdict = reads_congested(fresh, self.read_slowdown, self.read_floor_ms)

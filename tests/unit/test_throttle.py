@@ -293,3 +293,16 @@ def test_a_long_idle_gap_starts_unpaced() -> None:
     t.now += IDLE_RESET_S + 1  # the next file, much later
     assert write(throttle, t, 5000, 0.5) == 0.0
     assert throttle.rate is None
+
+
+def test_while_readers_are_healthy_slower_batches_alone_do_not_pace() -> None:
+    throttle, t, reads = with_reads()
+    for _ in range(5):
+        write(throttle, t, 5000, 0.5)
+    assert write(throttle, t, 5000, 1.5) == 0.0  # 3x slower, but readers see no harm
+    assert throttle.rate is None and throttle.decreases == 0
+    reads.p90_ms = None  # the readers fall silent: from the next batch, the insert rule
+    write(throttle, t, 5000, 1.5)
+    assert throttle.rate is None
+    write(throttle, t, 5000, 1.5)
+    assert throttle.rate == pytest.approx(5000 / 1.5 * 0.5)
