@@ -69,7 +69,7 @@ class SignalSampler:
     def __init__(self, redis_url: str, every_s: float = 0.25) -> None:
         self.redis = redis.Redis.from_url(redis_url, socket_timeout=1)
         self.every_s = every_s
-        self.samples: list[tuple[float, float, float, int]] = []  # at, p90, baseline, reads
+        self.samples: list[tuple[float, float, float]] = []  # at, p90 of the period, baseline
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._last: dict[str, float] = {}
@@ -79,7 +79,7 @@ class SignalSampler:
             for s in read_latencies(self.redis) or []:
                 if self._last.get(s.process) != s.at:  # each published period once
                     self._last[s.process] = s.at
-                    self.samples.append((s.at, s.p90_ms, s.baseline_ms, s.reads))
+                    self.samples.append((s.at, s.p90_ms, s.baseline_ms))
             time.sleep(self.every_s)
 
     def start(self) -> None:
@@ -181,7 +181,7 @@ def run_once(
         "keys": keys,
         "signal": signal.samples,
         "phases": phases,
-        "decreases_inserts": worker_log.count("pacing inserts at"),
+        "decreases_inserts": worker_log.count("store slower"),
         "decreases_reads": worker_log.count("reads slower"),
     }
 
@@ -214,7 +214,7 @@ def timeline(out: dict[str, Any]) -> list[dict[str, float]]:
     t = t0
     while t < out["ended"] + 1.0:
         cold, hot = split(out, t, t + TIMELINE_S)
-        sig = [p for at, p, _, n in out["signal"] if t <= at < t + TIMELINE_S and n]
+        sig = [p for at, p, _ in out["signal"] if t <= at < t + TIMELINE_S and p]
         rows.append(
             {
                 "t": round(t - out["began"], 1),
@@ -234,9 +234,9 @@ def measure(out: dict[str, Any]) -> dict[str, float]:
     during = window(res, out["began"], out["ended"])
     cold_idle, hot_idle = split(out, out["began"] - IDLE_S, out["began"])
     cold_load, hot_load = split(out, out["began"], out["ended"])
-    sig_idle = [p for at, p, _, n in out["signal"] if at < out["began"] and n]
-    sig_load = [p for at, p, _, n in out["signal"] if out["began"] <= at < out["ended"] and n]
-    baselines = [b for _, _, b, _ in out["signal"] if b]
+    sig_idle = [p for at, p, _ in out["signal"] if at < out["began"] and p]
+    sig_load = [p for at, p, _ in out["signal"] if out["began"] <= at < out["ended"] and p]
+    baselines = [b for _, _, b in out["signal"] if b]
     loading = out["phases"].get("loading", out["began"])
     activating = out["phases"]["finalizing"]
     cold_ph, hot_ph = split(out, loading, activating)

@@ -3,15 +3,17 @@ see of the store and by how fast the store takes the batches.
 
 Two congestion signals drive one AIMD rate (rows/s per worker process):
 
-- **The readers' signal** (``shared.read_latency``): every API process publishes the p90
-  latency of its store reads over the last 0.5 s and its calm baseline. At most every
-  ``read_every_s`` the throttle reads them; when any process sees its reads slower than
-  ``read_slowdown`` times its baseline (and slower than ``read_floor_ms``), the paced rate is
-  halved (at most once per ``HOLD_READINGS`` readings, so the readers' next summary can show
-  the effect first); when every process sees healthy reads, the rate grows by ``min_rate``
-  per new summary. Measured on the dev store, this is what readers suffer: their reads queue
-  behind insert batches inside the store and wait for CPU, while the batches themselves keep
-  their speed, so the insert latency alone did not see it (bench/RESULTS.md).
+- **The readers' signal** (``shared.read_latency``): every API process publishes a
+  histogram of its store reads' latencies and its calm baseline (the p90 it sees when
+  nothing loads). At most every ``read_every_s`` (and so at least once per paced batch) the
+  throttle reads them and takes, per process, the p90 of the reads *since its previous
+  decision* (the difference of the two histograms: the whole cycle of insert and pause, not
+  only the moment after a batch). When any process's p90 is above ``read_slowdown`` times
+  its baseline (and above ``read_floor_ms``), the paced rate is halved; when all are
+  healthy it grows by ``min_rate``. A window of fewer than ``MIN_READS`` reads waits for
+  more. Measured on the dev store, this is what readers suffer: their reads queue behind
+  insert batches inside the store and wait for CPU while the batches keep their own speed,
+  so the insert latency alone did not see it (bench/RESULTS.md).
 - **The insert latency** (delay-based, TCP Vegas-like), while there is no readers' signal
   (no misses, no API publishing, Redis unreachable): the latency per row of a batch is
   compared with the best of the recent batches (``WINDOW`` of them, so a store that got
@@ -41,7 +43,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 from redis import Redis
 
-from shared.read_latency import ReadLatency, read_latencies
+from shared.read_latency import ReadLatency, read_latencies, window
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -51,9 +53,11 @@ DECREASE = 0.5
 # Batches much smaller than the usual (a chunk's last one) carry the round trip's fixed cost
 # in their per-row latency; they are paced but not used as a signal.
 SMALL_BATCH = 0.5
-# A summary of fewer store reads than this says too little about their p90.
+# A window of fewer store reads than this says too little about their p90: it grows.
 MIN_READS = 5
-HOLD_READINGS = 2  # after a slow-down on the readers' signal, readings before the next one
+# The readers' verdict steers the rate until it is this old (a window still too short
+# after this long: too few misses to say anything, the insert rule again).
+VERDICT_TTL_S = 10.0
 RETRY_S = 5.0  # after a failed read of the signal, no signal for this long
 SIGNAL_TIMEOUT_S = 0.25  # per Redis call; a slow Redis costs a load at most this per reading
 # A process that wrote nothing for this long starts unpaced again: what it learnt about the
@@ -64,15 +68,31 @@ ReadSource = Callable[[], Sequence[ReadLatency] | None]
 
 
 def reads_congested(
-    summaries: Sequence[ReadLatency], slowdown: float, floor_ms: float
+    summaries: Sequence[ReadLatency],
+    marks: dict[str, ReadLatency],
+    slowdown: float,
+    floor_ms: float,
 ) -> bool | None:
-    """True when some API process sees its store reads slower than its baseline allows,
-    False when every process that says enough sees them healthy, None when none does (too
-    few reads, or no baseline yet)."""
-    known = [s for s in summaries if s.reads >= MIN_READS and s.baseline_ms > 0]
-    if not known:
+    """Over each process's reads since its mark: True when some process's p90 is slower
+    than its baseline allows, False when every process with enough reads is healthy, None
+    when none has enough reads (or a baseline) yet. Moves the marks of the processes that
+    had their say to now; a process seen for the first time gets its mark."""
+    verdicts = []
+    for s in summaries:
+        mark = marks.get(s.process)
+        if mark is None:
+            marks[s.process] = s
+            continue
+        reads, p90_ms = window(s, mark)
+        if reads < MIN_READS or s.baseline_ms <= 0:
+            continue
+        marks[s.process] = s
+        verdicts.append(p90_ms > max(floor_ms, slowdown * s.baseline_ms))
+    for gone in set(marks) - {s.process for s in summaries}:
+        del marks[gone]
+    if not verdicts:
         return None
-    return any(s.p90_ms > max(floor_ms, slowdown * s.baseline_ms) for s in known)
+    return any(verdicts)
 
 
 class InsertThrottle:
@@ -106,17 +126,19 @@ class InsertThrottle:
         self.read_decreases = 0
         self.next_reading = 0.0
         self.reads_known = False  # the last reading had a verdict: it steers increases
-        self.hold = 0  # readings left before a slow-down on the readers' signal
-        self.seen: dict[str, float] = {}  # process -> time of the last summary acted on
+        self.marks: dict[str, ReadLatency] = {}  # process -> its summary at the last verdict
+        self.verdict_at = float("-inf")
         self.last_write = float("-inf")
 
     @contextlib.contextmanager
     def paced(self, rows: int) -> Iterator[None]:
         """Around one batch write: measures it, then sleeps as the paced rate says."""
         started = self.clock()
-        if started - self.last_write > IDLE_RESET_S and self.rate is not None:
-            self.rate, self.hold = None, 0
-            log.info("no inserts for %.0f s: inserts no longer paced", IDLE_RESET_S)
+        if started - self.last_write > IDLE_RESET_S:
+            self.marks.clear()  # the readers' window starts with this load
+            if self.rate is not None:
+                self.rate = None
+                log.info("no inserts for %.0f s: inserts no longer paced", IDLE_RESET_S)
         yield
         self.last_write = self.clock()
         elapsed = self.last_write - started
@@ -168,31 +190,29 @@ class InsertThrottle:
             self.reads_known = False
             return
         self.next_reading = now + self.read_every_s
-        fresh = [s for s in summaries if self.seen.get(s.process) != s.at]
-        self.seen = {s.process: s.at for s in summaries}
         if not summaries:
             self.reads_known = False  # no API process publishes
+            self.marks.clear()
             return
-        if not fresh:
-            return  # nothing new since the last reading: no step, the verdict stands
-        verdict = reads_congested(fresh, self.read_slowdown, self.read_floor_ms)
-        self.reads_known = verdict is not None
+        worst = max(summaries, key=lambda s: window(s, self.marks.get(s.process))[1])
+        worst_p90 = window(worst, self.marks.get(worst.process))[1]
+        verdict = reads_congested(summaries, self.marks, self.read_slowdown, self.read_floor_ms)
         if verdict is None:
+            if now - self.verdict_at > VERDICT_TTL_S:
+                self.reads_known = False
             return
-        self.hold = max(0, self.hold - 1)
+        self.reads_known, self.verdict_at = True, now
         if not verdict:
             self.increase()
-        elif self.hold == 0:
-            self.hold = HOLD_READINGS
-            self.read_decreases += 1
-            self.decrease()
-            worst = max(fresh, key=lambda s: s.p90_ms / s.baseline_ms if s.baseline_ms else 0)
-            log.info(
-                "reads slower (p90 %.1f ms, calm %.1f ms): pacing inserts at %.0f rows/s",
-                worst.p90_ms,
-                worst.baseline_ms,
-                self.rate,
-            )
+            return
+        self.read_decreases += 1
+        self.decrease()
+        log.info(
+            "reads slower (p90 %.1f ms, calm %.1f ms): pacing inserts at %.0f rows/s",
+            worst_p90,
+            worst.baseline_ms,
+            self.rate,
+        )
 
     def decrease(self) -> None:
         current = self.achieved if self.rate is None else min(self.rate, self.achieved)

@@ -7,12 +7,19 @@ from collections.abc import Sequence
 
 import pytest
 
-from shared.read_latency import ReadLatency
+from shared.read_latency import (
+    BASELINE_MIN_PERIODS,
+    BASELINE_QUANTILE,
+    ReadLatency,
+    ReadLatencyPublisher,
+    bucket_of,
+    quantile,
+)
 from worker.throttle import (
-    HOLD_READINGS,
     IDLE_RESET_S,
     MIN_READS,
     RETRY_S,
+    VERDICT_TTL_S,
     WINDOW,
     InsertThrottle,
     reads_congested,
@@ -108,28 +115,29 @@ def test_a_ceiling_paces_even_a_fast_store() -> None:
 
 # The readers' signal (worker/throttle.py, shared/read_latency.py).
 
-
-def summary(
-    p90_ms: float,
-    baseline_ms: float = 2.0,
-    reads: int = 25,
-    at: float = 0.0,
-    process: str = "api-1",
-) -> ReadLatency:
-    return ReadLatency(process, reads, p90_ms, p90_ms * 2, baseline_ms, at)
+PERIOD_S = 0.5
 
 
 class FakeReads:
-    """What Redis would hold: the latest summary of each API process."""
+    """An API process publishing every PERIOD_S (the real publisher's summaries), whose
+    store reads take ``p90_ms`` from now on; returns what Redis would hold."""
 
-    def __init__(self, t: FakeTime) -> None:
+    def __init__(self, t: FakeTime, calm_ms: float = 2.0, reads_per_period: int = 25) -> None:
         self.t = t
-        self.p90_ms: float | None = 2.0  # None: nothing published
-        self.baseline_ms = 2.0
-        self.reads = 25
+        self.publisher = ReadLatencyPublisher(None, PERIOD_S, process="api-1")  # type: ignore[arg-type]
+        self.reads_per_period = reads_per_period
+        for _ in range(BASELINE_MIN_PERIODS):  # calm history: the baseline
+            self.period(calm_ms)
+        self.p90_ms: float | None = calm_ms  # None: the API stopped publishing
+        self.published_until = 0.0
         self.fail: Exception | None = None
         self.unreadable = False
         self.calls = 0
+
+    def period(self, ms: float) -> ReadLatency:
+        for _ in range(self.reads_per_period):
+            self.publisher.observe(ms / 1000)
+        return self.publisher.summary()
 
     def __call__(self) -> Sequence[ReadLatency] | None:
         self.calls += 1
@@ -139,9 +147,22 @@ class FakeReads:
             return None
         if self.p90_ms is None:
             return []
-        # A new summary every 0.5 s (the publisher's period).
-        at = int(self.t.now / 0.5) * 0.5
-        return [summary(self.p90_ms, self.baseline_ms, self.reads, at)]
+        latest = None
+        while self.published_until + PERIOD_S <= self.t.now:
+            self.published_until += PERIOD_S
+            latest = self.period(self.p90_ms)
+        return [latest or self.publisher.summary()] if latest else [self.last()]
+
+    def last(self) -> ReadLatency:
+        """No period ended since the last call: the same summary again."""
+        return ReadLatency(
+            "api-1",
+            self.publisher.reads,
+            dict(self.publisher.counts),
+            0.0,
+            quantile(self.publisher.p90s, BASELINE_QUANTILE),
+            self.published_until,
+        )
 
 
 def with_reads(**kw: float) -> tuple[InsertThrottle, FakeTime, FakeReads]:
@@ -152,27 +173,64 @@ def with_reads(**kw: float) -> tuple[InsertThrottle, FakeTime, FakeReads]:
     return throttle, t, reads
 
 
-def test_the_verdict_needs_enough_reads_and_a_baseline() -> None:
-    assert reads_congested([], 2.0, 2.0) is None
-    assert reads_congested([summary(50.0, reads=MIN_READS - 1)], 2.0, 2.0) is None
-    assert reads_congested([summary(50.0, baseline_ms=0.0)], 2.0, 2.0) is None
-    assert reads_congested([summary(50.0)], 2.0, 2.0) is True
-    assert reads_congested([summary(4.0)], 2.0, 2.0) is False  # 2x its baseline: still fine
-    assert reads_congested([summary(4.1)], 2.0, 2.0) is True
+def summary(
+    counts: dict[int, int], baseline_ms: float = 2.0, process: str = "api-1"
+) -> ReadLatency:
+    return ReadLatency(process, sum(counts.values()), counts, 0.0, baseline_ms, 0.0)
+
+
+def at_ms(ms: float, n: int) -> dict[int, int]:
+    return {bucket_of(ms / 1000): n}
+
+
+def plus(a: dict[int, int], b: dict[int, int]) -> dict[int, int]:
+    return {k: a.get(k, 0) + b.get(k, 0) for k in a.keys() | b.keys()}
+
+
+def test_the_verdict_is_the_p90_of_the_reads_since_the_last_one() -> None:
+    marks: dict[str, ReadLatency] = {}
+    calm = at_ms(1.0, 100)
+    assert reads_congested([summary(calm)], marks, 2.0, 2.0) is None  # first sight: the mark
+    # Since the mark: 10 reads, 2 of them slow (20 %): p90 slow.
+    now = plus(calm, plus(at_ms(1.0, 8), at_ms(50.0, 2)))
+    assert reads_congested([summary(now)], marks, 2.0, 2.0) is True
+    # Since then: 20 reads, 1 slow (5 %): p90 healthy. What came before the mark is gone.
+    later = plus(now, plus(at_ms(1.0, 19), at_ms(50.0, 1)))
+    assert reads_congested([summary(later)], marks, 2.0, 2.0) is False
+
+
+def test_a_window_with_too_few_reads_or_no_baseline_waits() -> None:
+    marks: dict[str, ReadLatency] = {}
+    reads_congested([summary({})], marks, 2.0, 2.0)
+    few = at_ms(50.0, MIN_READS - 1)
+    assert reads_congested([summary(few)], marks, 2.0, 2.0) is None
+    enough = plus(few, at_ms(50.0, 1))  # the window grew: still counted from the old mark
+    assert reads_congested([summary(enough)], marks, 2.0, 2.0) is True
+    marks.clear()
+    reads_congested([summary({}, baseline_ms=0)], marks, 2.0, 2.0)
+    assert reads_congested([summary(at_ms(50, 9), baseline_ms=0)], marks, 2.0, 2.0) is None
 
 
 def test_reads_faster_than_the_floor_are_never_congestion() -> None:
-    # A real MongoDB: reads at 0.3 ms, 3x their 0.1 ms baseline, are still healthy.
-    assert reads_congested([summary(0.3, baseline_ms=0.1)], 2.0, 2.0) is False
-    assert reads_congested([summary(2.5, baseline_ms=0.1)], 2.0, 2.0) is True
+    # A real MongoDB: reads at 0.4 ms, 4x their 0.1 ms baseline, are still healthy.
+    marks: dict[str, ReadLatency] = {}
+    reads_congested([summary({}, 0.1)], marks, 2.0, 2.0)
+    assert reads_congested([summary(at_ms(0.4, 20), 0.1)], marks, 2.0, 2.0) is False
+    marks.clear()
+    reads_congested([summary({}, 0.1)], marks, 2.0, 2.0)
+    assert reads_congested([summary(at_ms(3.0, 20), 0.1)], marks, 2.0, 2.0) is True
 
 
-def test_one_suffering_api_process_is_enough() -> None:
-    calm = summary(2.0, process="api-1")
-    slow = summary(20.0, process="api-2")
-    quiet = summary(90.0, reads=1, process="api-3")  # too few reads to say anything
-    assert reads_congested([calm, slow], 2.0, 2.0) is True
-    assert reads_congested([calm, quiet], 2.0, 2.0) is False
+def test_one_suffering_api_process_is_enough_and_gone_ones_are_forgotten() -> None:
+    marks: dict[str, ReadLatency] = {}
+    first = [summary({}, process=p) for p in ("api-1", "api-2", "api-3")]
+    reads_congested(first, marks, 2.0, 2.0)
+    calm = summary(at_ms(1.0, 20), process="api-1")
+    slow = summary(at_ms(20.0, 20), process="api-2")
+    quiet = summary(at_ms(90.0, 1), process="api-3")  # too few reads to say anything
+    assert reads_congested([calm, slow, quiet], marks, 2.0, 2.0) is True
+    assert reads_congested([calm, quiet], marks, 2.0, 2.0) is None  # api-1: no new reads
+    assert set(marks) == {"api-1", "api-3"}
 
 
 def test_slow_reads_pace_inserts_that_keep_their_speed() -> None:
@@ -186,29 +244,46 @@ def test_slow_reads_pace_inserts_that_keep_their_speed() -> None:
     assert throttle.rate == pytest.approx(5000.0)  # half of what it achieved
     assert throttle.read_decreases == 1
     pause = write(throttle, t, 5000, 0.5)
-    assert pause == pytest.approx(5000 / 5000.0 - 0.5)
+    assert pause == pytest.approx(5000 / 2500.0 - 0.5)  # halved again: still slow
 
 
-def test_slow_reads_halve_at_most_once_per_hold_down_to_the_floor() -> None:
+def test_slow_reads_halve_down_to_the_floor_once_per_window() -> None:
     throttle, t, reads = with_reads()
     write(throttle, t, 5000, 0.5)
     reads.p90_ms = 20.0
     rates = []
-    for _ in range(40):
+    for _ in range(10):
         write(throttle, t, 5000, 0.5)
         rates.append(throttle.rate)
-    assert min(r for r in rates if r is not None) == 1000.0  # never below the floor
-    # Fresh summaries arrive every batch here (each batch plus its pause takes >= 0.5 s);
-    # a halving waits for HOLD_READINGS of them.
-    assert throttle.read_decreases <= 40 // HOLD_READINGS + 1
-    assert rates[1] == rates[0]  # the summary right after a halving does not halve again
+    assert rates[:3] == [5000.0, 2500.0, 1250.0]  # one halving per batch cycle
+    assert rates[-1] == 1000.0  # and never below the floor
 
 
-def test_healthy_reads_raise_the_rate_per_summary_and_pacing_ends() -> None:
+def test_the_window_spans_the_pause_not_only_the_moment_after_a_batch() -> None:
+    """Readers slow only while a batch runs and calm in the pause after it: the window since
+    the previous decision holds both, so the verdict is about the whole cycle."""
+    throttle, t, reads = with_reads()
+    write(throttle, t, 5000, 0.5)
+    throttle.rate = 1000.0  # 5000 rows per 5 s: 0.5 s of insert, 4.5 s of pause
+
+    def cycle() -> None:
+        reads.p90_ms = 2.0
+        reads()  # the pause that just passed: calm periods published
+        reads.p90_ms = 20.0
+        write(throttle, t, 5000, 0.5)  # the batch: one slow period; then its pause
+
+    cycle()  # the first window: just the first batch
+    cycle()  # 1 slow period in 10 (10 % of reads): the cycle's p90 is calm
+    assert throttle.rate == 2000.0
+    cycle()  # at 2000 rows/s, 1 slow period in 5 (20 %): the p90 is slow
+    assert throttle.rate == 1000.0 and throttle.read_decreases == 2
+
+
+def test_healthy_reads_raise_the_rate_per_window_and_pacing_ends() -> None:
     throttle, t, reads = with_reads()
     write(throttle, t, 5000, 0.5)
     reads.p90_ms = 20.0
-    for _ in range(20):
+    for _ in range(10):
         write(throttle, t, 5000, 0.5)
     assert throttle.rate == 1000.0
     reads.p90_ms = 2.0
@@ -216,25 +291,8 @@ def test_healthy_reads_raise_the_rate_per_summary_and_pacing_ends() -> None:
     while throttle.rate is not None:
         write(throttle, t, 5000, 0.5)
         rates.append(throttle.rate)
-    assert rates[:3] == [2000.0, 3000.0, 4000.0]  # +min_rate per healthy summary
+    assert rates[:3] == [2000.0, 3000.0, 4000.0]  # +min_rate per healthy window
     assert len(rates) == 9  # until faster than the store takes rows at its best (10k/s)
-
-
-def test_the_same_summary_read_twice_is_one_step() -> None:
-    throttle, t, reads = with_reads(read_every_s=0.1)
-    write(throttle, t, 5000, 0.5)
-    reads.p90_ms = 20.0
-    write(throttle, t, 5000, 0.5)
-    assert throttle.rate == 5000.0
-    reads.p90_ms = 2.0
-    throttle.rate = 3000.0
-    # Two readings within one publisher period: the second one sees the same summary.
-    t.now = (int(t.now / 0.5) + 1) * 0.5 + 0.05
-    write(throttle, t, 100, 0.0001)
-    assert throttle.rate == 4000.0
-    t.now += 0.2
-    write(throttle, t, 100, 0.0001)
-    assert throttle.rate == 4000.0
 
 
 def test_the_signal_is_read_at_most_every_period() -> None:
@@ -257,12 +315,40 @@ def test_no_signal_means_the_insert_rule_alone() -> None:
 
 def test_while_reads_speak_normal_batches_do_not_raise_the_rate() -> None:
     throttle, t, reads = with_reads(read_every_s=10.0)
-    write(throttle, t, 5000, 0.5)  # a reading: reads healthy
+    write(throttle, t, 5000, 0.5)  # first sight of the API process: its mark
+    t.now += 10
+    write(throttle, t, 5000, 0.5)  # a verdict: reads healthy
     throttle.rate = 3000.0
     for _ in range(5):
         write(throttle, t, 5000, 0.5)  # normal batches, no reading due yet
     assert throttle.rate == 3000.0
-    assert reads.calls == 1
+    assert reads.calls == 2
+
+
+def test_while_readers_are_healthy_slower_batches_alone_do_not_pace() -> None:
+    throttle, t, reads = with_reads()
+    for _ in range(5):
+        write(throttle, t, 5000, 0.5)
+    assert write(throttle, t, 5000, 1.5) == 0.0  # 3x slower, but readers see no harm
+    assert throttle.rate is None and throttle.decreases == 0
+    reads.p90_ms = None  # the readers fall silent: from the next batch, the insert rule
+    write(throttle, t, 5000, 1.5)
+    assert throttle.rate is None
+    write(throttle, t, 5000, 1.5)
+    assert throttle.rate == pytest.approx(5000 / 1.5 * 0.5)
+
+
+def test_a_verdict_that_stays_pending_too_long_hands_over_to_the_insert_rule() -> None:
+    throttle, t, reads = with_reads()
+    for _ in range(3):
+        write(throttle, t, 5000, 0.5)
+    assert throttle.reads_known
+    reads.reads_per_period = 0  # the API still publishes, but nothing misses any more
+    for _ in range(int(VERDICT_TTL_S / 0.5) + 1):
+        write(throttle, t, 5000, 0.5)
+    assert not throttle.reads_known
+    write(throttle, t, 5000, 1.5)
+    assert throttle.rate is not None  # the insert rule paces again
 
 
 @pytest.mark.parametrize("failure", ["unreadable", "raises"])
@@ -293,16 +379,3 @@ def test_a_long_idle_gap_starts_unpaced() -> None:
     t.now += IDLE_RESET_S + 1  # the next file, much later
     assert write(throttle, t, 5000, 0.5) == 0.0
     assert throttle.rate is None
-
-
-def test_while_readers_are_healthy_slower_batches_alone_do_not_pace() -> None:
-    throttle, t, reads = with_reads()
-    for _ in range(5):
-        write(throttle, t, 5000, 0.5)
-    assert write(throttle, t, 5000, 1.5) == 0.0  # 3x slower, but readers see no harm
-    assert throttle.rate is None and throttle.decreases == 0
-    reads.p90_ms = None  # the readers fall silent: from the next batch, the insert rule
-    write(throttle, t, 5000, 1.5)
-    assert throttle.rate is None
-    write(throttle, t, 5000, 1.5)
-    assert throttle.rate == pytest.approx(5000 / 1.5 * 0.5)
