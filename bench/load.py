@@ -57,8 +57,8 @@ CASES: dict[str, dict[str, str]] = {
     "off": {"INGEST_THROTTLE": "false"},
 }
 LABELS = {
-    "reads": "throttle on: readers' signal + insert rule (default)",
-    "inserts": "throttle on: insert rule only (before)",
+    "reads": "throttle on (default): readers' signal",
+    "inserts": "throttle on, insert rule only (before)",
     "off": "throttle off",
 }
 
