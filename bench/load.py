@@ -53,11 +53,17 @@ TIMELINE_S = 1.0
 # name -> worker environment. The first one is the default configuration (the target's).
 CASES: dict[str, dict[str, str]] = {
     "reads": {"INGEST_THROTTLE": "true", "INGEST_READ_SIGNAL": "true"},
+    "reads2": {
+        "INGEST_THROTTLE": "true",
+        "INGEST_READ_SIGNAL": "true",
+        "INGEST_READ_SLOWDOWN": "2",
+    },
     "inserts": {"INGEST_THROTTLE": "true", "INGEST_READ_SIGNAL": "false"},
     "off": {"INGEST_THROTTLE": "false"},
 }
 LABELS = {
     "reads": "throttle on (default): readers' signal",
+    "reads2": "throttle on: readers' signal, INGEST_READ_SLOWDOWN=2",
     "inserts": "throttle on, insert rule only (before)",
     "off": "throttle off",
 }

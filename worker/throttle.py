@@ -104,7 +104,7 @@ class InsertThrottle:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         reads: ReadSource | None = None,
-        read_slowdown: float = 2.0,
+        read_slowdown: float = 4.0,
         read_floor_ms: float = 2.0,
         read_every_s: float = 0.5,
     ) -> None:
