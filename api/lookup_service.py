@@ -34,6 +34,7 @@ from shared.cache import PromotionCache, answer_body
 from shared.datasets import ActiveDataset
 from shared.hot_ids import HotIdSampler, read_hot_ids_async
 from shared.local_cache import LocalCache
+from shared.read_latency import ReadLatencyPublisher
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,10 @@ class LookupService:
         local: LocalCache,
         sampler: HotIdSampler,
         prefill_ids: int,
+        read_latency: ReadLatencyPublisher | None = None,
     ) -> None:
         self.db = db
+        self.read_latency = read_latency  # published for the loaders (worker/throttle.py)
         self.cache = cache
         self.local = local
         self.sampler = sampler
@@ -158,7 +161,10 @@ class LookupService:
                 self._buckets[version] = await datasets.read_buckets(self.db, version)
             buckets = self._buckets[version]
         found = await datasets.find_rows(self.db, version, buckets, keys)
-        STORE_LOOKUP_LATENCY.observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        STORE_LOOKUP_LATENCY.observe(elapsed)
+        if self.read_latency is not None:
+            self.read_latency.observe(elapsed)
         return found
 
     async def prefill(self, version: int) -> None:

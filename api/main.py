@@ -33,6 +33,7 @@ from shared.hot_ids import HotIdSampler
 from shared.local_cache import LocalCache
 from shared.logging_setup import configure_logging
 from shared.mongo import async_client, sync_client
+from shared.read_latency import ReadLatencyPublisher
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -58,8 +59,14 @@ def build_services(settings: Settings) -> Services:
     sampler = HotIdSampler(
         redis, settings.hot_id_sample_every, settings.hot_id_flush_seconds, settings.hot_id_max
     )
+    read_latency = ReadLatencyPublisher(redis, settings.read_latency_publish_s)
     lookups = LookupService(
-        db, cache, LocalCache(settings.local_cache_max_bytes), sampler, settings.warmup_max_ids
+        db,
+        cache,
+        LocalCache(settings.local_cache_max_bytes),
+        sampler,
+        settings.warmup_max_ids,
+        read_latency,
     )
     watcher = ActiveVersionWatcher(
         db, redis, settings.pointer_poll_seconds, on_switch=lookups.prefill
@@ -74,6 +81,7 @@ def build_services(settings: Settings) -> Services:
         cache=cache,
         lookups=lookups,
         sampler=sampler,
+        read_latency=read_latency,
         watcher=watcher,
         queue=JobQueue(settings),
         metrics=MetricsExporter(db, watcher, cache.counters),
@@ -117,6 +125,7 @@ def create_app(settings: Settings | None = None, fast_lookups: bool = True) -> F
         await services.watcher.start()
         await services.metrics.start()
         await services.sampler.start()
+        await services.read_latency.start()
         # Everything loaded so far (modules, app, clients) lives as long as the process: keep
         # it out of the collector's full passes, which otherwise show up as tail latency.
         gc.freeze()
@@ -127,6 +136,7 @@ def create_app(settings: Settings | None = None, fast_lookups: bool = True) -> F
             # process from exiting (the orchestrator would have to kill it).
             for name, step in (
                 ("sampler", services.sampler.stop()),
+                ("read latency", services.read_latency.stop()),
                 ("metrics", services.metrics.stop()),
                 ("watcher", services.watcher.stop()),
                 ("cache flush", services.cache.flush()),

@@ -17,6 +17,7 @@ from api.lookup_service import LookupService
 from api.metrics import MetricsExporter
 from shared.cache import PromotionCache
 from shared.hot_ids import HotIdSampler
+from shared.read_latency import ReadLatencyPublisher
 from shared.settings import Settings
 
 
@@ -32,6 +33,7 @@ class Services:
     cache: PromotionCache
     lookups: LookupService
     sampler: HotIdSampler
+    read_latency: ReadLatencyPublisher
     watcher: ActiveVersionWatcher
     queue: JobQueue
     metrics: MetricsExporter

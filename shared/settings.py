@@ -140,6 +140,17 @@ class Settings(BaseSettings):
     # Floor and ceiling of the paced rate, rows/s per worker process (0: no ceiling).
     ingest_min_rows_per_s: float = Field(default=1000, gt=0)
     ingest_max_rows_per_s: float = Field(default=0, ge=0)
+    # ... and on what readers see: each API process publishes its store reads' latencies to
+    # Redis every read_latency_publish_s (0: never; see shared/read_latency.py); when the
+    # readers' p90 since a worker's last decision is above ingest_read_slowdown times their
+    # calm baseline (and above ingest_read_floor_ms), it halves its rate, else adds to it.
+    # No signal (no misses, Redis unreachable): the insert-latency rule alone.
+    read_latency_publish_s: float = Field(default=0.5, ge=0)
+    ingest_read_signal: bool = True
+    # 4: measured on the dev store, the lookups' p99 during a load stayed within ~2x of idle
+    # (target 3x) at 1.5x the ingest time; 2 kept it within 1.25x at 3.7x (bench/RESULTS.md).
+    ingest_read_slowdown: float = Field(default=4.0, gt=1)
+    ingest_read_floor_ms: float = Field(default=2.0, ge=0)
 
     # Security. ``production`` (set by docker-compose.yml) refuses development placeholders.
     production: bool = False
