@@ -15,8 +15,12 @@ Two congestion signals drive one AIMD rate (rows/s per worker process):
   more. Measured on the dev store, this is what readers suffer: their reads queue behind
   insert batches inside the store and wait for CPU while the batches keep their own speed,
   so the insert latency alone did not see it (bench/RESULTS.md).
-- **The insert latency** (delay-based, TCP Vegas-like), while there is no readers' signal
-  (no misses, no API publishing, Redis unreachable): the latency per row of a batch is
+- **The insert latency** (delay-based, TCP Vegas-like), while the readers' signal cannot be
+  read (Redis unreachable, or ``INGEST_READ_SIGNAL`` off). When it can be read but no API
+  process reads enough from the store to judge (every lookup a cache hit, no API running),
+  nobody is there to protect: batches only recover the rate (two loaders on one store make
+  each other's batches 2x slower; pacing on that halved bucket loads for nothing, measured).
+  Otherwise: the latency per row of a batch is
   compared with the best of the recent batches (``WINDOW`` of them, so a store that got
   slower for good becomes the new normal). A batch more than ``slowdown`` times slower
   halves the rate; a batch at normal speed adds the same step. While readers do speak, slower
@@ -129,6 +133,9 @@ class InsertThrottle:
         self.read_decreases = 0
         self.next_reading = 0.0
         self.reads_known = False  # the last reading had a verdict: it steers increases
+        # The signal was read, but no API process reads enough from the store to judge (all
+        # cache hits, or no API at all): nobody to protect, so batches only recover the rate.
+        self.reads_quiet = False
         self.marks: dict[str, ReadLatency] = {}  # process -> its summary at the last verdict
         self.verdict_at = float("-inf")
         self.last_write = float("-inf")
@@ -165,6 +172,9 @@ class InsertThrottle:
         self.recent.append(per_row)
         if self.reads_known:
             return  # the readers speak for themselves: their signal alone steers the rate
+        if self.reads_quiet:
+            self.increase()  # no reader of the store to protect
+            return
         if per_row > baseline * self.slowdown:
             self.decrease()
             log.info(
@@ -190,11 +200,11 @@ class InsertThrottle:
             summaries = None
         if summaries is None:
             self.next_reading = now + RETRY_S
-            self.reads_known = False
+            self.reads_known = self.reads_quiet = False  # no signal: the insert rule
             return
         self.next_reading = now + self.read_every_s
         if not summaries:
-            self.reads_known = False  # no API process publishes
+            self.reads_known, self.reads_quiet = False, True  # no API process publishes
             self.marks.clear()
             return
         worst = max(summaries, key=lambda s: window(s, self.marks.get(s.process))[1])
@@ -202,9 +212,9 @@ class InsertThrottle:
         verdict = reads_congested(summaries, self.marks, self.read_slowdown, self.read_floor_ms)
         if verdict is None:
             if now - self.verdict_at > VERDICT_TTL_S:
-                self.reads_known = False
+                self.reads_known, self.reads_quiet = False, True  # too few reads to judge
             return
-        self.reads_known, self.verdict_at = True, now
+        self.reads_known, self.reads_quiet, self.verdict_at = True, False, now
         if not verdict:
             self.increase()
             return

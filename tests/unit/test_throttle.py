@@ -302,14 +302,28 @@ def test_the_signal_is_read_at_most_every_period() -> None:
     assert reads.calls == 2
 
 
-def test_no_signal_means_the_insert_rule_alone() -> None:
+def test_no_reader_of_the_store_means_nobody_to_protect() -> None:
+    """The signal is read, but no API process publishes (no API, or no misses): slower
+    batches do not pace (the insert rule would only slow the load: two loaders on one store
+    make batches 2x slower by themselves), and a rate paced earlier recovers."""
     throttle, t, reads = with_reads()
-    reads.p90_ms = None  # no API process publishes (no misses, or publishing off)
+    reads.p90_ms = None
     for _ in range(5):
         write(throttle, t, 5000, 0.5)
-    write(throttle, t, 5000, 1.5)  # the store slower: the insert rule still paces
+    assert write(throttle, t, 5000, 1.5) == 0.0
+    assert throttle.rate is None and throttle.decreases == 0
+    throttle.rate = 2000.0  # paced while readers suffered, then they went quiet
+    write(throttle, t, 5000, 0.5)
+    assert throttle.rate == pytest.approx(3000.0)
+
+
+def test_without_a_signal_source_the_insert_rule_paces() -> None:
+    throttle, t = throttle_and_time()  # INGEST_READ_SIGNAL=false: no source at all
+    for _ in range(5):
+        write(throttle, t, 5000, 0.5)
+    write(throttle, t, 5000, 1.5)  # the store slower: the insert rule paces
     assert throttle.rate == pytest.approx(5000 / 1.5 * 0.5)
-    write(throttle, t, 5000, 0.5)  # and a normal batch adds to the rate, as before
+    write(throttle, t, 5000, 0.5)  # and a normal batch adds to the rate
     assert throttle.rate == pytest.approx(5000 / 1.5 * 0.5 + 1000)
 
 
@@ -331,14 +345,13 @@ def test_while_readers_are_healthy_slower_batches_alone_do_not_pace() -> None:
         write(throttle, t, 5000, 0.5)
     assert write(throttle, t, 5000, 1.5) == 0.0  # 3x slower, but readers see no harm
     assert throttle.rate is None and throttle.decreases == 0
-    reads.p90_ms = None  # the readers fall silent: from the next batch, the insert rule
+    reads.p90_ms = None  # the readers fall silent: still nobody to protect
+    write(throttle, t, 5000, 1.5)
     write(throttle, t, 5000, 1.5)
     assert throttle.rate is None
-    write(throttle, t, 5000, 1.5)
-    assert throttle.rate == pytest.approx(5000 / 1.5 * 0.5)
 
 
-def test_a_verdict_that_stays_pending_too_long_hands_over_to_the_insert_rule() -> None:
+def test_a_verdict_that_stays_pending_too_long_means_nobody_reads() -> None:
     throttle, t, reads = with_reads()
     for _ in range(3):
         write(throttle, t, 5000, 0.5)
@@ -346,9 +359,9 @@ def test_a_verdict_that_stays_pending_too_long_hands_over_to_the_insert_rule() -
     reads.reads_per_period = 0  # the API still publishes, but nothing misses any more
     for _ in range(int(VERDICT_TTL_S / 0.5) + 1):
         write(throttle, t, 5000, 0.5)
-    assert not throttle.reads_known
+    assert not throttle.reads_known and throttle.reads_quiet
     write(throttle, t, 5000, 1.5)
-    assert throttle.rate is not None  # the insert rule paces again
+    assert throttle.rate is None  # nobody reads from the store: no pacing
 
 
 @pytest.mark.parametrize("failure", ["unreadable", "raises"])
