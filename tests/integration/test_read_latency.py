@@ -62,16 +62,16 @@ def test_the_api_publishes_its_store_reads_and_a_worker_reads_them(
         t = throttle(url, read_slowdown=1e6)
         with t.paced(10):
             pass
-        t.rate = 1000.0
         deadline = time.monotonic() + 20
-        while t.rate == 1000.0 and time.monotonic() < deadline:
+        while not t.reads_known and time.monotonic() < deadline:
             for _ in range(20):
                 client.get(f"/promotions/{uuid.uuid4()}")
             t.next_reading = 0.0  # read now, whatever the period
+            t.rate = 1000.0
             with t.paced(10):
                 pass
-        assert t.rate != 1000.0  # raised by a step (or no longer paced: the step reached it)
         assert process in t.marks and t.reads_known
+        assert t.rate != 1000.0  # raised by a step (or no longer paced: the step reached it)
     # A stopped API takes its summary with it.
     assert all(s.process != process for s in read_latencies(redis_client) or [])
     assert not redis_client.sismember(INDEX_KEY, process)
