@@ -103,20 +103,20 @@ def _raw_bucket_loader(
     out.put((t0, time.time(), sum(rows for rows, _ in batches)))
 
 
-def run_raw_buckets(st: Stack, path: Path, processes: int, batch_rows: int) -> dict[str, float]:
-    """Bare insert_many of the prebuilt bucket documents from ``processes`` processes."""
-    batches = bucket_documents(path, batch_rows)
-    coll = f"raw_buckets_{time.time_ns()}"
-    db = st.mongo_db()
-    db.create_collection(coll)
+def _race(
+    st: Stack, loader: Any, per_process: list[tuple[Any, ...]]
+) -> tuple[str, dict[str, float]]:
+    """Start one ``loader`` process per argument tuple on a fresh collection, release them
+    together once all are connected; (collection, rows / seconds / rows_per_s)."""
+    coll = f"raw_{time.time_ns()}"
+    st.mongo_db().create_collection(coll)
     ctx = mp.get_context("spawn")
     ready, go, out = ctx.Semaphore(0), ctx.Event(), ctx.Queue()
     procs = [
         ctx.Process(
-            target=_raw_bucket_loader,
-            args=(st.mongo_url, st.env["MONGO_DB"], coll, batches[i::processes], ready, go, out),
+            target=loader, args=(st.mongo_url, st.env["MONGO_DB"], coll, *args, ready, go, out)
         )
-        for i in range(processes)
+        for args in per_process
     ]
     for p in procs:
         p.start()
@@ -128,49 +128,29 @@ def run_raw_buckets(st: Stack, path: Path, processes: int, batch_rows: int) -> d
         p.join()
     elapsed = max(r[1] for r in results) - min(r[0] for r in results)
     rows = sum(r[2] for r in results)
-    db.drop_collection(coll)
-    return {"rows": rows, "seconds": elapsed, "rows_per_s": rows / elapsed}
+    return coll, {"rows": rows, "seconds": elapsed, "rows_per_s": rows / elapsed}
+
+
+def run_raw_buckets(st: Stack, path: Path, processes: int, batch_rows: int) -> dict[str, float]:
+    """Bare insert_many of the prebuilt bucket documents from ``processes`` processes."""
+    batches = bucket_documents(path, batch_rows)
+    coll, metrics = _race(
+        st, _raw_bucket_loader, [(batches[i::processes],) for i in range(processes)]
+    )
+    st.mongo_db().drop_collection(coll)
+    return metrics
 
 
 def run_raw(st: Stack, path: Path, processes: int, batch_rows: int) -> dict[str, float]:
     """Bare insert_many from ``processes`` processes; chunks dealt round-robin."""
     with path.open("rb") as f:
         chunks = plan_chunks(f, path.stat().st_size, max(1, path.stat().st_size // processes))
-    coll = f"raw_{time.time_ns()}"
-    db = st.mongo_db()
-    db.create_collection(coll)
-    ctx = mp.get_context("spawn")
-    ready, go, out = ctx.Semaphore(0), ctx.Event(), ctx.Queue()
-    procs = [
-        ctx.Process(
-            target=_raw_loader,
-            args=(
-                st.mongo_url,
-                st.env["MONGO_DB"],
-                coll,
-                path,
-                chunks[i::processes],
-                batch_rows,
-                ready,
-                go,
-                out,
-            ),
-        )
-        for i in range(processes)
-    ]
-    for p in procs:
-        p.start()
-    for _ in procs:
-        ready.acquire()
-    go.set()
-    results = [out.get() for _ in procs]
-    for p in procs:
-        p.join()
-    elapsed = max(r[1] for r in results) - min(r[0] for r in results)
-    rows = sum(r[2] for r in results)
-    storage = storage_per_million_rows(db, coll, rows)
-    db.drop_collection(coll)
-    return {"rows": rows, "seconds": elapsed, "rows_per_s": rows / elapsed, **storage}
+    coll, metrics = _race(
+        st, _raw_loader, [(path, chunks[i::processes], batch_rows) for i in range(processes)]
+    )
+    storage = storage_per_million_rows(st.mongo_db(), coll, int(metrics["rows"]))
+    st.mongo_db().drop_collection(coll)
+    return {**metrics, **storage}
 
 
 def storage_per_million_rows(db: Any, coll: str, rows: int) -> dict[str, float]:

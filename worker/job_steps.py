@@ -150,16 +150,20 @@ def load(
     if not job_records.heartbeat(db, job_id):
         return "skipped"  # ended meanwhile: its chunk results were already removed
     job_records.save_chunk_result(db, job_id, index, start, end, stats)
-    updated = job_records.count_chunk_done(db, job_id, index, stats)
-    if updated is None:  # counted by an earlier delivery, which may have died before this
-        updated = job_records.load_job(db, job_id)
-    if (
-        updated is not None
-        and updated["status"] == lifecycle.RUNNING
-        and updated["chunks_done"] == updated["chunks_total"]
-    ):
-        return "last"
-    return "loaded"
+    counted = job_records.count_chunk_done(db, job_id, index, stats)
+    return "last" if _all_done(db, job_id, counted, "chunks") else "loaded"
+
+
+def _all_done(db: Database[Any], job_id: str, counted: dict[str, Any] | None, unit: str) -> bool:
+    """Whether every chunk (or partition) of a running job is counted. ``counted``: the job
+    after counting this one, None if an earlier delivery counted it (and may have died
+    before acting on it: then the job as it is now decides, so the next step is sent)."""
+    job = counted if counted is not None else job_records.load_job(db, job_id)
+    return (
+        job is not None
+        and job["status"] == lifecycle.RUNNING
+        and job[f"{unit}_done"] == job[f"{unit}_total"]
+    )
 
 
 def rejection_problem(
@@ -243,13 +247,5 @@ def write_partition(
     job_records.save_partition_result(
         db, job_id, partition, merged.rows, merged.duplicates, len(merged.documents)
     )
-    updated = job_records.count_partition_done(db, job_id, partition)
-    if updated is None:
-        updated = job_records.load_job(db, job_id)
-    if (
-        updated is not None
-        and updated["status"] == lifecycle.RUNNING
-        and updated["partitions_done"] == updated["partitions_total"]
-    ):
-        return "last"
-    return "written"
+    counted = job_records.count_partition_done(db, job_id, partition)
+    return "last" if _all_done(db, job_id, counted, "partitions") else "written"
