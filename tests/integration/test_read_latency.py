@@ -60,7 +60,7 @@ def test_the_api_publishes_its_store_reads_and_a_worker_reads_them(
         # The worker side: reads healthy (no slowdown could be this large), so a paced rate
         # grows by one step per new summary.
         t = throttle(url, read_slowdown=1e6)
-        with t.paced(10):
+        with t.paced(1000):  # the usual batch size; the signal's first sight
             pass
         t.rate = 1000.0
         deadline = time.monotonic() + 20
@@ -68,7 +68,7 @@ def test_the_api_publishes_its_store_reads_and_a_worker_reads_them(
             for _ in range(20):
                 client.get(f"/promotions/{uuid.uuid4()}")
             t.next_reading = 0.0  # read now, whatever the period
-            with t.paced(10):
+            with t.paced(10):  # small batches: the insert rule takes no step on them
                 pass
         assert t.rate == 2000.0
         assert process in t.marks and t.reads_known
