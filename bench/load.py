@@ -1,5 +1,4 @@
-"""Reads during a load: lookup latency while a 200k-row file loads, with and without the
-throttle.
+"""Reads during a load: lookup latency while a 200k-row file loads, throttle on and off.
 
 An open-loop client (``bench.open_loop``, own process) sends lookups at a fixed rate: most
 to hot ids (Zipf-like over the first ``--hot-ids`` ids, cached) and ``--cold-share`` to
