@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -304,8 +305,16 @@ class Lifecycle(RuleBasedStateMachine):
 
 @pytest.mark.slow
 def test_lifecycle_model(
-    mongo_db: Any, redis_client: Any, settings: Settings, monkeypatch: pytest.MonkeyPatch
+    mongo_db: Any,
+    redis_client: Any,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
+    """On a database and a shared volume of its own: the session's Celery worker still runs
+    delayed clean-ups of earlier tests, which must not act on the model's versions (the
+    model's clock is far ahead of theirs) nor sweep its run files."""
+    model_db = mongo_db.client[f"{mongo_db.name}_model"]
     clock = Clock()
     for module in (lifecycle, job_records):
         monkeypatch.setattr(module, "now", clock)
@@ -316,6 +325,7 @@ def test_lifecycle_model(
             "rows_per_bucket": 1,
             "min_partitions": 3,
             "reject_ratio": 0.5,
+            "data_dir": tmp_path / "shared",
             "job_stall_timeout_s": STALL_S,
             "drop_grace_s": GRACE_S,
             "versions_to_keep": KEEP,
@@ -327,7 +337,7 @@ def test_lifecycle_model(
         def __init__(self) -> None:
             # Set before the base class looks at the machine's attributes (a Database
             # answers any attribute name with a collection).
-            self.db = mongo_db
+            self.db = model_db
             self.redis = redis_client
             self.settings = model_settings
             self.clock = clock
