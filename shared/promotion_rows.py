@@ -272,6 +272,36 @@ def parse_chunk_strict(
         yield batch
 
 
+def _pieces(data: bytes, chunk_start: int) -> Iterator[tuple[int, int, bool | None]]:
+    """A line-aligned chunk as pieces, in order: ``(start, end, quoted)`` for a run of
+    well-formed lines (the bulk path; ``quoted``: fields in RFC 4180 quotes), ``(start,
+    stop, None)`` for one other line (the strict path; ``stop`` is its LF or the chunk's
+    end). A BOM at the file start is skipped. Both chunk parsers walk the same pieces."""
+    pos = len(_BOM) if chunk_start == 0 and data.startswith(_BOM) else 0
+    size = len(data)
+    while pos < size:
+        end = fast_run_end(data, pos)
+        quoted = end == pos  # then perhaps a run of lines with quoted fields
+        if quoted:
+            end = quoted_run_end(data, pos)
+        if end > pos:
+            yield pos, end, quoted
+            pos = end
+            continue
+        newline = data.find(b"\n", pos)
+        stop = size if newline < 0 else newline
+        yield pos, stop, None
+        pos = stop + 1
+
+
+def _count_run(stats: ChunkStats, count: int) -> int:
+    """A run's lines are all valid rows."""
+    stats.lines += count
+    stats.rows_read += count
+    stats.rows_valid += count
+    return count
+
+
 def parse_chunk(
     data: bytes, chunk_start: int, batch_rows: int, stats: ChunkStats
 ) -> Iterator[dict[str, bytes]]:
@@ -284,23 +314,13 @@ def parse_chunk(
     validated and encoded in bulk (``shared.bulk_rows``); any other line, such as a header,
     a blank line or an invalid row, goes through the strict validator for its reason.
     """
-    pos = len(_BOM) if chunk_start == 0 and data.startswith(_BOM) else 0
-    size = len(data)
     index = 0
     batch: dict[str, bytes] = {}
-    while pos < size:
-        end = fast_run_end(data, pos)
-        quoted = end == pos  # then perhaps a run of lines with quoted fields
-        if quoted:
-            end = quoted_run_end(data, pos)
-        if end > pos:
+    for pos, end, quoted in _pieces(data, chunk_start):
+        if quoted is not None:
             keys, docs = encode_run(data[pos:end], chunk_start + pos, quoted)
-            count = len(keys)
-            stats.lines += count
-            stats.rows_read += count
-            stats.rows_valid += count
+            count = _count_run(stats, len(keys))
             index += count
-            pos = end
             # Fill the batch exactly as row-by-row insertion would: a batch is yielded when
             # it holds ``batch_rows`` distinct keys, which can only happen on the last row of
             # a slice no longer than the room left.
@@ -313,9 +333,7 @@ def parse_chunk(
                     yield batch
                     batch = {}
             continue
-        newline = data.find(b"\n", pos)
-        stop = size if newline < 0 else newline
-        line = data[pos:stop].decode("utf-8", errors="surrogateescape")
+        line = data[pos:end].decode("utf-8", errors="surrogateescape")
         row = _parse_line(line, index, chunk_start + pos, chunk_start == 0, stats)
         if row is not None:
             batch[row[0]] = row[1]
@@ -323,7 +341,6 @@ def parse_chunk(
                 yield batch
                 batch = {}
         index += 1
-        pos = stop + 1
     if batch:
         yield batch
 
@@ -338,30 +355,17 @@ def parse_chunk_rows(
     Same validation as ``parse_chunk``: runs of well-formed lines in bulk, any other line
     through the strict validator.
     """
-    pos = len(_BOM) if chunk_start == 0 and data.startswith(_BOM) else 0
-    size = len(data)
     index = 0
     keys: list[bytes] = []
     elements: list[bytes] = []
-    while pos < size:
-        end = fast_run_end(data, pos)
-        quoted = end == pos  # then perhaps a run of lines with quoted fields
-        if quoted:
-            end = quoted_run_end(data, pos)
-        if end > pos:
+    for pos, end, quoted in _pieces(data, chunk_start):
+        if quoted is not None:
             run_keys, run_elements = encode_run_elements(data[pos:end], quoted)
-            count = len(run_keys)
-            stats.lines += count
-            stats.rows_read += count
-            stats.rows_valid += count
-            index += count
+            index += _count_run(stats, len(run_keys))
             keys += run_keys
             elements += run_elements
-            pos = end
             continue
-        newline = data.find(b"\n", pos)
-        stop = size if newline < 0 else newline
-        line = data[pos:stop].decode("utf-8", errors="surrogateescape")
+        line = data[pos:end].decode("utf-8", errors="surrogateescape")
         row = _check_line(line, index, chunk_start == 0, stats)
         if row is not None:
             raw = row[0].encode()
@@ -369,5 +373,4 @@ def parse_chunk_rows(
             keys.append(key)
             elements.append(encode_element(key, raw, row[1], row[2].encode()))
         index += 1
-        pos = stop + 1
     return keys, elements
