@@ -62,6 +62,20 @@ def _raw_loader(
     out: Any,
 ) -> None:
     batches = [b for start, end in ranges for b in _documents(path, start, end, batch_rows)]
+    _insert_together(url, db, coll, batches, sum(len(b) for b in batches), ready, go, out)
+
+
+def _insert_together(
+    url: str,
+    db: str,
+    coll: str,
+    batches: list[list[RawBSONDocument]],
+    rows: int,
+    ready: Any,
+    go: Any,
+    out: Any,
+) -> None:
+    """A loader process's timed part: connected first, started with the others."""
     target = pymongo.MongoClient(url)[db][coll]
     target.find_one()  # connect before the clock starts
     ready.release()
@@ -69,7 +83,7 @@ def _raw_loader(
     t0 = time.time()
     for batch in batches:
         target.insert_many(batch, ordered=False)
-    out.put((t0, time.time(), sum(len(b) for b in batches)))
+    out.put((t0, time.time(), rows))
 
 
 def bucket_documents(path: Path, batch_rows: int) -> list[tuple[int, list[bytes]]]:
@@ -93,14 +107,7 @@ def _raw_bucket_loader(
     out: Any,
 ) -> None:
     docs = [[RawBSONDocument(raw) for raw in batch] for _, batch in batches]
-    target = pymongo.MongoClient(url)[db][coll]
-    target.find_one()  # connect before the clock starts
-    ready.release()
-    go.wait()
-    t0 = time.time()
-    for batch in docs:
-        target.insert_many(batch, ordered=False)
-    out.put((t0, time.time(), sum(rows for rows, _ in batches)))
+    _insert_together(url, db, coll, docs, sum(rows for rows, _ in batches), ready, go, out)
 
 
 def _race(
