@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     # under a second, the dev server under load needed ~10 s (bench/RESULTS.md).
     warmup_max_ids: int = Field(default=10_000, ge=0)
     warmup_max_seconds: float = Field(default=10.0, ge=0)
+    # Ids per $in read of the warm-up. Small, so that no read holds the store long while
+    # lookups wait (the dev store took 360 ms for 500 ids, 8 ms for 32; bench/RESULTS.md).
+    warmup_batch_ids: int = Field(default=32, ge=1, le=10_000)
 
     # Loads yield to reads: each worker process paces its insert batches (AIMD on their
     # latency per row against the best recently seen); see worker/throttle.py.

@@ -8,6 +8,13 @@ warm-up costs only a colder start, never a job or a rollback. Called by the job 
 (sync) and the rollback route (async) just before the pointer update; answers are encoded
 exactly as the lookup path encodes them (``answer_body``), so a warmed entry and a filled
 one are the same bytes.
+
+It yields to the lookups it prepares for: small ``$in`` batches (``warmup_batch_ids``), and
+after each batch a pause as long as the batch's read took, so the warm-up holds the store at
+most about half of the time. Measured on the dev store (bench/RESULTS.md, issue 10): one
+500-id batch held its single thread for 360 ms (lookups' store reads waited behind it: p99
+150-250 ms in the second before every switch) and read 1,300 ids/s; 32-id batches take
+~8 ms each and read ~3,500 ids/s.
 """
 
 from __future__ import annotations
@@ -32,7 +39,8 @@ from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-BATCH_IDS = 500  # ids per $in query and per Redis pipeline
+# After a batch, the warm-up pauses this many times as long as the batch's read took.
+PAUSE_PER_READ = 1.0
 
 
 @dataclass
@@ -49,7 +57,7 @@ def ttl_for(body: bytes, settings: Settings) -> int:
     return settings.cache_ttl_seconds if body else settings.negative_cache_ttl_seconds
 
 
-def batches(ids: list[str], size: int = BATCH_IDS) -> list[list[str]]:
+def batches(ids: list[str], size: int) -> list[list[str]]:
     return [ids[i : i + size] for i in range(0, len(ids), size)]
 
 
@@ -63,24 +71,32 @@ def run_warmup(
     fetch: Callable[[list[str], float], dict[str, dict[str, Any]]],
     store: Callable[[dict[str, bytes]], None],
     max_seconds: float,
+    batch_ids: int,
     clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> WarmupResult:
     """The sync loop: ``fetch(batch, seconds_left)`` reads a batch from the new version,
-    ``store`` writes its answers. Stops at the deadline (the fetch gets only the time left);
-    any error ends the warm-up, recorded in the result, never raised."""
+    ``store`` writes its answers, then a pause (``PAUSE_PER_READ``) leaves the store to the
+    lookups. Stops at the deadline (the fetch gets only the time left, a pause never goes
+    past it); any error ends the warm-up, recorded in the result, never raised."""
     started = clock()
     deadline = started + max_seconds
     result = WarmupResult(hot_ids=len(ids))
     try:
-        for batch in batches(ids):
+        for batch in batches(ids, batch_ids):
             left = deadline - clock()
             if left <= 0:
                 result.timed_out = True
                 break
-            answers = bodies_for(batch, fetch(batch, left))
+            began = clock()
+            found = fetch(batch, left)
+            read_s = clock() - began
+            answers = bodies_for(batch, found)
             store(answers)
             result.warmed += len(answers)
             result.found += sum(1 for body in answers.values() if body)
+            if result.warmed < len(ids):
+                sleep(max(0.0, min(read_s * PAUSE_PER_READ, deadline - clock())))
     except Exception as exc:  # a warm-up must never fail the switch it prepares
         result.error = f"{type(exc).__name__}: {exc}"
     result.seconds = clock() - started
@@ -114,7 +130,8 @@ def warm_version(db: Database[Any], redis: Redis, version: int, settings: Settin
         ids = read_hot_ids(redis, settings.warmup_max_ids)
     except Exception as exc:
         return WarmupResult(error=f"reading hot ids: {type(exc).__name__}: {exc}")
-    return run_warmup(ids, fetch, store, max(0.0, deadline - time.monotonic()))
+    left = max(0.0, deadline - time.monotonic())
+    return run_warmup(ids, fetch, store, left, settings.warmup_batch_ids)
 
 
 def warm_before_switch(db: Database[Any], version: int) -> WarmupResult:
@@ -162,14 +179,19 @@ async def warm_version_async(
         buckets = await datasets.read_buckets(db, version)
         ids = await read_hot_ids_async(redis, settings.warmup_max_ids)
         result.hot_ids = len(ids)
-        for batch in batches(ids):
-            answers = bodies_for(batch, await datasets.find_rows(db, version, buckets, batch))
+        for batch in batches(ids, settings.warmup_batch_ids):
+            began = time.monotonic()
+            found = await datasets.find_rows(db, version, buckets, batch)
+            read_s = time.monotonic() - began
+            answers = bodies_for(batch, found)
             async with redis.pipeline(transaction=False) as pipe:
                 for key, body in answers.items():
                     pipe.set(cache_key(version, key), body, ex=ttl_for(body, settings))
                 await pipe.execute()
             result.warmed += len(answers)
             result.found += sum(1 for body in answers.values() if body)
+            if result.warmed < len(ids):
+                await asyncio.sleep(read_s * PAUSE_PER_READ)  # the deadline cuts it
 
     try:
         await asyncio.wait_for(warm(), timeout=settings.warmup_max_seconds)

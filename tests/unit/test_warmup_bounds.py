@@ -10,15 +10,22 @@ import pytest
 from shared.cache import NEGATIVE
 from shared.hot_ids import HotIdSampler, merge_ranked, window_key
 from shared.local_cache import ENTRY_OVERHEAD, LocalCache
-from shared.warmup import BATCH_IDS, run_warmup
+from shared.warmup import run_warmup
+
+BATCH_IDS = 32
 
 
 class Clock:
     def __init__(self) -> None:
         self.now = 100.0
+        self.slept: list[float] = []
 
     def __call__(self) -> float:
         return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
 
 
 def rows(batch: list[str]) -> dict[str, dict[str, Any]]:
@@ -33,7 +40,10 @@ def rows(batch: list[str]) -> dict[str, dict[str, Any]]:
 def test_warmup_writes_every_hot_id_found_or_absent() -> None:
     stored: dict[str, bytes] = {}
     ids = ["a", "xb", "c"]
-    result = run_warmup(ids, lambda batch, left: rows(batch), stored.update, 5.0, Clock())
+    clock = Clock()
+    result = run_warmup(
+        ids, lambda batch, left: rows(batch), stored.update, 5.0, BATCH_IDS, clock, clock.sleep
+    )
     assert result.warmed == 3 and result.found == 2 and not result.timed_out
     assert stored["xb"] == NEGATIVE
     assert orjson.loads(stored["a"]) == {
@@ -47,24 +57,43 @@ def test_warmup_stops_at_its_deadline_and_gives_the_store_only_the_time_left() -
     clock = Clock()
     lefts: list[float] = []
 
-    def slow_fetch(batch: list[str], left: float) -> list[dict[str, Any]]:
+    def slow_fetch(batch: list[str], left: float) -> dict[str, dict[str, Any]]:
         lefts.append(left)
         clock.now += 0.4  # each batch takes 0.4 s
         return rows(batch)
 
     stored: dict[str, bytes] = {}
     ids = [f"id{i}" for i in range(10 * BATCH_IDS)]
-    result = run_warmup(ids, slow_fetch, stored.update, 1.0, clock)
-    assert result.timed_out and result.warmed == 3 * BATCH_IDS  # 0.0, 0.4, 0.8 s: 3 batches
-    assert lefts == pytest.approx([1.0, 0.6, 0.2])
+    result = run_warmup(ids, slow_fetch, stored.update, 1.0, BATCH_IDS, clock, clock.sleep)
+    # read 0.0-0.4 s, pause 0.4-0.8 s, read 0.8-1.2 s: the deadline (1.0 s) ends it
+    assert result.timed_out and result.warmed == 2 * BATCH_IDS
+    assert lefts == pytest.approx([1.0, 0.2])
+    assert clock.slept == pytest.approx([0.4, 0.0])  # no pause goes past the deadline
     assert result.seconds == pytest.approx(1.2)
-    assert len(stored) == 3 * BATCH_IDS
+    assert len(stored) == 2 * BATCH_IDS
+
+
+def test_warmup_reads_small_batches_and_leaves_the_store_half_of_the_time() -> None:
+    clock = Clock()
+    sizes: list[int] = []
+
+    def fetch(batch: list[str], left: float) -> dict[str, dict[str, Any]]:
+        sizes.append(len(batch))
+        clock.now += 0.01 * len(sizes)  # 10, 20, 30 ms
+        return rows(batch)
+
+    ids = [f"id{i}" for i in range(2 * BATCH_IDS + 5)]
+    result = run_warmup(ids, fetch, lambda a: None, 5.0, BATCH_IDS, clock, clock.sleep)
+    assert sizes == [BATCH_IDS, BATCH_IDS, 5] and result.warmed == len(ids)
+    # After each read a pause as long as it, none after the last: the switch is not held.
+    assert clock.slept == pytest.approx([0.01, 0.02])
+    assert not result.timed_out
 
 
 def test_a_failing_warmup_never_raises_and_keeps_what_it_wrote() -> None:
     calls = 0
 
-    def failing(batch: list[str], left: float) -> list[dict[str, Any]]:
+    def failing(batch: list[str], left: float) -> dict[str, dict[str, Any]]:
         nonlocal calls
         calls += 1
         if calls == 2:
@@ -73,13 +102,17 @@ def test_a_failing_warmup_never_raises_and_keeps_what_it_wrote() -> None:
 
     stored: dict[str, bytes] = {}
     ids = [f"id{i}" for i in range(3 * BATCH_IDS)]
-    result = run_warmup(ids, failing, stored.update, 5.0, Clock())
+    clock = Clock()
+    result = run_warmup(ids, failing, stored.update, 5.0, BATCH_IDS, clock, clock.sleep)
     assert result.error == "ConnectionError: store went away"
     assert result.warmed == BATCH_IDS == len(stored)
 
 
 def test_no_hot_ids_no_work() -> None:
-    result = run_warmup([], lambda b, left: pytest.fail("no fetch"), lambda a: None, 5.0, Clock())
+    clock = Clock()
+    result = run_warmup(
+        [], lambda b, left: pytest.fail("no fetch"), lambda a: None, 5.0, BATCH_IDS, clock
+    )
     assert result.warmed == 0 and result.error is None
 
 
