@@ -32,6 +32,7 @@ from bench.parse import data_file
 from bench.stack import Stack, stack
 from shared import lifecycle
 from shared.pointer_channel import announce_active
+from shared.settings import get_settings
 from shared.warmup import warm_before_switch
 
 TARGET = 1.5
@@ -52,12 +53,20 @@ def counters(url: str) -> dict[str, float]:
 
 
 def one_run(
-    st: Stack, ids: list[str], version: int, rate: float, warm: bool, args: argparse.Namespace
+    st: Stack,
+    ids: list[str],
+    version: int,
+    rate: float,
+    warm_batch: int | None,
+    args: argparse.Namespace,
 ) -> dict[str, float]:
+    """One switch; ``warm_batch``: the warm-up's ids per read, None for no warm-up."""
     assert st.api_url is not None
     db = st.mongo_db()
     asyncio.run(_warm(st.api_url, ids))  # steady state before the switch: all ids cached
-    seconds = SETTLE_S + 2 * WINDOW_S + 1
+    settings = get_settings()
+    # The schedule covers the warm-up at its bound too, so the "after" window is always full.
+    seconds = SETTLE_S + 2 * WINDOW_S + settings.warmup_max_seconds + 1
     keys = zipf_sequence(ids, int(rate * seconds), args.zipf, seed=version)
     keys_file = st.tmp / f"keys-{version}"
     keys_file.write_text("\n".join(keys) + "\n")
@@ -74,7 +83,10 @@ def one_run(
     def switch() -> None:
         time.sleep(max(0.0, start_at + SETTLE_S + WINDOW_S - time.time()))
         marks["warm_began"] = time.time()
-        marks["warmup"] = warm_before_switch(db, version) if warm else None
+        marks["warmup"] = None
+        if warm_batch is not None:
+            chosen = settings.model_copy(update={"warmup_batch_ids": warm_batch})
+            marks["warmup"] = warm_before_switch(db, version, chosen)
         assert lifecycle.activate_if_newest(db, version, len(ids), f"bench-{version}") == "switched"
         marks["switched"] = time.time()
         announce_active(st.redis_url, version)
@@ -115,6 +127,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--zipf", type=float, default=1.0, help="Zipf exponent s")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--rate", type=float, default=0, help="req/s (default: half of peak)")
+    parser.add_argument(
+        "--compare-batch-ids",
+        type=int,
+        default=0,
+        help="also run the warm-up with this many ids per read (e.g. 500, the former size)",
+    )
     add_common_args(parser, runs=2)
     args = parser.parse_args(argv)
     require_wrk()
@@ -131,13 +149,19 @@ def main(argv: list[str] | None = None) -> None:
         peak = wrk(st.api_url, hot, "random", 8, args.connections, st.api.proc.pid)["req_per_s"]
         rate = args.rate or peak / 2
         print(f"  hit peak {peak:,.0f} req/s; offered rate {rate:,.0f} req/s", file=sys.stderr)
-        runs: dict[str, list[dict[str, float]]] = {"warm-up on": [], "warm-up off": []}
+        cases: dict[str, int | None] = {
+            "warm-up on": get_settings().warmup_batch_ids,
+            "warm-up off": None,
+        }
+        if args.compare_batch_ids:
+            cases[f"warm-up on, {args.compare_batch_ids}-id reads"] = args.compare_batch_ids
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in cases}
         version = 1
         for i in range(args.runs):
             for name in runs:
                 version += 1
                 load(st, path, version, activate=False)
-                m = one_run(st, ids, version, rate, name == "warm-up on", args)
+                m = one_run(st, ids, version, rate, cases[name], args)
                 runs[name].append(m)
                 shown = ", ".join(f"{k}={v:,.3g}" for k, v in m.items())
                 print(f"  run {i + 1}/{args.runs} {name}: {shown}", file=sys.stderr, flush=True)

@@ -134,10 +134,12 @@ def warm_version(db: Database[Any], redis: Redis, version: int, settings: Settin
     return run_warmup(ids, fetch, store, left, settings.warmup_batch_ids)
 
 
-def warm_before_switch(db: Database[Any], version: int) -> WarmupResult:
+def warm_before_switch(
+    db: Database[Any], version: int, settings: Settings | None = None
+) -> WarmupResult:
     """The finalizer's call, just before the pointer moves. Skipped when a newer upload is
     already live (the switch will not happen). Never raises."""
-    settings = get_settings()
+    settings = settings or get_settings()
     try:
         if settings.warmup_max_ids <= 0 or datasets.newer_version_live(db, version):
             return WarmupResult()
