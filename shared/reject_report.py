@@ -47,6 +47,10 @@ _INDEX_SUFFIX = ".index.json"
 _TMP_SUFFIX = ".tmp"
 # Invalid UTF-8 arrives as lone surrogates (surrogateescape); the report is UTF-8.
 _SURROGATES = re.compile("[\udc80-\udcff]")
+# A spreadsheet runs a cell that starts with one of these as a formula, and operators open
+# reports in spreadsheets while the raw line is the partner's text (CSV injection, OWASP):
+# such a raw line is written with a leading apostrophe, which shows it as plain text.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def chunk_file(directory: Path, job_id: str, index: int) -> Path:
@@ -67,6 +71,12 @@ def _job_of(name: str) -> str | None:
     return job_id if _JOB_ID.fullmatch(job_id) else None
 
 
+def safe_raw(line: str) -> str:
+    """The raw column: cut, invalid UTF-8 replaced, never read as a spreadsheet formula."""
+    raw = _SURROGATES.sub("\ufffd", line[:RAW_CHARS])
+    return "'" + raw if raw.startswith(_FORMULA_START) else raw
+
+
 class ChunkReport:
     """Every reject of one chunk, written as it is found (a chunk of bad lines could hold
     millions; they are never all in memory). The file is created at the first reject, so
@@ -84,8 +94,7 @@ class ChunkReport:
             self._tmp = _tmp_path(self.final)
             self._file = self._tmp.open("w", encoding="utf-8", newline="")
             self._writer = csv.writer(self._file, lineterminator="\r\n")
-        raw = _SURROGATES.sub("\ufffd", line[:RAW_CHARS])
-        self._writer.writerow((line_no, reason, raw))
+        self._writer.writerow((line_no, reason, safe_raw(line)))
 
     def save(self) -> None:
         """Put the chunk's file in place (replacing an earlier delivery's)."""

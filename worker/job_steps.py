@@ -67,13 +67,13 @@ def plan(db: Database[Any], settings: Settings, job_id: str, enqueue: EnqueueChu
     if stop_if_superseded(db, job):
         return True
     try:
-        chosen, chunks = _plan_file(path, settings, job.get("chunk_size"))
+        chosen, chunks = _plan_file(path, settings, job_id, job.get("chunk_size"))
     except PlanProblem as exc:
         return lifecycle.fail_job(db, job_id, str(exc))
     datasets.create_version_collection(db, version, settings.shard_version_collections)
     recorded = lifecycle.record_plan(db, job_id, version, len(chunks), chosen)
     if recorded.chunk_size != chosen.chunk_size:  # an earlier delivery planned first
-        _, chunks = _plan_file(path, settings, recorded.chunk_size)
+        _, chunks = _plan_file(path, settings, job_id, recorded.chunk_size)
     log.info(
         "job %s: %d chunks of %d bytes, %d buckets in %d partitions -> version %d",
         job_id,
@@ -95,7 +95,7 @@ class PlanProblem(Exception):
 
 
 def _plan_file(
-    path: Path, settings: Settings, recorded_chunk_size: int | None
+    path: Path, settings: Settings, job_id: str, recorded_chunk_size: int | None
 ) -> tuple[lifecycle.Plan, list[tuple[int, int]]]:
     if not path.exists():
         raise PlanProblem("the uploaded file is missing from the shared volume")
@@ -111,6 +111,11 @@ def _plan_file(
         except LineTooLong as exc:
             raise PlanProblem(str(exc)) from exc
     mean_line = len(sample) / max(1, sample.count(b"\n"))
+    problem = shuffle_files.room_problem(
+        settings.runs_dir, job_id, size, mean_line, settings.min_free_bytes
+    )
+    if problem:
+        raise PlanProblem(problem)
     buckets = bucket_count(size, mean_line, settings.rows_per_bucket)
     partitions = partition_count(
         buckets, settings.rows_per_bucket, settings.rows_per_partition, settings.min_partitions
@@ -138,15 +143,24 @@ def load(
         data = read_range(f, start, end)
     report = reject_report.ChunkReport(settings.rejects_dir, job_id, index)
     stats = ChunkStats(on_reject=report.add)
-    keys, elements = parse_chunk_rows(data, start, stats)
+    with shuffle_files.volume_full_is_permanent("the reject report"):
+        keys, elements = parse_chunk_rows(data, start, stats)
     del data
     if not job_records.heartbeat(db, job_id):
         return "skipped"  # the job ended meanwhile
-    shuffle_files.write_chunk_runs(
-        settings.runs_dir, job_id, index, keys, elements, job["buckets"], job["partitions_total"]
-    )
+    with shuffle_files.volume_full_is_permanent("the run files"):
+        shuffle_files.write_chunk_runs(
+            settings.runs_dir,
+            job_id,
+            index,
+            keys,
+            elements,
+            job["buckets"],
+            job["partitions_total"],
+        )
     del keys, elements
-    report.save()
+    with shuffle_files.volume_full_is_permanent("the reject report"):
+        report.save()
     if not job_records.heartbeat(db, job_id):
         return "skipped"  # ended meanwhile: its chunk results were already removed
     job_records.save_chunk_result(db, job_id, index, start, end, stats)

@@ -3,6 +3,7 @@ replayed step by step, and the rules every transition keeps."""
 
 from __future__ import annotations
 
+import shutil
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -236,6 +237,27 @@ def test_redelivered_maps_and_partitions_count_once_and_store_the_last_rows(
         datasets.read_buckets_sync(mongo_db, 7)
         == mongo_db[lifecycle.JOBS].find_one({"_id": "r"})["buckets"]
     )
+
+
+def test_a_load_whose_run_files_cannot_fit_fails_at_its_plan_and_the_live_data_stays(
+    mongo_db: Any, settings: Settings
+) -> None:
+    """Run files take ~1.8x the file on the shared volume: a load that cannot have them
+    stops before any chunk runs, saying so, and the live dataset keeps serving."""
+    assert load_dataset(mongo_db, 1, [ROW])
+    lines = [f"id{i},1,2018-08-04 05:32:31 +0200" for i in range(200)]
+    (settings.uploads_dir / "s.csv").write_text("".join(f"{x}\n" for x in lines))
+    mongo_db[lifecycle.JOBS].insert_one(job_records.new_job("s", 2, "s.csv", 10, "upload"))
+    free = shutil.disk_usage(settings.data_dir).free
+    full = settings.model_copy(update={"min_free_bytes": free})  # the run files eat into it
+    chunks: list[tuple[int, int, int]] = []
+    assert job_steps.plan(mongo_db, full, "s", lambda *c: chunks.append(c))
+    assert chunks == []
+    job = mongo_db[lifecycle.JOBS].find_one({"_id": "s"})
+    assert job["status"] == lifecycle.FAILED
+    assert job["error"].startswith("not enough free space on the shared volume")
+    assert datasets.read_active_sync(mongo_db).version == 1  # type: ignore[union-attr]
+    assert not list((settings.runs_dir / "s").glob("*"))
 
 
 def test_a_redelivered_plan_under_other_settings_enqueues_the_recorded_plan(

