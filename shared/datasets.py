@@ -121,8 +121,15 @@ async def allocate_version(db: AsyncDatabase[Any]) -> int:
     return int(doc["n"])
 
 
+# What readers of the live version need from the pointer. Every API process reads it twice a
+# second: not its ``barred`` set (one entry per version ever removed: it only grows) nor its
+# history, which only the lifecycle's own decisions read.
+ACTIVE_FIELDS = {"version": 1, "rows": 1, "job_id": 1, "activated_at": 1, "buckets": 1}
+
+
 async def read_active(db: AsyncDatabase[Any]) -> ActiveDataset | None:
-    return ActiveDataset.from_pointer(await db[META_COLLECTION].find_one({"_id": ACTIVE_ID}))
+    doc = await db[META_COLLECTION].find_one({"_id": ACTIVE_ID}, ACTIVE_FIELDS)
+    return ActiveDataset.from_pointer(doc)
 
 
 async def read_buckets(db: AsyncDatabase[Any], version: int) -> int | None:
@@ -195,7 +202,9 @@ def get_version(db: Database[Any], version: int) -> dict[str, Any] | None:
 
 
 def read_active_sync(db: Database[Any]) -> ActiveDataset | None:
-    return ActiveDataset.from_pointer(db[META_COLLECTION].find_one({"_id": ACTIVE_ID}))
+    return ActiveDataset.from_pointer(
+        db[META_COLLECTION].find_one({"_id": ACTIVE_ID}, ACTIVE_FIELDS)
+    )
 
 
 def newer_version_live(db: Database[Any], version: int) -> int | None:

@@ -3,12 +3,14 @@ replayed step by step, and the rules every transition keeps."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pymongo import AsyncMongoClient, MongoClient, monitoring
 
 from shared import datasets, job_records, lifecycle
 from shared.errors import PermanentError
@@ -349,3 +351,50 @@ def test_a_lost_run_file_fails_the_partition_with_its_name(
     with pytest.raises(PermanentError, match=r"run file c000001\.run .* missing"):
         job_steps.write_partition(mongo_db, small, "l", partitions[0])
     assert datasets.read_active_sync(mongo_db) is None  # nothing went live
+
+
+class _Replies(monitoring.CommandListener):
+    def __init__(self) -> None:
+        self.found: list[dict[str, Any]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        pass
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        if event.command_name == "find":
+            self.found.extend(event.reply["cursor"]["firstBatch"])
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def test_readers_of_the_live_version_never_receive_the_pointers_barred_set(
+    mongo_db: Any, settings: Settings
+) -> None:
+    """Every API process reads the pointer twice a second, and its barred set gains an
+    entry for every version ever removed (48 a day): that set must not travel with it."""
+    assert load_dataset(mongo_db, 3, [ROW])
+    meta = mongo_db[datasets.META_COLLECTION]
+    meta.update_one(
+        {"_id": datasets.ACTIVE_ID}, {"$addToSet": {"barred": {"$each": list(range(100, 2100))}}}
+    )
+    replies = _Replies()
+    url = settings.mongo_url.get_secret_value()
+
+    async def read() -> datasets.ActiveDataset | None:
+        client: AsyncMongoClient[Any] = AsyncMongoClient(url, event_listeners=[replies])
+        try:
+            return await datasets.read_active(client[settings.mongo_db])
+        finally:
+            await client.close()
+
+    active = asyncio.run(read())
+    sync_client: MongoClient[Any] = MongoClient(url, event_listeners=[replies])
+    try:
+        active_sync = datasets.read_active_sync(sync_client[settings.mongo_db])
+    finally:
+        sync_client.close()
+    assert active is not None and active == active_sync and active.version == 3
+    assert len(replies.found) == 2
+    for doc in replies.found:
+        assert doc["version"] == 3 and "barred" not in doc and "history" not in doc
