@@ -6,7 +6,9 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -105,16 +107,63 @@ def test_the_run_files_estimate_covers_what_a_map_writes(tmp_path: Path) -> None
     assert path.stat().st_size <= shuffle_files.space_needed(len(DATA), mean_line)
 
 
-def _free(monkeypatch: pytest.MonkeyPatch, free: int) -> None:
-    usage = shutil.disk_usage("/")._replace(free=free)
-    monkeypatch.setattr(shuffle_files.shutil, "disk_usage", lambda path: usage)
+def test_a_segment_with_a_key_too_many_is_refused_even_with_a_matching_checksum(
+    tmp_path: Path,
+) -> None:
+    """A newline inside the keys column (a writer bug): one key more than rows, while the
+    elements still add up and the checksum is recomputed over the changed bytes."""
+    path = _write(tmp_path, partitions=1)
+    data = bytearray(path.read_bytes())
+    entry_at = len(data) - shuffle_files._TRAILER.size - shuffle_files._ENTRY.size
+    offset, rows, keys_len, elements_len, _ = shuffle_files._ENTRY.unpack_from(data, entry_at)
+    data[offset + 4 * rows + 1] = ord("\n")  # inside the first key ("id0" -> "i", "0")
+    end = offset + 8 * rows + keys_len + elements_len
+    crc = zlib.crc32(bytes(data[offset:end]))
+    shuffle_files._ENTRY.pack_into(data, entry_at, offset, rows, keys_len, elements_len, crc)
+    path.write_bytes(bytes(data))
+    with pytest.raises(PermanentError, match=r"c000000\.run is damaged \(segment 0\)$"):
+        shuffle_files.read_partition(tmp_path, "job", 1, 0, 1)
+
+
+def test_the_run_files_estimate_is_the_file_plus_a_fixed_cost_per_row() -> None:
+    assert shuffle_files.space_needed(1000, 50.0) == 1000 + 64 * 20
+    assert shuffle_files.space_needed(300, 1.5) == 300 + 64 * 200  # short lines, many rows
+    assert shuffle_files.space_needed(300, 0.0) == 300 + 64 * 300  # no line seen: 1 byte each
+
+
+_USAGE = shutil.disk_usage("/")  # the shape of an answer, read before any test patches it
+
+
+def _free(monkeypatch: pytest.MonkeyPatch, free: int, where: Path) -> None:
+    usage = _USAGE._replace(free=free)
+
+    def disk_usage(path: Path) -> Any:
+        assert Path(path) == where  # the volume of the run files, not some other
+        return usage
+
+    monkeypatch.setattr(shuffle_files.shutil, "disk_usage", disk_usage)
+
+
+def test_the_room_message_gives_the_sizes_in_mib(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = tmp_path / "not" / "yet"  # made on the way, parents included
+    mib = 1024 * 1024
+    _free(monkeypatch, 3 * mib, runs)
+    problem = shuffle_files.room_problem(runs, "job", 2 * mib, float(mib), 2 * mib)
+    assert problem == (
+        "not enough free space on the shared volume to load this file: its run files need "
+        "about 2 MiB, 3 MiB are free and MIN_FREE_BYTES (2 MiB) stays free for uploads; free "
+        "space or grow the volume, then upload the file again (the live dataset keeps serving)"
+    )
+    assert runs.is_dir()
 
 
 def test_room_for_the_run_files_keeps_the_free_space_floor(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     needed = shuffle_files.space_needed(10_000_000, 50.0)
-    _free(monkeypatch, needed + 1000)
+    _free(monkeypatch, needed + 1000, tmp_path)
     assert shuffle_files.room_problem(tmp_path, "job", 10_000_000, 50.0, 1000) is None
     problem = shuffle_files.room_problem(tmp_path, "job", 10_000_000, 50.0, 1001)
     assert problem is not None
@@ -128,9 +177,12 @@ def test_room_counts_what_a_redelivered_plans_job_already_wrote(
     written = _write(tmp_path).stat().st_size
     mean_line = len(DATA) / DATA.count(b"\n")
     needed = shuffle_files.space_needed(len(DATA), mean_line)
-    _free(monkeypatch, needed - written)
+    _free(monkeypatch, needed - written, tmp_path)
     assert shuffle_files.room_problem(tmp_path, "job", len(DATA), mean_line, 0) is None
     assert shuffle_files.room_problem(tmp_path, "other", len(DATA), mean_line, 0) is not None
+    # Written beyond the estimate: nothing more is needed, and nothing less either.
+    _free(monkeypatch, 10, tmp_path)
+    assert shuffle_files.room_problem(tmp_path, "job", 100, 50.0, 10) is None
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
