@@ -132,7 +132,7 @@ class Settings(BaseSettings):
     warmup_max_ids: int = Field(default=10_000, ge=0)
     warmup_max_seconds: float = Field(default=10.0, ge=0)
     # Ids per $in read of the warm-up. Small, so that no read holds the store long while
-    # lookups wait (the dev store took 360 ms for 500 ids, 8 ms for 32; bench/RESULTS.md).
+    # lookups wait (the dev store took 360 ms for 500 ids, 10 ms for 32: bench.batch_reads).
     warmup_batch_ids: int = Field(default=32, ge=1, le=10_000)
 
     # Loads yield to reads: each worker process paces its insert batches (AIMD on their

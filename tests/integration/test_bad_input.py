@@ -17,7 +17,7 @@ from httpx import Response
 
 from api.main import create_app
 from shared.settings import MiB, Settings
-from tests.conftest import reset_state
+from tests.conftest import reset_state, wait_for
 from tests.helpers import wait_job
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -75,6 +75,9 @@ def serving(
     r = client.post("/add-promotions/", files={"file": ("b.csv", text(BASELINE))})
     assert wait_job(client, r.json()["job_id"])["status"] == "succeeded"
     wait_for_active(client, len(BASELINE))
+    # The job's clean-up (a worker task after it succeeded) removes its upload: tests check
+    # that refused uploads leave nothing there, so it must be gone first.
+    wait_for(lambda: not any(settings.uploads_dir.iterdir()), 30)
     return dict(client.get("/datasets/active").json())
 
 

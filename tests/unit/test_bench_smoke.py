@@ -23,6 +23,7 @@ def test_parse_bench_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str]) -> 
         "bench.api_scaling",
         "bench.switch",
         "bench.load",
+        "bench.batch_reads",
     ],
 )
 def test_bench_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:
