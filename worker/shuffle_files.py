@@ -35,8 +35,8 @@ from shared.bucket_layout import buckets_of, partitions_of
 from shared.errors import PermanentError
 
 # Run files hold the file's bytes again plus ~59 bytes per row (key and BSON element with
-# their lengths, bucket number, segment directory): measured 1.77x the 200k-row bench file
-# (15.4 MB -> 27.3 MB). 64 per row leaves a margin.
+# their lengths, bucket number, segment directory): 1.77x the 200k-row bench file (15.4 MB
+# -> 27.3 MB, ``python -m bench.run_files``, bench/RESULTS.md). 64 per row leaves a margin.
 RUN_BYTES_PER_ROW = 64
 MiB = 1024 * 1024
 

@@ -24,6 +24,7 @@ def test_parse_bench_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str]) -> 
         "bench.switch",
         "bench.load",
         "bench.batch_reads",
+        "bench.run_files",
     ],
 )
 def test_bench_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:
