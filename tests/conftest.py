@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 import time
 import uuid
@@ -58,6 +59,7 @@ TEST_ENV = {
 os.environ.update(TEST_ENV)
 get_settings.cache_clear()
 _started: list[Service] = []
+_session_worker: list[str] = []  # the node name of the session's worker, once started
 
 
 @pytest.fixture(scope="session")
@@ -113,9 +115,9 @@ def redis_client(services: None, settings: Settings) -> Iterator[redis.Redis]:
 
 
 def reset_state(mongo_db: Any, redis_client: redis.Redis, settings: Settings) -> None:
-    """No datasets, no jobs, an empty cache, no uploads and no reject reports. The version
-    counter stays, as in production: a delayed cleanup of an earlier test (its worker task
-    runs seconds later) then acts on version numbers no later test reuses."""
+    """No datasets, no jobs, an empty cache, no uploads and no reject reports, and no task
+    of an earlier test left to run. The version counter stays, as in production."""
+    quiet_worker()
     for name in mongo_db.list_collection_names():
         if name == datasets.META_COLLECTION:
             mongo_db[name].delete_many({"_id": {"$ne": datasets.COUNTER_ID}})
@@ -127,6 +129,33 @@ def reset_state(mongo_db: Any, redis_client: redis.Redis, settings: Settings) ->
     shutil.rmtree(settings.rejects_dir, ignore_errors=True)
     shutil.rmtree(settings.runs_dir, ignore_errors=True)
     settings.uploads_dir.mkdir(parents=True, exist_ok=True)
+
+
+def quiet_worker() -> None:
+    """Tasks an earlier test left behind must not act on this test's state: a clean-up
+    runs DROP_GRACE_S + 5 s after its job ended and applies the keep policy to whatever
+    versions exist then, so it would retire or bar the versions a later test is building
+    by hand. Queued tasks are purged, clean-ups the worker holds are revoked, one already
+    running is let finish."""
+    if not _session_worker:
+        return
+    from shared.task_names import CLEANUP_DATASETS
+    from worker.celery_app import app
+
+    inspector = app.control.inspect(destination=_session_worker, timeout=10, limit=1)
+
+    def cleanups(tasks: list[dict[str, Any]]) -> list[str]:
+        return [task["id"] for task in tasks if task["name"] == CLEANUP_DATASETS]
+
+    def held(found: dict[str, list[dict[str, Any]]] | None) -> list[dict[str, Any]]:
+        return [task for tasks in (found or {}).values() for task in tasks]
+
+    app.control.purge()
+    waiting = cleanups([entry["request"] for entry in held(inspector.scheduled())])
+    waiting += cleanups(held(inspector.reserved()))
+    if waiting:
+        app.control.revoke(waiting)
+    wait_for(lambda: not cleanups(held(inspector.active())), 30)
 
 
 @pytest.fixture
@@ -148,12 +177,13 @@ def wait_for(predicate: Any, timeout: float = 60.0, interval: float = 0.1) -> An
 @pytest.fixture(scope="session")
 def worker(services: None, settings: Settings) -> Iterator[Service]:
     """Two real Celery worker processes on the real Redis broker."""
-    svc = Service(
-        "worker", worker_command(2, f"test-{uuid.uuid4().hex[:6]}"), log_path=_LOGS / "worker.log"
-    )
+    name = f"test-{uuid.uuid4().hex[:6]}"
+    svc = Service("worker", worker_command(2, name), log_path=_LOGS / "worker.log")
     svc.start()
     wait_for(lambda: "ready." in (svc.log_path.read_text() if svc.log_path.exists() else ""), 60)
+    _session_worker.append(f"{name}@{socket.gethostname()}")
     yield svc
+    _session_worker.clear()
     svc.stop()
 
 

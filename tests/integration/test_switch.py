@@ -137,9 +137,12 @@ def test_warm_up_before_the_flip_fills_the_new_version_in_redis(
     write_version(mongo_db, 2, rows(2), "job2")
     assert lifecycle.mark_ready(mongo_db, 2, 175)
     result = warm_before_switch(mongo_db, 2)
-    assert result.error is None and result.warmed == len(hot) and result.found == 25
-    assert redis_client.get(cache_key(2, "common-0")) is not None
-    assert redis_client.get(cache_key(2, "gone-0")) == NEGATIVE  # absent in version 2
+    # The window may also hold ids the API of an earlier test flushed late: at least ours.
+    assert result.error is None and result.warmed == result.hot_ids >= len(hot)
+    assert result.found >= 25 and result.found - 25 <= result.hot_ids - len(hot)
+    for key in hot:  # each warmed, an absent one as absent
+        cached = redis_client.get(cache_key(2, key))
+        assert cached == NEGATIVE if key.startswith("gone") else cached not in (None, NEGATIVE)
     assert b'"price":2.5' in (redis_client.get(cache_key(2, "new-0")) or b"")
     assert 0 < redis_client.ttl(cache_key(2, "gone-0")) <= settings.negative_cache_ttl_seconds
     # An older version that would not go live (a newer one is) is not warmed.
