@@ -123,22 +123,16 @@ class LookupService:
             by_version: dict[int, list[str]] = {}
             for version, key in batch:
                 by_version.setdefault(version, []).append(key)
+            # Right after a switch a batch holds ids of both versions: a failed read of
+            # one (the old one's layout, say) answers only its own callers with the error.
             for version, keys in by_version.items():
-                bodies = await self.cache.get_many(version, keys)
-                missing = [k for k, b in zip(keys, bodies, strict=True) if b is None]
-                stored = await self._read_store(version, missing) if missing else {}
-                for key, body in zip(keys, bodies, strict=True):
-                    if body is None:
-                        body = answer_body(stored.get(key))
-                        self.cache.put_later(version, key, body)
-                    self.local.put(version, key, body)
-                    future = batch[(version, key)]
-                    if not future.done():
-                        future.set_result(body)
-        except Exception as exc:  # store unavailable: every caller of the batch gets it (503)
-            for future in batch.values():
-                if not future.done():
-                    future.set_exception(exc)
+                futures = [batch[(version, key)] for key in keys]
+                try:
+                    await self._answer(version, keys, futures)
+                except Exception as exc:  # store unavailable: these callers get it (503)
+                    for future in futures:
+                        if not future.done():
+                            future.set_exception(exc)
         finally:
             for future in batch.values():
                 if not future.done():  # cancelled (shutdown)
@@ -148,6 +142,20 @@ class LookupService:
             self._flights -= 1
             if self._waiting:
                 self._schedule()
+
+    async def _answer(
+        self, version: int, keys: list[str], futures: list[asyncio.Future[bytes]]
+    ) -> None:
+        bodies = await self.cache.get_many(version, keys)
+        missing = [k for k, b in zip(keys, bodies, strict=True) if b is None]
+        stored = await self._read_store(version, missing) if missing else {}
+        for key, body, future in zip(keys, bodies, futures, strict=True):
+            if body is None:
+                body = answer_body(stored.get(key))
+                self.cache.put_later(version, key, body)
+            self.local.put(version, key, body)
+            if not future.done():
+                future.set_result(body)
 
     async def _read_store(self, version: int, keys: list[str]) -> dict[str, dict[str, Any]]:
         started = time.perf_counter()

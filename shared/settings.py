@@ -126,7 +126,8 @@ class Settings(BaseSettings):
     hot_id_flush_seconds: float = Field(default=2.0, gt=0)
     hot_id_max: int = Field(default=20_000, ge=1)
     # Warm-up before a switch: at most warmup_max_ids hot ids, at most warmup_max_seconds;
-    # 0 ids turns it off. It never fails a job and never holds a switch longer than that.
+    # 0 ids turns it off. It never fails a job and never holds a switch longer than that
+    # (plus at most one 0.5 s Redis timeout; shared/warmup.py).
     # 10 s is 0.6 % of the 30-minute cycle; a real MongoDB reads 10k ids by _id in well
     # under a second, the dev server under load needed ~10 s (bench/RESULTS.md).
     warmup_max_ids: int = Field(default=10_000, ge=0)

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 # After a batch, the warm-up pauses this many times as long as the batch's read took.
 PAUSE_PER_READ = 1.0
+# The most one Redis command of the finalizer's warm-up may take (hot ids, one pipeline of
+# warmup_batch_ids SETs, ~1 ms when healthy): all a switch can wait past warmup_max_seconds.
+REDIS_TIMEOUT_S = 0.5
 
 
 @dataclass
@@ -140,21 +143,28 @@ def warm_before_switch(
     """The finalizer's call, just before the pointer moves. Skipped when a newer upload is
     already live (the switch will not happen). Never raises."""
     settings = settings or get_settings()
+    if settings.warmup_max_ids <= 0 or settings.warmup_max_seconds <= 0:
+        return WarmupResult()
+    started = time.monotonic()
+    redis_timeout = min(REDIS_TIMEOUT_S, settings.warmup_max_seconds)
     try:
-        if settings.warmup_max_ids <= 0 or datasets.newer_version_live(db, version):
-            return WarmupResult()
-        timeout = max(0.1, min(2.0, settings.warmup_max_seconds))
-        redis = Redis.from_url(
-            settings.redis_url.get_secret_value(),
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-        )
-        try:
-            result = warm_version(db, redis, version, settings)
-        finally:
-            redis.close()
+        # Every store command of the warm-up within its bound: a stalled store (server
+        # selection, a read that never answers) must not hold the switch.
+        with pymongo.timeout(settings.warmup_max_seconds):
+            if datasets.newer_version_live(db, version):
+                return WarmupResult()
+            redis = Redis.from_url(
+                settings.redis_url.get_secret_value(),
+                socket_timeout=redis_timeout,
+                socket_connect_timeout=redis_timeout,
+            )
+            try:
+                result = warm_version(db, redis, version, settings)
+            finally:
+                redis.close()
     except Exception as exc:
         result = WarmupResult(error=f"{type(exc).__name__}: {exc}")
+        result.seconds = time.monotonic() - started
     _log(version, result)
     return result
 

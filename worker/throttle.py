@@ -278,7 +278,9 @@ def from_settings(settings: Settings) -> InsertThrottle | None:
     if not settings.ingest_throttle:
         return None
     reads = None
-    if settings.ingest_read_signal:
+    # The API processes read the same settings: publishing off means no reader will ever
+    # speak, and an empty signal would read as "nobody to protect" (never paced).
+    if settings.ingest_read_signal and settings.read_latency_publish_s > 0:
         reads = RedisReads(settings.redis_url.get_secret_value())
     return InsertThrottle(
         settings.ingest_throttle_slowdown,

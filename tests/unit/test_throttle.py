@@ -22,6 +22,7 @@ from worker.throttle import (
     VERDICT_TTL_S,
     WINDOW,
     InsertThrottle,
+    from_settings,
     reads_congested,
 )
 
@@ -411,3 +412,15 @@ def test_a_halved_rate_recovers_in_a_few_batches_at_any_store_speed(
         write(throttle, t, 5000, 5000 / rows_per_s)
         steps += 1
         assert steps <= most_steps  # a fixed 1,000 rows/s step took ~150 at bucket speed
+
+
+def test_with_publishing_off_the_workers_pace_on_insert_latency() -> None:
+    """READ_LATENCY_PUBLISH_S=0: no API process ever publishes, so the readers' signal would
+    always be empty ("nobody reads") and a slower store would never pace a load."""
+    from shared.settings import Settings
+
+    quiet = from_settings(Settings(read_latency_publish_s=0))
+    assert quiet is not None and quiet.reads is None
+    listening = from_settings(Settings(read_latency_publish_s=0.5))
+    assert listening is not None and listening.reads is not None
+    assert from_settings(Settings(ingest_read_signal=False)).reads is None  # type: ignore[union-attr]

@@ -1,16 +1,23 @@
-"""Warm-up bounds, the local cache's byte bound and hot-id ranking: pure logic."""
+"""Warm-up bounds, the local cache's byte bound and hot-id ranking: pure logic, and the
+finalizer's warm-up against a server that never answers."""
 
 from __future__ import annotations
 
+import socket
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
 import pytest
+from pydantic import SecretStr
+from pymongo import MongoClient
 
 from shared.cache import NEGATIVE
 from shared.hot_ids import HotIdSampler, merge_ranked, window_key
 from shared.local_cache import ENTRY_OVERHEAD, LocalCache
-from shared.warmup import run_warmup
+from shared.settings import Settings
+from shared.warmup import REDIS_TIMEOUT_S, run_warmup, warm_before_switch
 
 BATCH_IDS = 32
 
@@ -152,3 +159,33 @@ def test_the_sampler_counts_one_lookup_in_n() -> None:
     for _ in range(3):
         sampler.note("cold")
     assert sampler.counts["hot"] == 10 and sum(sampler.counts.values()) == 10
+
+
+@pytest.fixture
+def stalled_server() -> Iterator[str]:
+    """A server that accepts connections and never answers (a store frozen mid-failover,
+    a host gone behind a load balancer): host:port."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=16)
+    host, port = listener.getsockname()
+    yield f"{host}:{port}"
+    listener.close()
+
+
+def test_a_stalled_store_holds_the_switch_no_longer_than_the_warmup_bound(
+    stalled_server: str,
+) -> None:
+    """The finalizer warms just before it moves the pointer: a warm-up whose store never
+    answers must give up at its deadline, not after the client's own selection timeout."""
+    client: MongoClient[Any] = MongoClient(
+        f"mongodb://{stalled_server}", serverSelectionTimeoutMS=20_000, connectTimeoutMS=20_000
+    )
+    stalled_redis = f"redis://{stalled_server}/0"
+    settings = Settings(warmup_max_seconds=0.5, redis_url=SecretStr(stalled_redis))
+    try:
+        started = time.monotonic()
+        result = warm_before_switch(client["promotions"], 7, settings)
+        took = time.monotonic() - started
+    finally:
+        client.close()
+    assert result.error is not None and result.warmed == 0
+    assert took < settings.warmup_max_seconds + REDIS_TIMEOUT_S + 1.0, took  # not 20 s
