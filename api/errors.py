@@ -37,6 +37,16 @@ async def _driver_error(request: Request, exc: Exception) -> Response:
     raise exc  # a programming or data error: a 500, logged as such
 
 
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    """Every error answer has the same JSON shape, a 500 too (Starlette still logs the
+    traceback and re-raises after sending this)."""
+    return json_response(
+        {"detail": "internal error; the request was not completed (see the API's log)"},
+        status_code=500,
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(TransientError, _store_unavailable)
     app.add_exception_handler(PyMongoError, _driver_error)
+    app.add_exception_handler(Exception, _internal_error)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -14,6 +15,11 @@ EXIT_JOB_FAILED = 1  # the job ran and failed (the previous dataset still serves
 EXIT_USAGE = 2  # bad command line (click's own code)
 EXIT_REFUSED = 3  # the API refused the request (4xx: token, unknown id, conflict, bad file)
 EXIT_UNAVAILABLE = 4  # the API could not be reached or answered 5xx: retry later
+
+
+def job_path(job_id: str) -> str:
+    """A job id as typed is one path segment: ``a/../datasets`` must not reach another route."""
+    return f"/jobs/{quote(job_id, safe='')}"
 
 
 class CliError(Exception):

@@ -9,7 +9,15 @@ from typing import Any
 
 import httpx
 
-from cli.client import EXIT_JOB_FAILED, EXIT_OK, EXIT_UNAVAILABLE, Api, CliError, check
+from cli.client import (
+    EXIT_JOB_FAILED,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    Api,
+    CliError,
+    check,
+    job_path,
+)
 from cli.progress import CountingReader, Reporter, human_seconds
 
 TERMINAL = ("succeeded", "failed", "held")
@@ -42,7 +50,7 @@ def follow(api: Api, job_id: str, reporter: Reporter, poll_s: float = 1.0) -> di
         misses = 0
         while True:
             try:
-                job: dict[str, Any] = api.get_json(f"/jobs/{job_id}", f"job {job_id}")
+                job: dict[str, Any] = api.get_json(job_path(job_id), f"job {job_id}")
                 misses = 0
             except CliError as exc:
                 misses += 1

@@ -11,12 +11,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 import click
 import httpx
 
-from cli.client import EXIT_OK, CliError, api, check
+from cli.client import EXIT_OK, CliError, api, check, job_path
 from cli.generate import generate
 from cli.ingest import follow, ingest, report
 from cli.progress import Reporter
@@ -127,7 +126,7 @@ def job_command(job_id: str, follow_: bool, as_json: bool, url: str, token: str 
     with api(url, token) as client:
         if follow_:
             return report(follow(client, job_id, Reporter()))
-        job = client.get_json(f"/jobs/{job_id}", f"job {job_id}")
+        job = client.get_json(job_path(job_id), f"job {job_id}")
     if as_json:
         _print_json(job)
     else:
@@ -167,7 +166,7 @@ def rejects_command(job_id: str, output: Path | None, url: str, token: str | Non
 
 
 def rejects_path(job_id: str) -> str:
-    return f"/jobs/{quote(job_id, safe='')}/rejects"
+    return f"{job_path(job_id)}/rejects"
 
 
 @cli.command("datasets")

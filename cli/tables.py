@@ -6,6 +6,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from cli.progress import human_bytes, human_seconds
 
@@ -33,8 +34,11 @@ def _status(job: dict[str, Any]) -> str:
     return f"[{style}]{status}[/]" if style else status
 
 
-def _file(job: dict[str, Any]) -> str:
-    return job.get("original_name") or f"{job.get('source')} {human_bytes(job['bytes_total'] or 0)}"
+def _file(job: dict[str, Any]) -> Text:
+    """As sent: a partner's file name may hold brackets, which rich would read as markup
+    (``promos[/b].csv`` raised a MarkupError and the command exited 1, "job failed")."""
+    name = job.get("original_name")
+    return Text(name or f"{job.get('source')} {human_bytes(job['bytes_total'] or 0)}")
 
 
 def jobs_table(jobs: list[dict[str, Any]]) -> Table:
@@ -54,8 +58,7 @@ def jobs_table(jobs: list[dict[str, Any]]) -> Table:
             job["job_id"],
             _status(job),
             str(job.get("phase")),
-            job.get("original_name")
-            or f"{job.get('source')} {human_bytes(job['bytes_total'] or 0)}",
+            _file(job),
             _time(job.get("created_at")),
             _num(job.get("rows_loaded")),
             _num(job.get("rows_rejected")),
@@ -72,22 +75,23 @@ def job_table(job: dict[str, Any]) -> Table:
     for key, value in job.items():
         if key in ("job_id", "rejects"):
             continue
+        shown: str | Text
         if key == "status":
             shown = _status(job)
         elif key == "phase_durations_s" and value:
             shown = ", ".join(f"{k} {human_seconds(v)}" for k, v in value.items())
         elif isinstance(value, int) and not isinstance(value, bool):
             shown = _num(value)
-        else:
-            shown = "-" if value is None else str(value)
+        else:  # as sent (an error quotes the partner's values): never read as markup
+            shown = Text("-" if value is None else str(value))
         table.add_row(key, shown)
     rejects = job.get("rejects") or []
     if rejects:
-        shown = "\n".join(f"line {r['line']}: {r['reason']}" for r in rejects[:10])
+        listed = Text("\n".join(f"line {r['line']}: {r['reason']}" for r in rejects[:10]))
         more = len(rejects) - 10
         if more > 0 or (job.get("rows_rejected") or 0) > len(rejects):
-            shown += f"\n… all of them: promotions rejects {job['job_id']}"
-        table.add_row("rejects", shown)
+            listed.append(f"\n… all of them: promotions rejects {job['job_id']}")
+        table.add_row("rejects", listed)
     return table
 
 

@@ -153,17 +153,21 @@ class VersionRecord:
 def versions_to_retire(records: list[VersionRecord], pointer: Pointer, keep: int) -> list[int]:
     """Ready versions beyond the newest ``keep`` (the active one counts and always stays).
     Only *settled* versions count: a ready version newer than ``high_water`` may be a job
-    between marking it ready and switching to it, so it is never retired."""
+    between marking it ready and switching to it, so it is never retired. Versions that
+    once served come first, newest first: a version the shrink guard held and a newer
+    upload then passed must not push out the last dataset that was live before it (the
+    rollback an operator wants), however its number compares."""
     settled = sorted(
         (
-            r.version
+            r
             for r in records
             if r.state == READY and r.version <= pointer.high_water and r.version != pointer.version
         ),
+        key=lambda r: (went_live(r, pointer, r.version), r.version),
         reverse=True,
     )
     room = keep - (1 if pointer.version is not None else 0)
-    return settled[max(room, 0) :]
+    return [r.version for r in settled[max(room, 0) :]]
 
 
 def collections_to_remove(

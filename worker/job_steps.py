@@ -111,11 +111,16 @@ def _plan_file(
         except LineTooLong as exc:
             raise PlanProblem(str(exc)) from exc
     mean_line = len(sample) / max(1, sample.count(b"\n"))
-    problem = shuffle_files.room_problem(
-        settings.runs_dir, job_id, size, mean_line, settings.min_free_bytes
-    )
-    if problem:
-        raise PlanProblem(problem)
+    # A redelivered plan of a job that already planned found room then, and its loads may be
+    # under way: checking again could fail a job whose run files are already written.
+    if recorded_chunk_size is None:
+        problem = shuffle_files.room_problem(
+            settings.runs_dir, job_id, size, mean_line, settings.min_free_bytes
+        )
+        if problem:
+            raise PlanProblem(problem)
+        with shuffle_files.volume_full_is_permanent("the run files' reservation"):
+            shuffle_files.reserve_room(settings.runs_dir, job_id, size, mean_line)
     buckets = bucket_count(size, mean_line, settings.rows_per_bucket)
     partitions = partition_count(
         buckets, settings.rows_per_bucket, settings.rows_per_partition, settings.min_partitions

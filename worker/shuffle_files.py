@@ -64,26 +64,72 @@ def space_needed(file_bytes: int, mean_line: float) -> int:
     return int(file_bytes + RUN_BYTES_PER_ROW * rows)
 
 
+# In a job's run directory: the bytes of run files its plan counted on. Plans of loads that
+# run at the same time (an upload arriving while another loads) count each other's share
+# still to be written, so two loads that each fit alone do not both start on a volume that
+# holds only one (both would fail half-way with the volume full).
+RESERVED = "reserved"
+
+
+def _written(directory: Path) -> int:
+    if not directory.is_dir():
+        return 0
+    return sum(
+        entry.stat().st_size
+        for entry in directory.iterdir()
+        if entry.name != RESERVED and entry.is_file()
+    )
+
+
+def _reserved(directory: Path) -> int:
+    try:
+        return int((directory / RESERVED).read_text())
+    except (FileNotFoundError, ValueError):  # a map-only directory, or torn by a crash
+        return 0
+
+
+def held_by_others(runs_dir: Path, job_id: str) -> int:
+    """Run-file bytes that other loads under way have reserved and not written yet."""
+    total = 0
+    for other in job_ids_with_runs(runs_dir):
+        if other != job_id:
+            directory = job_dir(runs_dir, other)
+            with contextlib.suppress(FileNotFoundError):  # that job ended meanwhile
+                total += max(0, _reserved(directory) - _written(directory))
+    return total
+
+
 def room_problem(
     runs_dir: Path, job_id: str, file_bytes: int, mean_line: float, min_free_bytes: int
 ) -> str | None:
     """Why the run files of this job will not fit on the shared volume (keeping
     ``min_free_bytes`` free for uploads), or None. Counts what the job already wrote (a
-    redelivered plan), so only the rest is needed."""
+    redelivered plan), so only the rest is needed, and what other loads under way are
+    still to write."""
     runs_dir.mkdir(parents=True, exist_ok=True)
-    written = sum(
-        entry.stat().st_size for entry in job_dir(runs_dir, job_id).glob("*") if entry.is_file()
-    )
+    written = _written(job_dir(runs_dir, job_id))
     needed = max(0, space_needed(file_bytes, mean_line) - written)
+    others = held_by_others(runs_dir, job_id)
     free = shutil.disk_usage(runs_dir).free
-    if free - needed >= min_free_bytes:
+    if free - needed - others >= min_free_bytes:
         return None
+    held = f", other loads under way still need {others / MiB:,.0f} MiB of it" if others else ""
     return (
         f"not enough free space on the shared volume to load this file: its run files need "
-        f"about {needed / MiB:,.0f} MiB, {free / MiB:,.0f} MiB are free and MIN_FREE_BYTES "
-        f"({min_free_bytes / MiB:,.0f} MiB) stays free for uploads; free space or grow the "
-        "volume, then upload the file again (the live dataset keeps serving)"
+        f"about {needed / MiB:,.0f} MiB, {free / MiB:,.0f} MiB are free{held} and "
+        f"MIN_FREE_BYTES ({min_free_bytes / MiB:,.0f} MiB) stays free for uploads; free space "
+        "or grow the volume, then upload the file again (the live dataset keeps serving)"
     )
+
+
+def reserve_room(runs_dir: Path, job_id: str, file_bytes: int, mean_line: float) -> None:
+    """Record what this job's run files will take (after ``room_problem`` found room), for
+    the plans of other loads; removed with the job's run files when the job ends."""
+    directory = job_dir(runs_dir, job_id)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{RESERVED}.{uuid.uuid4().hex}.tmp"
+    tmp.write_text(str(space_needed(file_bytes, mean_line)))
+    tmp.replace(directory / RESERVED)
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import uuid
 
+import pymongo
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
@@ -23,6 +24,9 @@ router = APIRouter(tags=["ingestion"])
 
 # An empty file is refused (400): every body and the multipart field say minLength 1, so
 # the document does not promise to accept what the endpoint cannot load.
+# How long removing the record of an upload that was not kept may take (see accept_upload).
+FORGET_JOB_S = 1.0
+
 _FILE_BYTES = {"type": "string", "format": "binary", "minLength": 1}
 UPLOAD_BODY = {
     "requestBody": {
@@ -97,26 +101,27 @@ async def accept_upload(
         )
     except UploadError as exc:
         return json_response({"detail": exc.detail}, status_code=exc.status_code)
-    job_created = False
     try:
         with store_errors():
             doc = job_records.new_job(
                 job_id, version, file_name, stored.bytes_stored, source, allow_shrink=allow_shrink
             )
             await job_records.create_job(services.db, doc)
-            job_created = True
             await asyncio.to_thread(services.queue.enqueue_plan, job_id)
-    except TransientError as exc:  # the store, or the broker (BrokerUnavailable)
+    except Exception as exc:  # the store, the broker (BrokerUnavailable), or a bug
+        # The client hears "not kept": neither the file nor a job may stay. The record goes
+        # even when its insert raised: an insert can reach the store and its answer be lost.
         final_path.unlink(missing_ok=True)
-        if job_created:
-            try:
-                with store_errors():
-                    await job_records.delete_job(services.db, job_id)
-            except TransientError:
-                log.error("could not remove job record %s after a queue failure", job_id)
-        return _unavailable(
-            "job queue" if isinstance(exc, BrokerUnavailable) else "store", job_id, exc
-        )
+        try:  # briefly: with the store down, the 503 must not wait for a second timeout
+            with store_errors(), pymongo.timeout(FORGET_JOB_S):
+                await job_records.delete_job(services.db, job_id)
+        except TransientError:
+            log.error("could not remove job record %s of an upload not kept", job_id)
+        if isinstance(exc, TransientError):
+            return _unavailable(
+                "job queue" if isinstance(exc, BrokerUnavailable) else "store", job_id, exc
+            )
+        raise
     try:
         with store_errors():
             await job_records.mark_enqueued(services.db, job_id)

@@ -221,3 +221,61 @@ def test_broker_down_at_upload_is_503_and_keeps_nothing(
 def test_unknown_job_is_404(client: TestClient) -> None:
     assert client.get("/jobs/nope").status_code == 404
     assert client.get("/jobs").json() == []
+
+
+def _upload_with_create_job(
+    settings: Settings, tmp_path: Path, create_job: Any, monkeypatch: pytest.MonkeyPatch
+) -> Any:
+    from api.main import create_app
+    from shared import job_records
+
+    monkeypatch.setattr(job_records, "create_job", create_job)
+    path = tmp_path / "p.csv"
+    generate(10, path, seed=11)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c, path.open("rb") as f:
+        return c.post("/add-promotions/", files={"file": ("p.csv", f)})
+
+
+def test_an_insert_whose_answer_is_lost_leaves_no_job_behind_the_503(
+    clean_state: None,
+    settings: Settings,
+    tmp_path: Path,
+    mongo_db: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The job record reached the store, the connection dropped before its answer: the
+    client hears "not kept", so the record must not stay (the watchdog would send it, and
+    it would fail for want of its file: a phantom failed job next to the client's retry)."""
+    from pymongo.errors import AutoReconnect
+
+    from shared import job_records
+
+    real_create_job = job_records.create_job
+
+    async def reached_the_store(db: Any, doc: dict[str, Any]) -> None:
+        await real_create_job(db, doc)
+        raise AutoReconnect("connection closed")
+
+    r = _upload_with_create_job(settings, tmp_path, reached_the_store, monkeypatch)
+    assert r.status_code == 503 and "store is unavailable" in r.json()["detail"]
+    assert list(settings.uploads_dir.iterdir()) == []
+    assert mongo_db["jobs"].count_documents({}) == 0
+
+
+def test_a_permanent_store_error_at_upload_is_a_json_500_and_keeps_nothing(
+    clean_state: None,
+    settings: Settings,
+    tmp_path: Path,
+    mongo_db: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pymongo.errors import OperationFailure
+
+    async def not_authorized(db: Any, doc: dict[str, Any]) -> None:
+        raise OperationFailure("not authorized on promotions to execute command", code=13)
+
+    r = _upload_with_create_job(settings, tmp_path, not_authorized, monkeypatch)
+    assert r.status_code == 500 and r.headers["content-type"].startswith("application/json")
+    assert "internal error" in r.json()["detail"]
+    assert list(settings.uploads_dir.iterdir()) == []
+    assert mongo_db["jobs"].count_documents({}) == 0

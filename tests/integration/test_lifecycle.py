@@ -17,7 +17,7 @@ from shared.errors import PermanentError
 from shared.settings import Settings
 from shared.timeutil import now
 from tests.helpers import load_dataset, stored_rows
-from worker import job_steps, upkeep
+from worker import job_steps, shuffle_files, upkeep
 from worker.finalizing import finalize_steps
 
 pytestmark = pytest.mark.usefixtures("clean_state")
@@ -262,6 +262,50 @@ def test_a_load_whose_run_files_cannot_fit_fails_at_its_plan_and_the_live_data_s
     assert not list((settings.runs_dir / "s").glob("*"))
 
 
+def test_two_loads_that_each_fit_alone_do_not_both_start_on_a_volume_for_one(
+    mongo_db: Any, settings: Settings
+) -> None:
+    """An upload arriving while another loads: the second plan counts the run files the
+    first is still to write, and stops at once instead of both failing half-way."""
+    assert load_dataset(mongo_db, 1, [ROW])
+    text = "".join(f"id{i},1,2018-08-04 05:32:31 +0200\n" for i in range(20_000))
+    for version, job_id in ((2, "first"), (3, "second")):
+        (settings.uploads_dir / f"{job_id}.csv").write_text(text)
+        mongo_db[lifecycle.JOBS].insert_one(
+            job_records.new_job(job_id, version, f"{job_id}.csv", len(text), "upload")
+        )
+    needed = shuffle_files.space_needed(len(text), len(text) / 20_000)  # ~2 MB
+    free = shutil.disk_usage(settings.data_dir).free
+    one_and_a_half = settings.model_copy(update={"min_free_bytes": free - needed * 3 // 2})
+    chunks: list[tuple[int, int, int]] = []
+    assert not job_steps.plan(mongo_db, one_and_a_half, "first", lambda *c: chunks.append(c))
+    assert chunks
+    assert job_steps.plan(mongo_db, one_and_a_half, "second", lambda *c: chunks.append(c))
+    job = mongo_db[lifecycle.JOBS].find_one({"_id": "second"})
+    assert job["status"] == lifecycle.FAILED
+    assert "other loads under way still need 2 MiB" in job["error"], job["error"]
+    assert mongo_db[lifecycle.JOBS].find_one({"_id": "first"})["status"] == lifecycle.RUNNING
+    assert datasets.read_active_sync(mongo_db).version == 1  # type: ignore[union-attr]
+
+
+def test_a_redelivered_plan_does_not_check_room_again_for_a_job_already_loading(
+    mongo_db: Any, settings: Settings
+) -> None:
+    """Its first delivery found room and its chunks may have written their run files: the
+    free space left is no reason to fail it now."""
+    lines = [f"id{i},1,2018-08-04 05:32:31 +0200" for i in range(200)]
+    (settings.uploads_dir / "r.csv").write_text("".join(f"{x}\n" for x in lines))
+    mongo_db[lifecycle.JOBS].insert_one(job_records.new_job("r", 2, "r.csv", 10, "upload"))
+    first: list[tuple[int, int, int]] = []
+    assert not job_steps.plan(mongo_db, settings, "r", lambda *c: first.append(c))
+    for chunk in first:
+        assert job_steps.load(mongo_db, settings, "r", *chunk) in ("loaded", "last")
+    free = shutil.disk_usage(settings.data_dir).free
+    now_tight = settings.model_copy(update={"min_free_bytes": free})
+    assert not job_steps.plan(mongo_db, now_tight, "r", lambda *c: None)
+    assert mongo_db[lifecycle.JOBS].find_one({"_id": "r"})["status"] == lifecycle.RUNNING
+
+
 def test_a_redelivered_plan_under_other_settings_enqueues_the_recorded_plan(
     mongo_db: Any, settings: Settings, tmp_path: Path
 ) -> None:
@@ -303,6 +347,22 @@ def test_shrink_guard_holds_a_much_smaller_file_until_an_operator_activates_it(
     lifecycle.activate_by_hand(mongo_db, 2)  # the operator agrees
     job = mongo_db[lifecycle.JOBS].find_one({"_id": "truncated"})
     assert job["status"] == lifecycle.SUCCEEDED and job["dataset_version"] == 2
+
+
+def test_a_held_version_passed_by_a_newer_upload_does_not_push_out_the_last_live_one(
+    mongo_db: Any, settings: Settings
+) -> None:
+    """v2 held (truncated), then v3 goes live: with two versions kept, the rollback target
+    is v1, which served, not the truncated v2 that never did."""
+    guarded, rows = _ten_rows_live_with_the_guard_at_half(mongo_db, settings)
+    _job(mongo_db, guarded, "truncated", 2, rows[:4])
+    _finalize(mongo_db, guarded, "truncated")
+    _job(mongo_db, guarded, "complete", 3, rows)
+    _finalize(mongo_db, guarded, "complete")
+    assert datasets.read_active_sync(mongo_db).version == 3  # type: ignore[union-attr]
+    upkeep.apply_cleanup(mongo_db, _cleanup(mongo_db, keep=2, grace_s=60), grace_s=60)
+    assert lifecycle.read_record(mongo_db, 1).state == lifecycle.READY  # type: ignore[union-attr]
+    assert lifecycle.read_record(mongo_db, 2).state == lifecycle.RETIRED  # type: ignore[union-attr]
 
 
 def test_shrink_guard_lets_an_upload_that_allows_it_go_live(

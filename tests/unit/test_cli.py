@@ -140,3 +140,37 @@ def test_job_summary_and_durations_read_like_a_person_would_say_them() -> None:
         "1m01s",
         "1h02m",
     ]
+
+
+def test_partner_text_in_tables_is_shown_as_sent_never_as_markup() -> None:
+    """File names and rejected values come from partners: ``[/b]`` crashed rich's markup
+    parser (exit 1, which means "job failed") and ``[final]`` vanished."""
+    from rich.console import Console
+
+    from cli.tables import job_table, jobs_table
+
+    job = {
+        "job_id": "j1",
+        "status": "failed",
+        "phase": "loading",
+        "original_name": "promos[/b] [final].csv",
+        "source": "inbox",
+        "bytes_total": 10,
+        "created_at": "2026-11-30T10:00:00Z",
+        "error": "too many bad rows: 'price [/] not a number'",
+        "rows_rejected": 1,
+        "rejects": [{"line": 3, "reason": "bad price '[red]x'"}],
+    }
+    console = Console(width=400, record=True)
+    console.print(jobs_table([job]))
+    console.print(job_table(job))
+    text = console.export_text()
+    assert "promos[/b] [final].csv" in text
+    assert "'price [/] not a number'" in text and "bad price '[red]x'" in text
+
+
+def test_a_job_id_as_typed_stays_one_path_segment() -> None:
+    from cli.client import job_path
+
+    assert job_path("5f0c2a3e") == "/jobs/5f0c2a3e"
+    assert job_path("../datasets") == "/jobs/..%2Fdatasets"

@@ -138,6 +138,18 @@ def test_a_ready_version_newer_than_any_switch_is_never_retired() -> None:
     assert versions_to_retire(records, pointer(5, high_water=6), keep=2) == [4, 3, 2, 1]
 
 
+def test_a_version_that_served_is_kept_before_a_newer_one_that_never_did() -> None:
+    """v7 was held by the shrink guard (never live), v8 then went live: the rollback slot
+    goes to v6, the last dataset that served before, not to the truncated v7."""
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    records = [record(6, activated_at=at), record(7), record(8, activated_at=at)]
+    assert versions_to_retire(records, pointer(8), keep=2) == [7]
+    # A version the pointer named counts as having served, whatever its record says.
+    named = pointer(8, history=((5, at),))
+    assert versions_to_retire([record(5), record(7), record(8)], named, keep=2) == [7]
+    assert versions_to_retire(records, pointer(8), keep=3) == []
+
+
 def test_only_ready_versions_are_retired() -> None:
     records = [
         record(1, "failed"),

@@ -185,6 +185,29 @@ def test_room_counts_what_a_redelivered_plans_job_already_wrote(
     assert shuffle_files.room_problem(tmp_path, "job", 100, 50.0, 10) is None
 
 
+def test_room_counts_what_other_loads_under_way_still_have_to_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mean_line = len(DATA) / DATA.count(b"\n")
+    estimate = shuffle_files.space_needed(len(DATA), mean_line)
+    shuffle_files.reserve_room(tmp_path, "job", len(DATA), mean_line)  # "job" is loading
+    assert (tmp_path / "job" / shuffle_files.RESERVED).read_text() == str(estimate)
+    assert shuffle_files.held_by_others(tmp_path, "job") == 0  # its own share is not others'
+    assert shuffle_files.held_by_others(tmp_path, "new") == estimate
+    written = _write(tmp_path).stat().st_size  # "job" wrote one run file: that much less
+    assert shuffle_files.held_by_others(tmp_path, "new") == estimate - written
+    needed = shuffle_files.space_needed(100, 50.0)
+    _free(monkeypatch, needed + estimate - written, tmp_path)
+    assert shuffle_files.room_problem(tmp_path, "new", 100, 50.0, 0) is None
+    problem = shuffle_files.room_problem(tmp_path, "new", 100, 50.0, 1)
+    assert problem is not None and "other loads under way still need 0 MiB of it" in problem
+    # A reservation torn by a crash, or a directory without one, holds nothing.
+    (tmp_path / "job" / shuffle_files.RESERVED).write_text("12")
+    (tmp_path / "torn").mkdir()
+    (tmp_path / "torn" / shuffle_files.RESERVED).write_text("")
+    assert shuffle_files.held_by_others(tmp_path, "new") == 0
+
+
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
 def test_a_full_volume_under_a_write_is_a_permanent_error_saying_so(code: int) -> None:
     full = pytest.raises(shuffle_files.VolumeFull, match="shared volume filled up while writing")
