@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,11 @@ from pymongo.database import Database
 
 from shared import datasets, job_records, lifecycle
 from shared.file_checks import GZIP_MAGIC
-from shared.gunzip_file_writer import StoredFileError, StoreLimits, store_file
+from shared.gunzip_file_writer import PART_SUFFIX, StoredFileError, StoreLimits, store_file
 from shared.log_context import job_id_var
 from shared.settings import get_settings
 from shared.task_names import SCAN_INBOX
+from worker import inbox_files
 from worker.celery_app import app
 from worker.inbox_files import claim, ready_files
 from worker.store import database
@@ -32,6 +34,11 @@ log = logging.getLogger(__name__)
 settings = get_settings()
 
 SOURCE = "inbox"
+# A claim none of whose files changed for this long, with no gzip being inflated, is dead.
+# Well above a claim's quiet moments (a version number, a rename: seconds with the store
+# failing over), well below the sweep's JOB_STALL_TIMEOUT_S.
+CLAIM_STALE_S = 300.0
+PART_PREFIX = ".inbox-"  # shared/gunzip_file_writer.py part_file_prefix("inbox")
 
 
 def _is_gzip(path: Path) -> bool:
@@ -64,10 +71,10 @@ def _create_job(
     log.info("inbox file %r is job %s (%d bytes, version %d)", name, job_id, size, version)
 
 
-def _give_back(claimed: Path, final: Path, path: Path) -> None:
+def _give_back(claimed: Path, final: Path, path: Path) -> bool:
     """Return the file to the inbox for the next scan. If the partner has meanwhile dropped
     a new file under the same name, the old one comes back under another name instead of
-    replacing it."""
+    replacing it. False if neither copy was there."""
     if path.exists():
         path = path.with_name(f"{path.stem}.returned-{uuid.uuid4().hex[:8]}{path.suffix}")
     if claimed.exists():
@@ -75,17 +82,23 @@ def _give_back(claimed: Path, final: Path, path: Path) -> None:
         final.unlink(missing_ok=True)
     elif final.exists():
         os.rename(final, path)
+    else:
+        return False
+    return True
 
 
 def ingest_file(db: Database[Any], path: Path) -> str | None:
     """Claim one ready file and make it a queued job; None if another scan claimed it."""
     job_id = uuid.uuid4().hex
-    claimed = settings.uploads_dir / f".inbox-{job_id}.claimed"
+    uploads = settings.uploads_dir
+    claimed = inbox_files.claimed_path(uploads, job_id)
+    marker = inbox_files.mark_claim(uploads, job_id, path.name)
     if not claim(path, claimed):
+        marker.unlink(missing_ok=True)
         return None
     os.utime(claimed)  # claimed now: sweeps of old files in uploads/ must not take it
-    file_name = f"{job_id}.csv"
-    final = settings.uploads_dir / file_name
+    final = inbox_files.stored_path(uploads, job_id)
+    file_name = final.name
     token = job_id_var.set(job_id)
     try:
         error = None
@@ -102,10 +115,13 @@ def ingest_file(db: Database[Any], path: Path) -> str | None:
             _create_job(db, job_id, version, file_name, size, path.name)
         except BaseException:
             # Store down, disk full, network filesystem error, worker shutdown: the
-            # partner's file goes back to the inbox for the next scan, never lost.
+            # partner's file goes back to the inbox for the next scan, never lost. (A kill
+            # runs no handler: recover_dead_claims does this then.)
             _give_back(claimed, final, path)
+            marker.unlink(missing_ok=True)
             raise
         claimed.unlink(missing_ok=True)  # a bad file, or the original of an inflated gzip
+        marker.unlink(missing_ok=True)  # the job holds the file now
         if error:
             lifecycle.fail_job(db, job_id, error)
             log.warning("inbox file %r failed: %s", path.name, error)
@@ -120,12 +136,52 @@ def ingest_file(db: Database[Any], path: Path) -> str | None:
     return job_id
 
 
+def recover_dead_claims(db: Database[Any], now_ts: float, stale_s: float = CLAIM_STALE_S) -> int:
+    """Claims whose worker died before their job was recorded: the file goes back to the
+    inbox under its name (and is claimed again by this or a later scan). A claim counts as
+    dead when none of its files changed for ``stale_s`` and no gzip is being inflated into
+    uploads/ (an inflating claim's only sign of life is its partial file). Repeat-safe and
+    safe against concurrent scans: every step is a rename or an unlink."""
+    uploads = settings.uploads_dir
+    settings.inbox_dir.mkdir(parents=True, exist_ok=True)
+    cutoff = now_ts - stale_s
+    inflating = inbox_files.last_touched(list(uploads.glob(f"{PART_PREFIX}*{PART_SUFFIX}")))
+    given_back = 0
+    for job_id in inbox_files.marked_claims(uploads):
+        files = inbox_files.claim_files(uploads, job_id)
+        marker, claimed, final = files
+        if db[lifecycle.JOBS].find_one({"_id": job_id}, {"_id": 1}) is not None:
+            claimed.unlink(missing_ok=True)  # recorded: the job holds the stored file
+            marker.unlink(missing_ok=True)
+            continue
+        if inbox_files.last_touched(files) > cutoff or inflating > cutoff:
+            continue  # a claim under way
+        try:
+            name = Path(marker.read_text()).name or f"{job_id}.csv"
+        except FileNotFoundError:
+            continue  # finished by a racing scan
+        try:
+            back = _give_back(claimed, final, settings.inbox_dir / name)
+        except FileNotFoundError:
+            continue  # a racing scan moved it first: the next scan finds nothing and ends it
+        marker.unlink(missing_ok=True)
+        if back:
+            given_back += 1
+            log.warning(
+                "inbox file %r given back: its claim %s ended without a job (worker killed?)",
+                name,
+                job_id,
+            )
+    return given_back
+
+
 @app.task(name=SCAN_INBOX, acks_late=True)
 def scan_inbox() -> list[str]:
     """Safe to run any number of times, concurrently too: each file is claimed once."""
     settings.inbox_dir.mkdir(parents=True, exist_ok=True)
     settings.uploads_dir.mkdir(parents=True, exist_ok=True)
     db = database()
+    recover_dead_claims(db, time.time())
     job_ids = []
     for path in ready_files(settings.inbox_dir, settings.inbox_settle_seconds):
         try:

@@ -5,6 +5,11 @@ and rename the file into place when it is complete. As a safety net for writers 
 a file is taken only when its size and mtime hold still between two looks and it is at least
 ``settle_s`` old. Claiming is an ``os.rename`` into uploads/ (same filesystem): atomic, so
 when several scans race for a file exactly one wins.
+
+A claim leaves a marker in uploads/ (``.inbox-<job id>.name``, holding the file's name in the
+inbox) until its job is recorded: a worker killed mid-claim (out of memory, a deploy's kill)
+leaves the partner's only copy under a server-generated name, and the marker is how a later
+scan finds it and gives it back instead of letting the sweep of old uploads delete it.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from pathlib import Path
 
 IGNORED_SUFFIXES = (".part", ".tmp")
 SECOND_LOOK_MAX_S = 1.0
+CLAIM_PREFIX = ".inbox-"
+MARKER_SUFFIX = ".name"
 
 
 def is_ignored(name: str) -> bool:
@@ -58,3 +65,53 @@ def claim(path: Path, target: Path) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def claimed_path(uploads: Path, job_id: str) -> Path:
+    return uploads / f"{CLAIM_PREFIX}{job_id}.claimed"
+
+
+def marker_path(uploads: Path, job_id: str) -> Path:
+    return uploads / f"{CLAIM_PREFIX}{job_id}{MARKER_SUFFIX}"
+
+
+def stored_path(uploads: Path, job_id: str) -> Path:
+    return uploads / f"{job_id}.csv"
+
+
+def mark_claim(uploads: Path, job_id: str, name: str) -> Path:
+    """Written before the claim's rename, so no moment leaves the file unaccounted for."""
+    marker = marker_path(uploads, job_id)
+    tmp = marker.with_name(f"{marker.name}.tmp")
+    tmp.write_text(name)
+    tmp.replace(marker)
+    return marker
+
+
+def marked_claims(uploads: Path) -> list[str]:
+    """Job ids of the claims whose job is not known to be recorded yet."""
+    if not uploads.is_dir():
+        return []
+    return [
+        path.name[len(CLAIM_PREFIX) : -len(MARKER_SUFFIX)]
+        for path in uploads.glob(f"{CLAIM_PREFIX}*{MARKER_SUFFIX}")
+    ]
+
+
+def claim_files(uploads: Path, job_id: str) -> list[Path]:
+    return [
+        marker_path(uploads, job_id),
+        claimed_path(uploads, job_id),
+        stored_path(uploads, job_id),
+    ]
+
+
+def last_touched(paths: list[Path]) -> float:
+    """The newest mtime among the paths that exist (0 when none does)."""
+    newest = 0.0
+    for path in paths:
+        try:
+            newest = max(newest, path.stat().st_mtime)
+        except FileNotFoundError:
+            continue
+    return newest

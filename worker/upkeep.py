@@ -19,7 +19,7 @@ from pymongo.database import Database
 
 from shared import job_records, lifecycle
 from shared.settings import Settings
-from worker import shuffle_files
+from worker import inbox_files, shuffle_files
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,10 @@ def sweep_uploads(db: Database[Any], uploads_dir: Path, cutoff_ts: float) -> Non
             {"status": {"$in": list(lifecycle.UNFINISHED)}}, {"file": 1}
         )
     }
+    # A drop-folder claim that has no job yet holds a partner's only copy: the inbox scan
+    # gives it back (worker/inbox.py recover_dead_claims), this sweep never deletes it.
+    for job_id in inbox_files.marked_claims(uploads_dir):
+        unfinished.update(path.name for path in inbox_files.claim_files(uploads_dir, job_id))
     for path in uploads_dir.iterdir():
         with contextlib.suppress(FileNotFoundError):
             if path.name not in unfinished and path.stat().st_mtime < cutoff_ts:

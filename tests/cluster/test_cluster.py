@@ -235,7 +235,8 @@ def strike_mid_load(
     """Strike ``node``'s host while it loads a chunk of the job, after some chunks are done.
     Returns the chunks it held (taken from the broker, never acknowledged) and when. If it
     happened to finish all it had just before the strike, there is nothing to redeliver:
-    undo and strike again."""
+    undo and strike again - so the load must outlast a host's restart (~3 s): with 40k rows
+    the other host once finished the whole job meanwhile, and no second strike could land."""
     assert c.events is not None
     events = c.events
     for _ in range(3):
@@ -296,7 +297,7 @@ def test_a_worker_host_cut_off_mid_load(on_client: Cluster, files: Path) -> None
     events = c.events
     old = live(c, files)
     path = files / "s2.csv"
-    new = next_file(path, 40_000, seed=21, previous=old.rows)
+    new = next_file(path, 100_000, seed=21, previous=old.rows)
     w1 = c.host("w1")
     with Lookups(c, old.rows, new) as lookups:
         job_id = upload(c, "api1", path)
@@ -335,7 +336,7 @@ def test_a_worker_host_killed_whole_mid_load(on_client: Cluster, files: Path) ->
     events = c.events
     old = live(c, files)
     path = files / "s3.csv"
-    new = next_file(path, 40_000, seed=31, previous=old.rows)
+    new = next_file(path, 100_000, seed=31, previous=old.rows)
     w2 = c.host("w2")
     killed: list[int] = []
     with Lookups(c, old.rows, new) as lookups:

@@ -121,3 +121,105 @@ def test_celery_beat_schedules_the_scan(mongo_db: Any, settings: Settings, tmp_p
     finally:
         beat.stop()
     assert mongo_db[lifecycle.JOBS].count_documents({}) == 1
+
+
+_KILLED_MID_CLAIM = """
+import os, signal, sys
+from pathlib import Path
+import worker.inbox as inbox
+from worker.store import database
+
+def killed(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if sys.argv[1] == "before storing":
+    inbox.datasets.allocate_version_sync = killed
+else:
+    inbox._create_job = killed
+inbox.ingest_file(database(), Path(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "killed_at"),
+    [
+        ("partner.csv", "before storing"),  # left: the claimed file
+        ("partner.csv", "before the job"),  # left: the stored <id>.csv, no job
+        ("partner.csv.gz", "before the job"),  # left: the claimed gzip and its inflated copy
+    ],
+)
+def test_a_worker_killed_mid_claim_gives_the_file_back_never_deletes_it(
+    mongo_db: Any, settings: Settings, name: str, killed_at: str
+) -> None:
+    """A kill runs no clean-up: the partner's only copy sits in uploads/ under a server
+    name with no job. The sweep of old uploads must not take it, and a later scan gives
+    it back to the inbox, where it becomes a job like any other."""
+    import subprocess
+    import sys
+
+    from worker import upkeep
+    from worker.inbox import CLAIM_STALE_S, recover_dead_claims
+
+    path = _drop(settings, name, 500, seed=31)
+    original = path.read_bytes()
+    plain = settings.data_dir / "expected.csv"
+    plain.write_bytes(gzip.decompress(original) if name.endswith(".gz") else original)
+    want = expected_rows(plain)
+    plain.unlink()
+    died = subprocess.run([sys.executable, "-c", _KILLED_MID_CLAIM, killed_at, str(path)])
+    assert died.returncode == -9
+    assert not path.exists() and mongo_db[lifecycle.JOBS].count_documents({}) == 0
+
+    later = time.time() + settings.job_stall_timeout_s + CLAIM_STALE_S
+    upkeep.sweep_uploads(mongo_db, settings.uploads_dir, later)  # everything looks old
+    assert recover_dead_claims(mongo_db, time.time()) == 0  # it may still be under way
+    assert recover_dead_claims(mongo_db, later) == 1
+    assert path.read_bytes() == original  # back under its name, as dropped
+    assert list(settings.uploads_dir.iterdir()) == []
+
+    job_ids = wait_for(scan_inbox, 10)  # once settled again (the claim touched it)
+    assert len(job_ids) == 1
+    job = _finished(mongo_db, job_ids[0])
+    assert job["status"] == "succeeded" and job["original_name"] == name, job
+    assert stored_rows(mongo_db, job["dataset_version"]) == want
+
+
+def test_claim_leftovers_of_a_recorded_job_go_and_an_inflating_claim_is_left_alone(
+    mongo_db: Any, settings: Settings
+) -> None:
+    from shared import job_records
+    from worker import inbox_files
+    from worker.inbox import CLAIM_STALE_S, recover_dead_claims
+
+    uploads = settings.uploads_dir
+    later = time.time() + CLAIM_STALE_S + 1
+    # Killed after its job was recorded: the job holds <id>.csv; marker and gzip original go.
+    inbox_files.mark_claim(uploads, "recorded", "a.csv.gz")
+    inbox_files.claimed_path(uploads, "recorded").write_bytes(b"gzip original")
+    inbox_files.stored_path(uploads, "recorded").write_text("x,1,2018-08-04 05:32:31 +0200\n")
+    mongo_db[lifecycle.JOBS].insert_one(
+        job_records.new_job("recorded", 7, "recorded.csv", 30, "inbox")
+    )
+    # Another claim, its gzip being inflated by a live worker: only its partial file moves.
+    inbox_files.mark_claim(uploads, "inflating", "b.csv.gz")
+    inbox_files.claimed_path(uploads, "inflating").write_bytes(b"gzip original")
+    stale = time.time() - 2 * CLAIM_STALE_S
+    for path in inbox_files.claim_files(uploads, "inflating"):
+        if path.exists():
+            os.utime(path, (stale, stale))
+    part = uploads / ".inbox-host-123-abc.part"
+    part.write_bytes(b"inflated so far")
+    os.utime(part, (later, later))
+
+    assert recover_dead_claims(mongo_db, later) == 0
+    assert sorted(p.name for p in uploads.iterdir()) == sorted(
+        [
+            "recorded.csv",
+            part.name,
+            inbox_files.marker_path(uploads, "inflating").name,
+            inbox_files.claimed_path(uploads, "inflating").name,
+        ]
+    )
+    part.unlink()  # the inflating worker died too: now the claim is dead
+    assert recover_dead_claims(mongo_db, later) == 1
+    assert (settings.inbox_dir / "b.csv.gz").read_bytes() == b"gzip original"
