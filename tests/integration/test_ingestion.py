@@ -4,6 +4,7 @@ MongoDB-compatible server: upload -> job -> parallel chunks -> atomic switch."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -224,25 +225,38 @@ def test_unknown_job_is_404(client: TestClient) -> None:
     assert client.get("/jobs").json() == []
 
 
-def _upload_with_create_job(
-    settings: Settings, tmp_path: Path, create_job: Any, monkeypatch: pytest.MonkeyPatch
-) -> Any:
-    from api.main import create_app
-    from shared import job_records
+CreateJob = Callable[[Any, dict[str, Any]], Awaitable[None]]
 
-    monkeypatch.setattr(job_records, "create_job", create_job)
-    path = tmp_path / "p.csv"
-    generate(10, path, seed=11)
-    with TestClient(create_app(settings), raise_server_exceptions=False) as c, path.open("rb") as f:
-        return c.post("/add-promotions/", files={"file": ("p.csv", f)})
+
+@pytest.fixture
+def upload_when_creating_the_job_does(
+    clean_state: None, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[CreateJob], Any]:
+    """An upload through the app, its job record written by the given ``create_job``."""
+
+    def upload(create_job: CreateJob) -> Any:
+        from api.main import create_app
+        from shared import job_records
+
+        monkeypatch.setattr(job_records, "create_job", create_job)
+        path = tmp_path / "p.csv"
+        generate(10, path, seed=11)
+        app = create_app(settings)
+        with TestClient(app, raise_server_exceptions=False) as c, path.open("rb") as f:
+            return c.post("/add-promotions/", files={"file": ("p.csv", f)})
+
+    return upload
+
+
+def _nothing_kept(settings: Settings, mongo_db: Any) -> None:
+    assert list(settings.uploads_dir.iterdir()) == []
+    assert mongo_db["jobs"].count_documents({}) == 0
 
 
 def test_an_insert_whose_answer_is_lost_leaves_no_job_behind_the_503(
-    clean_state: None,
+    upload_when_creating_the_job_does: Callable[[CreateJob], Any],
     settings: Settings,
-    tmp_path: Path,
     mongo_db: Any,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The job record reached the store, the connection dropped before its answer: the
     client hears "not kept", so the record must not stay (the watchdog would send it, and
@@ -257,26 +271,22 @@ def test_an_insert_whose_answer_is_lost_leaves_no_job_behind_the_503(
         await real_create_job(db, doc)
         raise AutoReconnect("connection closed")
 
-    r = _upload_with_create_job(settings, tmp_path, reached_the_store, monkeypatch)
+    r = upload_when_creating_the_job_does(reached_the_store)
     assert r.status_code == 503 and "store is unavailable" in r.json()["detail"]
-    assert list(settings.uploads_dir.iterdir()) == []
-    assert mongo_db["jobs"].count_documents({}) == 0
+    _nothing_kept(settings, mongo_db)
 
 
 def test_a_permanent_store_error_at_upload_is_a_json_500_and_keeps_nothing(
-    clean_state: None,
+    upload_when_creating_the_job_does: Callable[[CreateJob], Any],
     settings: Settings,
-    tmp_path: Path,
     mongo_db: Any,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from pymongo.errors import OperationFailure
 
     async def not_authorized(db: Any, doc: dict[str, Any]) -> None:
         raise OperationFailure("not authorized on promotions to execute command", code=13)
 
-    r = _upload_with_create_job(settings, tmp_path, not_authorized, monkeypatch)
+    r = upload_when_creating_the_job_does(not_authorized)
     assert r.status_code == 500 and r.headers["content-type"].startswith("application/json")
     assert "internal error" in r.json()["detail"]
-    assert list(settings.uploads_dir.iterdir()) == []
-    assert mongo_db["jobs"].count_documents({}) == 0
+    _nothing_kept(settings, mongo_db)
