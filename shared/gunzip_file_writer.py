@@ -101,6 +101,16 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+STORE_FILE_ROLE = "inbox"  # the partial files of store_file (the drop folder's inflating)
+
+
+def part_files(directory: Path, role: str) -> list[Path]:
+    """Partial files of ``role`` on the volume, whichever host or process writes them."""
+    if not directory.is_dir():
+        return []
+    return list(directory.glob(f".{role}-*{PART_SUFFIX}"))
+
+
 def sweep_orphan_parts(directory: Path, role: str) -> list[Path]:
     """Remove partial files that processes of this host left when they died mid-write
     (killed, restarted); a live process's own partial files are left alone."""
@@ -241,7 +251,7 @@ TOUCH_EVERY_PIECES = 64
 def store_file(source: Path, final_path: Path, limits: StoreLimits) -> tuple[int, bool]:
     """Copy ``source`` to ``final_path`` through the writer; (bytes stored, was gzip)."""
     writer = GunzipFileWriter(
-        final_path.parent, limits, role="inbox", compressed_size=source.stat().st_size
+        final_path.parent, limits, role=STORE_FILE_ROLE, compressed_size=source.stat().st_size
     )
     try:
         with source.open("rb") as f:

@@ -20,7 +20,13 @@ from pymongo.database import Database
 
 from shared import datasets, job_records, lifecycle
 from shared.file_checks import GZIP_MAGIC
-from shared.gunzip_file_writer import PART_SUFFIX, StoredFileError, StoreLimits, store_file
+from shared.gunzip_file_writer import (
+    STORE_FILE_ROLE,
+    StoredFileError,
+    StoreLimits,
+    part_files,
+    store_file,
+)
 from shared.log_context import job_id_var
 from shared.settings import get_settings
 from shared.task_names import SCAN_INBOX
@@ -38,7 +44,6 @@ SOURCE = "inbox"
 # Well above a claim's quiet moments (a version number, a rename: seconds with the store
 # failing over), well below the sweep's JOB_STALL_TIMEOUT_S.
 CLAIM_STALE_S = 300.0
-PART_PREFIX = ".inbox-"  # shared/gunzip_file_writer.py part_file_prefix("inbox")
 
 
 def _is_gzip(path: Path) -> bool:
@@ -145,7 +150,7 @@ def recover_dead_claims(db: Database[Any], now_ts: float, stale_s: float = CLAIM
     uploads = settings.uploads_dir
     settings.inbox_dir.mkdir(parents=True, exist_ok=True)
     cutoff = now_ts - stale_s
-    inflating = inbox_files.last_touched(list(uploads.glob(f"{PART_PREFIX}*{PART_SUFFIX}")))
+    inflating = inbox_files.last_touched(part_files(uploads, STORE_FILE_ROLE))
     given_back = 0
     for job_id in inbox_files.marked_claims(uploads):
         files = inbox_files.claim_files(uploads, job_id)
