@@ -32,10 +32,10 @@ from bench.common import add_common_args, interleave, medians, paired_ratio, rep
 from bench.parse import data_file
 from bench.stack import Stack, stack
 from shared import datasets
-from shared.bucket_layout import bucket_count, buckets_of
+from shared.bucket_layout import buckets_for
 from shared.chunking import plan_chunks, read_range
-from shared.file_checks import SNIFF_BYTES
 from shared.promotion_rows import ChunkStats, parse_chunk, parse_chunk_rows
+from shared.settings import get_settings
 from worker.bucket_writer import insert_batches, merge
 from worker.shuffle_files import PartitionRows
 
@@ -91,9 +91,8 @@ def bucket_documents(path: Path, batch_rows: int) -> list[tuple[int, list[bytes]
     planner chooses it), in batches of about ``batch_rows`` rows."""
     data = path.read_bytes()
     keys, elements = parse_chunk_rows(data, 0, ChunkStats())
-    mean_line = len(data[:SNIFF_BYTES]) / max(1, data[:SNIFF_BYTES].count(b"\n"))
-    buckets = bucket_count(len(data), mean_line, 100)
-    merged = merge(PartitionRows(buckets_of(keys, buckets), keys, elements))
+    buckets = buckets_for(len(set(keys)), 100, get_settings().shuffle_slices)
+    merged = merge(PartitionRows(keys, elements), buckets)
     return list(insert_batches(merged.documents, batch_rows))
 
 

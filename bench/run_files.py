@@ -13,10 +13,15 @@ from pathlib import Path
 
 from bench.common import add_common_args, report, table
 from bench.parse import data_file
-from shared.bucket_layout import bucket_count, partition_count
 from shared.promotion_rows import ChunkStats, parse_chunk_rows
 from shared.settings import get_settings
-from worker.shuffle_files import RUN_BYTES_PER_ROW, job_dir, space_needed, write_chunk_runs
+from worker.shuffle_files import (
+    RUN_BYTES_PER_ROW,
+    job_dir,
+    keep_last,
+    space_needed,
+    write_chunk_runs,
+)
 
 
 def measure(path: Path) -> list[object]:
@@ -24,13 +29,10 @@ def measure(path: Path) -> list[object]:
     data = path.read_bytes()
     keys, elements = parse_chunk_rows(data, 0, ChunkStats())
     mean_line = len(data) / max(1, data.count(b"\n"))
-    buckets = bucket_count(len(data), mean_line, settings.rows_per_bucket)
-    partitions = partition_count(
-        buckets, settings.rows_per_bucket, settings.rows_per_partition, settings.min_partitions
-    )
     with tempfile.TemporaryDirectory() as tmp:
         runs = Path(tmp)
-        write_chunk_runs(runs, "bench", 0, keys, elements, buckets, partitions)
+        kept_keys, kept_elements = keep_last(keys, elements)
+        write_chunk_runs(runs, "bench", 0, kept_keys, kept_elements, settings.shuffle_slices)
         written = sum(f.stat().st_size for f in job_dir(runs, "bench").iterdir())
     estimate = space_needed(len(data), mean_line)
     return [

@@ -54,34 +54,80 @@ def bucket_count(file_size: int, mean_line_bytes: float, rows_per_bucket: int) -
     return max(1, min(MAX_BUCKETS, max(wanted, floor)))
 
 
-def partition_count(buckets: int, rows_per_bucket: int, rows_per_partition: int, least: int) -> int:
-    """Partitions (contiguous bucket ranges, one reduce task each): small enough that a
-    reduce holds at most ~``rows_per_partition`` rows in memory, and at least ``least`` so
-    that every worker process has one to write."""
-    by_memory = -(-buckets * rows_per_bucket // max(1, rows_per_partition))
-    return max(1, min(buckets, max(by_memory, least)))
+# --- the shuffle's slices: a fixed hash space the map writes into ---------------------------
+#
+# The map cannot know the bucket count (it follows the file's real row count, known only
+# once every chunk is mapped), so it writes each row into one of ``S`` slices (a power of
+# two, SHUFFLE_SLICES): slice ``rev(h mod S)``, ``h`` the row's XXH3 and ``rev`` the
+# reversal of its log2(S) bits. After the map, with the exact row count, the bucket count
+# ``B`` is chosen as a power of two up to ``S`` or a multiple of ``S``, so that every bucket
+# lies in one known run of slices and readers keep ``bucket = h mod B``:
+#
+# - ``B = k*S``: ``h mod S = (h mod B) mod S``, so slice ``p`` holds exactly the buckets
+#   ``b`` with ``b mod S = rev(p)`` (a slice is a group of its own);
+# - ``B = 2**j <= S``: ``h mod B`` is the low ``j`` bits of ``h mod S``, which the
+#   reversal puts in the high bits of ``p``: bucket ``rev_j(p >> (n-j))`` holds the
+#   consecutive slices ``[g*S/B, (g+1)*S/B)`` (a group of ``S/B`` slices).
+#
+# Reduce tasks are consecutive runs of whole groups, so each reads one contiguous range of
+# segments of each run file.
 
 
-def partition_of(bucket: int, buckets: int, partitions: int) -> int:
-    return bucket * partitions // buckets
+def _bit_reversal(bits: int) -> list[int]:
+    return [int(f"{n:0{bits}b}"[::-1], 2) if bits else 0 for n in range(1 << bits)]
 
 
-def partitions_of(bucket_numbers: Iterable[int], buckets: int, partitions: int) -> list[int]:
-    """``partition_of`` for many buckets at C speed."""
+_REVERSALS: dict[int, list[int]] = {}
+
+
+def reversal(slices: int) -> list[int]:
+    """``rev`` over ``slices`` (a power of two), cached: the map's hot path indexes it."""
+    table = _REVERSALS.get(slices)
+    if table is None:
+        if slices < 1 or slices & (slices - 1):
+            raise ValueError(f"slices must be a power of two, not {slices}")
+        table = _REVERSALS[slices] = _bit_reversal(slices.bit_length() - 1)
+    return table
+
+
+def slices_of(keys: Iterable[bytes], slices: int) -> list[int]:
+    """The slice of each encoded key, at C speed (the map step's hot path)."""
+    table = reversal(slices)
     return list(
-        map(
-            operator.floordiv,
-            map(operator.mul, bucket_numbers, repeat(partitions)),
-            repeat(buckets),
-        )
+        map(table.__getitem__, map(operator.and_, map(xxh3_64_intdigest, keys), repeat(slices - 1)))
     )
 
 
-def bucket_range(partition: int, buckets: int, partitions: int) -> range:
-    """The buckets of one partition: those whose ``partition_of`` is ``partition``."""
-    first = -(-partition * buckets // partitions)
-    end = -(-(partition + 1) * buckets // partitions)
-    return range(first, end)
+def buckets_for(rows: int, rows_per_bucket: int, slices: int) -> int:
+    """Buckets for ``rows`` rows (exact, from the map): about ``rows_per_bucket`` each,
+    a power of two up to ``slices``, a multiple of ``slices`` beyond (see above)."""
+    wanted = max(1, -(-rows // max(1, rows_per_bucket)))
+    if wanted <= slices:
+        return 1 << (wanted - 1).bit_length()
+    return min(MAX_BUCKETS // slices * slices, -(-wanted // slices) * slices)
+
+
+def group_slices(buckets: int, slices: int) -> int:
+    """Consecutive slices that share buckets and so go to one reduce task together."""
+    return max(1, slices // buckets)
+
+
+def coalesce(counts: list[int], group: int, bound: int) -> list[int]:
+    """Reduce tasks as slice bounds ``[0, ..., len(counts)]``: consecutive whole groups of
+    at most ``bound`` rows together, as adaptive query execution coalesces small shuffle
+    partitions. A group over ``bound`` alone is a task of its own (reduced by an external
+    merge). Empty ranges are never made."""
+    bounds = [0]
+    held = 0
+    for first in range(0, len(counts), group):
+        rows = sum(counts[first : first + group])
+        if held and held + rows > bound:
+            bounds.append(first)
+            held = 0
+        held += rows
+    if bounds[-1] != len(counts) or len(bounds) == 1:
+        bounds.append(len(counts))
+    return bounds
 
 
 # --- the bucket document, built from pre-encoded row elements -----------------------------

@@ -10,9 +10,13 @@ checks the totals against.
 
 from __future__ import annotations
 
+import operator
+import zlib
+from array import array
 from datetime import datetime
 from typing import Any
 
+from bson.binary import Binary
 from pymongo import DESCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.database import Database
@@ -93,7 +97,7 @@ def new_job(
 
 
 # Per-index bookkeeping of a job: long lists nobody but the counters needs to read.
-_LISTS_OUT = {"done_chunks": 0, "done_partitions": 0}
+_LISTS_OUT = {"done_chunks": 0, "done_partitions": 0, "partition_bounds": 0}
 
 
 def public_job(doc: dict[str, Any]) -> dict[str, Any]:
@@ -174,8 +178,13 @@ def save_chunk_result(
     start: int,
     end: int,
     stats: ChunkStats,
+    duplicates: int = 0,
+    slice_counts: list[int] | None = None,
 ) -> None:
-    """Replaces what an earlier delivery of the chunk recorded."""
+    """Replaces what an earlier delivery of the chunk recorded. ``duplicates``: rows an
+    id met again later in the chunk (the map keeps only the last); ``slice_counts``: the
+    rows it wrote to each slice of the shuffle, the exact figures the reduce side is sized
+    from (uint32s, deflated: mostly zeros for small chunks, 16 KiB at most for 4096)."""
     db[CHUNKS].replace_one(
         {"_id": f"{job_id}:{index}"},
         {
@@ -187,10 +196,33 @@ def save_chunk_result(
             "rows_read": stats.rows_read,
             "rows_valid": stats.rows_valid,
             "rows_rejected": stats.rows_rejected,
+            "duplicates": duplicates,
+            "slice_counts": Binary(zlib.compress(array("I", slice_counts or []).tobytes(), 1)),
             "rejects": [list(r) for r in stats.rejects],
         },
         upsert=True,
     )
+
+
+def slice_counts(db: Database[Any], job_id: str, slices: int) -> list[int]:
+    """Rows per slice over every recorded chunk of a job (what its run files hold)."""
+    totals = [0] * slices
+    for chunk in db[CHUNKS].find({"job_id": job_id}, {"slice_counts": 1}):
+        counts = array("I")
+        counts.frombytes(zlib.decompress(bytes(chunk["slice_counts"])))
+        if len(counts) != slices:
+            raise ValueError(f"chunk result {chunk['_id']} has {len(counts)} slices, not {slices}")
+        totals = list(map(operator.add, totals, counts))
+    return totals
+
+
+def partition_slices(db: Database[Any], job_id: str, partition: int) -> tuple[int, int]:
+    """The slices ``[first, end)`` a reduce task reads."""
+    doc = db[JOBS].find_one({"_id": job_id}, {"partition_bounds": 1}) or {}
+    bounds = doc.get("partition_bounds") or []
+    if partition + 1 >= len(bounds):
+        raise ValueError(f"job {job_id} has no partition {partition}")
+    return int(bounds[partition]), int(bounds[partition + 1])
 
 
 def count_chunk_done(
@@ -227,12 +259,14 @@ def chunk_totals(db: Database[Any], job_id: str) -> dict[str, int]:
                         "rows_read": {"$sum": "$rows_read"},
                         "rows_valid": {"$sum": "$rows_valid"},
                         "rows_rejected": {"$sum": "$rows_rejected"},
+                        "duplicates": {"$sum": "$duplicates"},
                     }
                 },
             ]
         )
     )
-    totals = dict.fromkeys(("chunks", "rows_read", "rows_valid", "rows_rejected"), 0)
+    keys = ("chunks", "rows_read", "rows_valid", "rows_rejected", "duplicates")
+    totals = dict.fromkeys(keys, 0)
     if rows:
         totals.update({k: int(rows[0][k]) for k in totals})
     return totals

@@ -299,19 +299,19 @@ def start_job(db: Database[Any], job_id: str) -> dict[str, Any] | None:
 
 @dataclass(frozen=True)
 class Plan:
-    """How a job's file is split and laid out; the first plan recorded is the job's."""
+    """How a job's file is split and shuffled; the first plan recorded is the job's."""
 
     chunk_size: int
-    buckets: int
-    partitions: int
+    slices: int  # the shuffle's hash space (shared.bucket_layout)
 
 
 def record_plan(
     db: Database[Any], job_id: str, version: int, chunks_total: int, plan: Plan
 ) -> Plan:
     """The first plan of a job wins; returns the recorded one, so a redelivered planner
-    enqueues the very same chunks (counts are per chunk index) and writes the very same
-    buckets. The version record learns its bucket count here: readers need it."""
+    enqueues the very same chunks (counts are per chunk index) into the very same slices.
+    The layout (buckets, reduce tasks) is recorded after the map, from its exact counts
+    (``start_writing``)."""
     at = now()
     doc = db[JOBS].find_one_and_update(
         {"_id": job_id, "status": RUNNING, "chunks_total": None},
@@ -319,44 +319,68 @@ def record_plan(
             "$set": {
                 "chunks_total": chunks_total,
                 "chunk_size": plan.chunk_size,
-                "buckets": plan.buckets,
-                "partitions_total": plan.partitions,
+                "slices": plan.slices,
                 "phase": "loading",
                 "phase_at.loading": at,
                 "updated_at": at,
             }
         },
-        projection={"chunk_size": 1, "buckets": 1, "partitions_total": 1},
+        projection={"chunk_size": 1, "slices": 1},
         return_document=ReturnDocument.AFTER,
     )
     if doc is None:
-        doc = (
-            db[JOBS].find_one(
-                {"_id": job_id}, {"chunk_size": 1, "buckets": 1, "partitions_total": 1}
-            )
-            or {}
-        )
-    recorded = Plan(
+        doc = db[JOBS].find_one({"_id": job_id}, {"chunk_size": 1, "slices": 1}) or {}
+    return Plan(
         chunk_size=int(doc.get("chunk_size") or plan.chunk_size),
-        buckets=int(doc.get("buckets") or plan.buckets),
-        partitions=int(doc.get("partitions_total") or plan.partitions),
+        slices=int(doc.get("slices") or plan.slices),
     )
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The reduce side, sized from the map's exact counts: the version's bucket count and
+    the reduce tasks as slice bounds (task ``p`` reduces slices ``[bounds[p], bounds[p+1])``)."""
+
+    buckets: int
+    bounds: list[int]
+
+    @property
+    def partitions(self) -> int:
+        return len(self.bounds) - 1
+
+
+def start_writing(db: Database[Any], job_id: str, version: int, layout: Layout) -> Layout | None:
+    """Phase loading -> writing (status stays running), recording the layout: every chunk
+    is parsed and shuffled; the partitions' buckets are written next. Repeat-safe: the
+    first layout recorded is the job's (the same counts give the same one anyway), and is
+    returned; None if the job is not running. The version record learns its bucket count
+    here: readers need it."""
+    at = now()
+    db[JOBS].update_one(
+        {"_id": job_id, "status": RUNNING, "phase": "loading"},
+        {
+            "$set": {
+                "phase": "writing",
+                "phase_at.writing": at,
+                "updated_at": at,
+                "buckets": layout.buckets,
+                "partitions_total": layout.partitions,
+                "partition_bounds": layout.bounds,
+            }
+        },
+    )
+    doc = db[JOBS].find_one(
+        {"_id": job_id, "status": RUNNING, "phase": "writing"},
+        {"buckets": 1, "partition_bounds": 1},
+    )
+    if doc is None:
+        return None
+    recorded = Layout(int(doc["buckets"]), [int(b) for b in doc["partition_bounds"]])
     db[META_COLLECTION].update_one(
         {"_id": version_doc_id(version), "buckets": {"$exists": False}},
         {"$set": {"buckets": recorded.buckets}},
     )
     return recorded
-
-
-def start_writing(db: Database[Any], job_id: str) -> bool:
-    """Phase loading -> writing (status stays running): every chunk is parsed and
-    partitioned; the partitions' buckets are written next. Repeat-safe."""
-    at = now()
-    return _job_update(
-        db,
-        {"_id": job_id, "status": RUNNING, "phase": "loading"},
-        {"$set": {"phase": "writing", "phase_at.writing": at, "updated_at": at}},
-    )
 
 
 def fail_job(
@@ -491,8 +515,8 @@ def decide_finalization(
 def register_version(
     db: Database[Any], version: int, job_id: str, buckets: int | None = None
 ) -> None:
-    """-> building; idempotent (a redelivered planner finds the record there). A job's
-    planner records the bucket count later, with its plan (``record_plan``)."""
+    """-> building; idempotent (a redelivered planner finds the record there). A job
+    records the bucket count later, once its map is done (``start_writing``)."""
     fields: dict[str, Any] = {
         "version": version,
         "collection": collection_name(version),

@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     rows_per_bucket: int = Field(default=100, ge=1, le=10_000)
     rows_per_partition: int = Field(default=250_000, ge=1000)
     min_partitions: int = Field(default=8, ge=1)
+    # The shuffle's fixed hash space (a power of two): map tasks write each row into one of
+    # this many slices and record exact counts per slice; reduce tasks are then made of
+    # whole slices up to rows_per_partition rows (docs/scaling.md). More slices: finer
+    # reduce tasks for huge files, a bigger directory per run file (40 bytes a slice).
+    shuffle_slices: int = Field(default=4096, ge=1, le=1 << 20)
     reject_ratio: float = Field(default=0.01, ge=0, le=1)
     # Shrink guard (0 = off: every valid file replaces the whole dataset). A complete file
     # with fewer than this share of the active dataset's rows is held, not switched to.
@@ -188,6 +193,12 @@ class Settings(BaseSettings):
             dotenv_settings,
             JsonConfigSettingsSource(settings_cls, json_file=json_file),
         )
+
+    @model_validator(mode="after")
+    def _slices_are_a_power_of_two(self) -> Settings:
+        if self.shuffle_slices & (self.shuffle_slices - 1):
+            raise ValueError(f"SHUFFLE_SLICES must be a power of two, not {self.shuffle_slices}")
+        return self
 
     @model_validator(mode="after")
     def _no_placeholders_in_production(self) -> Settings:

@@ -11,7 +11,7 @@ which is idempotent. Any other error is deterministic (retrying would fail the s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import count, groupby
 from typing import Any
@@ -58,21 +58,24 @@ class Merged:
     duplicates: int  # rows whose id came again later in the file
 
 
-def merge(rows: PartitionRows) -> Merged:
-    """The last row of each id wins: rows arrive in file order (``read_partition``), so a
+def merge(rows: PartitionRows, buckets: int) -> Merged:
+    """The last row of each id wins: rows arrive in file order (``read_slices``), so a
     dict keeps each id's last index. Then the winners are grouped by bucket (a stable sort
-    keeps their order inside a bucket, so the same input gives the same bytes)."""
+    keeps their order inside a bucket, so the same input gives the same bytes), buckets in
+    ascending ``_id`` order."""
     last = dict(zip(rows.keys, count()))
-    chosen = sorted(last.values(), key=rows.buckets.__getitem__)
+    chosen = list(last.values())
+    numbers = buckets_of(last, buckets)
+    order = sorted(range(len(chosen)), key=numbers.__getitem__)
     documents = []
-    for bucket, members in groupby(chosen, key=rows.buckets.__getitem__):
-        elements = list(map(rows.elements.__getitem__, members))
+    for bucket, members in groupby(order, key=numbers.__getitem__):
+        elements = [rows.elements[chosen[m]] for m in members]
         documents.append((len(elements), bucket_document(bucket, elements)))
     return Merged(documents, len(chosen), len(rows.keys) - len(chosen))
 
 
 def insert_batches(
-    documents: list[tuple[int, bytes]], batch_rows: int
+    documents: Iterable[tuple[int, bytes]], batch_rows: int
 ) -> Iterator[tuple[int, list[bytes]]]:
     """(rows, bucket documents) of inserts of about ``batch_rows`` rows each."""
     batch: list[bytes] = []
@@ -92,7 +95,7 @@ def write_rows(
 ) -> Merged:
     """Rows in file order straight into a version, without the shuffle: one partition
     holding every bucket (small datasets: tests and benchmarks set up data with it)."""
-    merged = merge(PartitionRows(buckets_of(keys, buckets), keys, elements))
+    merged = merge(PartitionRows(keys, elements), buckets)
     for _, batch in insert_batches(merged.documents, batch_rows):
         write_buckets(coll, batch)
     return merged

@@ -48,8 +48,10 @@ def finalize_steps(
         return
     yield "checked"
     version = int(job["version"])
-    # Exact, and free: each id lives in one partition, whose task counted it once.
-    distinct, duplicates = written["rows"], written["duplicates"]
+    # Exact, and free: each id lives in one partition, whose task counted it once; the
+    # rows a chunk met again within itself were counted by its map task.
+    distinct = written["rows"]
+    duplicates = written["duplicates"] + totals["duplicates"]
     if distinct + duplicates != totals["rows_valid"]:
         lifecycle.fail_job(
             db,

@@ -1,11 +1,17 @@
 """The work of the plan, chunk and partition tasks, free of Celery so the lifecycle test
 can run it. Loading is a shuffle (README "How it works"):
 
-- plan: split the file into line-aligned chunks and choose the layout (buckets, partitions);
-- map, one task per chunk: parse and validate its rows, write them to a run file grouped by
-  partition (``worker/shuffle_files.py``);
-- reduce, one task per partition once every chunk is mapped: read the partition's rows from
-  every run file, keep each id's last row, insert the bucket documents.
+- plan: split the file into line-aligned chunks; nothing is guessed from the file's first
+  lines (docs/scaling.md);
+- map, one task per chunk: parse and validate its rows, keep each id's last row of the
+  chunk, write them to a run file grouped by slice of a fixed hash space
+  (``worker/shuffle_files.py``) and record the exact rows per slice;
+- layout, once every chunk is mapped: the bucket count from the real row count, and the
+  slices coalesced into reduce tasks of at most ``ROWS_PER_PARTITION`` rows
+  (``shared.bucket_layout``);
+- reduce, one task per partition: read its slices from every run file, keep each id's last
+  row, insert the bucket documents. A partition over the bound (one hash range alone holds
+  more) is merged externally (``worker/external_merge.py``), never read whole.
 
 Every step is idempotent: a redelivered plan records nothing new and enqueues the recorded
 plan's chunks again; a redelivered map writes the same run file again; a redelivered reduce
@@ -16,20 +22,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 from pymongo.database import Database
 
 from shared import datasets, job_records, lifecycle, reject_report
-from shared.bucket_layout import bucket_count, partition_count
+from shared.bucket_layout import buckets_for, coalesce, group_slices
 from shared.chunking import LineTooLong, chunk_size_for, plan_chunks, read_range
 from shared.file_checks import SNIFF_BYTES, sniff_problem
 from shared.promotion_rows import ChunkStats, parse_chunk_rows
 from shared.settings import Settings
 from worker import shuffle_files
 from worker.bucket_writer import insert_batches, merge, write_buckets
+from worker.external_merge import Counts, merge_external
 from worker.throttle import paced
 
 log = logging.getLogger(__name__)
@@ -75,12 +82,11 @@ def plan(db: Database[Any], settings: Settings, job_id: str, enqueue: EnqueueChu
     if recorded.chunk_size != chosen.chunk_size:  # an earlier delivery planned first
         _, chunks = _plan_file(path, settings, job_id, recorded.chunk_size)
     log.info(
-        "job %s: %d chunks of %d bytes, %d buckets in %d partitions -> version %d",
+        "job %s: %d chunks of %d bytes into %d slices -> version %d",
         job_id,
         len(chunks),
         recorded.chunk_size,
-        recorded.buckets,
-        recorded.partitions,
+        recorded.slices,
         version,
     )
     done = job_records.done_chunk_indexes(db, job_id)
@@ -121,11 +127,7 @@ def _plan_file(
             raise PlanProblem(problem)
         with shuffle_files.volume_full_is_permanent("the run files' reservation"):
             shuffle_files.reserve_room(settings.runs_dir, job_id, size, mean_line)
-    buckets = bucket_count(size, mean_line, settings.rows_per_bucket)
-    partitions = partition_count(
-        buckets, settings.rows_per_bucket, settings.rows_per_partition, settings.min_partitions
-    )
-    return lifecycle.Plan(chunk_size, buckets, partitions), chunks
+    return lifecycle.Plan(chunk_size, settings.shuffle_slices), chunks
 
 
 LoadOutcome = Literal["loaded", "last", "ended", "skipped"]
@@ -153,22 +155,19 @@ def load(
     del data
     if not job_records.heartbeat(db, job_id):
         return "skipped"  # the job ended meanwhile
-    with shuffle_files.volume_full_is_permanent("the run files"):
-        shuffle_files.write_chunk_runs(
-            settings.runs_dir,
-            job_id,
-            index,
-            keys,
-            elements,
-            job["buckets"],
-            job["partitions_total"],
-        )
+    kept_keys, kept_elements = shuffle_files.keep_last(keys, elements)
+    duplicates = len(keys) - len(kept_keys)
     del keys, elements
+    with shuffle_files.volume_full_is_permanent("the run files"):
+        counts = shuffle_files.write_chunk_runs(
+            settings.runs_dir, job_id, index, kept_keys, kept_elements, int(job["slices"])
+        )
+    del kept_keys, kept_elements
     with shuffle_files.volume_full_is_permanent("the reject report"):
         report.save()
     if not job_records.heartbeat(db, job_id):
         return "skipped"  # ended meanwhile: its chunk results were already removed
-    job_records.save_chunk_result(db, job_id, index, start, end, stats)
+    job_records.save_chunk_result(db, job_id, index, start, end, stats, duplicates, counts)
     counted = job_records.count_chunk_done(db, job_id, index, stats)
     return "last" if _all_done(db, job_id, counted, "chunks") else "loaded"
 
@@ -225,12 +224,36 @@ def after_loading(
             rows_rejected=totals["rows_rejected"],
             rejects=rejects,
         )
-    lifecycle.start_writing(db, job_id)
+    layout = lifecycle.start_writing(
+        db, job_id, int(job["version"]), plan_layout(db, settings, job)
+    )
+    if layout is None:
+        return False  # ended meanwhile
+    log.info(
+        "job %s: %d buckets, %d partitions (at most %d rows each)",
+        job_id,
+        layout.buckets,
+        layout.partitions,
+        settings.rows_per_partition,
+    )
     done = job_records.done_partition_indexes(db, job_id)
-    for partition in range(int(job["partitions_total"])):
+    for partition in range(layout.partitions):
         if partition not in done:
             enqueue(partition)
     return False
+
+
+def plan_layout(db: Database[Any], settings: Settings, job: dict[str, Any]) -> lifecycle.Layout:
+    """The reduce side from the map's exact counts (after each chunk kept only each id's
+    last row): buckets for the rows there are, reduce tasks of whole slice groups, at most
+    ``ROWS_PER_PARTITION`` rows each and at least ``MIN_PARTITIONS`` of them where there
+    are rows enough (every worker process has one to write)."""
+    slices = int(job["slices"])
+    counts = job_records.slice_counts(db, job["_id"], slices)
+    rows = sum(counts)
+    buckets = buckets_for(rows, settings.rows_per_bucket, slices)
+    bound = max(1, min(settings.rows_per_partition, -(-rows // settings.min_partitions)))
+    return lifecycle.Layout(buckets, coalesce(counts, group_slices(buckets, slices), bound))
 
 
 WriteOutcome = Literal["written", "last", "ended", "skipped"]
@@ -246,25 +269,70 @@ def write_partition(
         return "skipped"
     if stop_if_superseded(db, job):
         return "ended"
-    partitions = int(job["partitions_total"])
-    rows = shuffle_files.read_partition(
-        settings.runs_dir, job_id, int(job["chunks_total"]), partition, partitions
-    )
-    merged = merge(rows)
-    del rows
+    first, end = job_records.partition_slices(db, job_id, partition)
+    counts = Counts()
+    documents = partition_documents(settings, job, partition, first, end, counts)
     coll = db[datasets.collection_name(job["version"])]
     beat_at = time.monotonic()
-    for count, batch in insert_batches(merged.documents, settings.insert_batch_rows):
+    written = 0
+    for count, batch in insert_batches(documents, settings.insert_batch_rows):
         if time.monotonic() - beat_at >= HEARTBEAT_EVERY_S:
             if not job_records.heartbeat(db, job_id):
                 return "skipped"  # the job ended meanwhile: stop writing into its collection
             beat_at = time.monotonic()
         with paced(count):  # loads yield to reads (worker/throttle.py)
             write_buckets(coll, batch)
+        written += len(batch)
     if not job_records.heartbeat(db, job_id):
         return "skipped"
     job_records.save_partition_result(
-        db, job_id, partition, merged.rows, merged.duplicates, len(merged.documents)
+        db, job_id, partition, counts.rows, counts.duplicates, written
     )
     counted = job_records.count_partition_done(db, job_id, partition)
     return "last" if _all_done(db, job_id, counted, "partitions") else "written"
+
+
+def partition_documents(
+    settings: Settings, job: dict[str, Any], partition: int, first: int, end: int, counts: Counts
+) -> Iterator[tuple[int, bytes]]:
+    """The partition's bucket documents in ascending bucket order. Its rows are read chunk
+    by chunk; if they pass ``ROWS_PER_PARTITION`` (one slice group alone holds more: the
+    plan never puts two groups together over the bound) the rest goes through an external
+    merge, so a reduce never holds more than about that many rows (plus one chunk's)."""
+    bound = settings.rows_per_partition
+    buckets = int(job["buckets"])
+    batches = shuffle_files.chunk_rows(
+        settings.runs_dir, job["_id"], int(job["chunks_total"]), first, end, int(job["slices"])
+    )
+    held = shuffle_files.PartitionRows([], [])
+    for batch in batches:
+        held.keys += batch.keys
+        held.elements += batch.elements
+        if len(held.keys) > bound:
+            log.info(
+                "job %s: partition %d passes %d rows: external merge", job["_id"], partition, bound
+            )
+            box = [held]
+            del held, batch  # the merge takes them over
+            yield from merge_external(
+                _handed_over(box, batches),
+                buckets,
+                bound,
+                settings.runs_dir,
+                job["_id"],
+                partition,
+                counts,
+            )
+            return
+    merged = merge(held, buckets)
+    del held
+    counts.rows, counts.duplicates = merged.rows, merged.duplicates
+    yield from merged.documents
+
+
+def _handed_over(
+    box: list[shuffle_files.PartitionRows], rest: Iterator[shuffle_files.PartitionRows]
+) -> Iterator[shuffle_files.PartitionRows]:
+    """``box``'s rows, then ``rest``, keeping no reference to the rows already handed on."""
+    yield box.pop()
+    yield from rest

@@ -1,11 +1,13 @@
 """Run files of the shuffle: what each chunk task (map) leaves for the partition tasks
 (reduce), on the shared volume so that any worker host can read any of them.
 
-One file per chunk, ``<runs_dir>/<job id>/c<chunk>.run``: a segment per partition, then a
-directory of the segments. A segment holds its rows in file order as three columns, each
-read back in one C call: bucket numbers (uint32), keys (joined by newlines: ids never hold
-one) and row elements (lengths, then the bytes). One file per chunk rather than per
-(chunk, partition): a billion-row file has thousands of partitions.
+One file per chunk, ``<runs_dir>/<job id>/c<chunk>.run``: a segment per slice of the
+shuffle's fixed hash space (``shared.bucket_layout``, SHUFFLE_SLICES), then a directory of
+the segments. A segment holds the chunk's last row of each of its ids, in file order, as
+columns each read back in one C call: keys (joined by newlines: ids never hold one) and
+row elements (lengths, then the bytes). One file per chunk rather than per (chunk,
+slice): thousands of slices. A reduce task reads a contiguous range of slices, so one
+range of each run file.
 
 Each segment carries a CRC-32 (C speed, a small share of the map's time): a shared volume
 that hands back other bytes fails the job rather than writing wrong rows. A file is
@@ -31,7 +33,7 @@ from itertools import accumulate
 from pathlib import Path
 from typing import BinaryIO
 
-from shared.bucket_layout import buckets_of, partitions_of
+from shared.bucket_layout import slices_of
 from shared.errors import PermanentError
 
 # Run files hold the file's bytes again plus ~59 bytes per row (key and BSON element with
@@ -40,7 +42,7 @@ from shared.errors import PermanentError
 RUN_BYTES_PER_ROW = 64
 MiB = 1024 * 1024
 
-MAGIC = b"PRUNS\x00\x01\x00"
+MAGIC = b"PRUNS\x00\x02\x00"  # 2: segments per slice, no bucket column
 _ENTRY = struct.Struct("<qqqqq")  # segment offset, rows, keys bytes, elements bytes, CRC-32
 _TRAILER = struct.Struct("<q8s")  # partitions, MAGIC
 
@@ -151,34 +153,45 @@ def _u32(values: list[int]) -> bytes:
     return array("I", values).tobytes()
 
 
+def keep_last(keys: list[bytes], elements: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+    """The map side of last-row-wins: of the rows of one chunk (in file order) only each
+    id's last goes to the run file, in file order, so an id repeated a million times in a
+    chunk costs one row downstream."""
+    last = dict(zip(keys, range(len(keys)), strict=True))
+    if len(last) == len(keys):
+        return keys, elements
+    chosen = sorted(last.values())
+    return list(map(keys.__getitem__, chosen)), list(map(elements.__getitem__, chosen))
+
+
 def write_chunk_runs(
     runs_dir: Path,
     job_id: str,
     chunk: int,
     keys: list[bytes],
     elements: list[bytes],
-    buckets: int,
-    partitions: int,
-) -> None:
-    """Partition one chunk's rows (in file order) and write its run file."""
-    numbers = buckets_of(keys, buckets)
-    parts = partitions_of(numbers, buckets, partitions)
-    order = sorted(range(len(keys)), key=parts.__getitem__)  # stable: file order kept
-    sorted_parts = list(map(parts.__getitem__, order))
+    slices: int,
+) -> list[int]:
+    """Write one chunk's rows (in file order) into its run file, a segment per slice;
+    returns the rows of each slice (what the reduce side is planned from)."""
+    numbers = slices_of(keys, slices)
+    order = sorted(range(len(keys)), key=numbers.__getitem__)  # stable: file order kept
+    sorted_numbers = list(map(numbers.__getitem__, order))
     path = run_path(runs_dir, job_id, chunk)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
     directory = []
+    counts = []
     try:
         with tmp.open("wb") as f:
             low = 0
-            for partition in range(partitions):
-                high = bisect_left(sorted_parts, partition + 1, low)
+            for number in range(slices):
+                high = bisect_left(sorted_numbers, number + 1, low)
                 rows = order[low:high]
                 low = high
+                counts.append(len(rows))
                 segment_elements = list(map(elements.__getitem__, rows))
                 columns = [
-                    _u32(list(map(numbers.__getitem__, rows))),
                     b"\n".join(map(keys.__getitem__, rows)),
                     _u32(list(map(len, segment_elements))),
                     b"".join(segment_elements),
@@ -186,76 +199,106 @@ def write_chunk_runs(
                 crc = 0
                 for column in columns:
                     crc = zlib.crc32(column, crc)
-                entry = (f.tell(), len(rows), len(columns[1]), len(columns[3]), crc)
+                entry = (f.tell(), len(rows), len(columns[0]), len(columns[2]), crc)
                 directory.append(_ENTRY.pack(*entry))
                 if rows:
                     f.writelines(columns)
             f.write(b"".join(directory))
-            f.write(_TRAILER.pack(partitions, MAGIC))
+            f.write(_TRAILER.pack(slices, MAGIC))
             f.flush()
             os.fsync(f.fileno())
         tmp.rename(path)
     finally:
         tmp.unlink(missing_ok=True)
+    return counts
 
 
 @dataclass
 class PartitionRows:
-    """The rows of one partition over every chunk, in file order (parallel lists)."""
+    """Rows of a range of slices, in file order (parallel lists)."""
 
-    buckets: list[int]
     keys: list[bytes]
     elements: list[bytes]
 
 
-def read_partition(
-    runs_dir: Path, job_id: str, chunks: int, partition: int, partitions: int
-) -> PartitionRows:
-    """Chunk by chunk in chunk order, so the rows stay in file order: the last row of an
-    id is the one nearest the end of the file. A missing or damaged run file is a lost
-    shuffle (the shared volume lost it): the job cannot be completed."""
-    out = PartitionRows([], [], [])
+def chunk_rows(
+    runs_dir: Path, job_id: str, chunks: int, first: int, end: int, slices: int
+) -> Iterator[PartitionRows]:
+    """The rows of slices ``[first, end)``, one chunk at a time in chunk order, so the rows
+    stay in file order: the last row of an id is the one nearest the end of the file. A
+    missing or damaged run file is a lost shuffle (the shared volume lost it): the job
+    cannot be completed."""
     for chunk in range(chunks):
         path = run_path(runs_dir, job_id, chunk)
+        out = PartitionRows([], [])
         try:
             with path.open("rb") as f:
-                _read_segment(f, path, partition, partitions, out)
+                _read_segments(f, path, first, end, slices, out)
         except FileNotFoundError as exc:
             raise PermanentError(
                 f"run file {path.name} of the shuffle is missing from the shared volume"
             ) from exc
+        yield out
+
+
+def read_slices(
+    runs_dir: Path, job_id: str, chunks: int, first: int, end: int, slices: int
+) -> PartitionRows:
+    """Every row of slices ``[first, end)`` over every chunk, in file order."""
+    out = PartitionRows([], [])
+    for rows in chunk_rows(runs_dir, job_id, chunks, first, end, slices):
+        out.keys += rows.keys
+        out.elements += rows.elements
     return out
 
 
-def _read_segment(
-    f: BinaryIO, path: Path, partition: int, partitions: int, out: PartitionRows
+def _read_segments(
+    f: BinaryIO, path: Path, first: int, end: int, slices: int, out: PartitionRows
 ) -> None:
     size = f.seek(0, os.SEEK_END)
-    if size < _TRAILER.size + _ENTRY.size * partitions:
+    if size < _TRAILER.size + _ENTRY.size * slices:
         raise PermanentError(f"run file {path.name} is damaged (too short)")
     f.seek(size - _TRAILER.size)
     count, magic = _TRAILER.unpack(f.read(_TRAILER.size))
-    if magic != MAGIC or count != partitions:
+    if magic != MAGIC or count != slices:
         raise PermanentError(f"run file {path.name} is damaged or of another plan")
-    f.seek(size - _TRAILER.size - _ENTRY.size * (partitions - partition))
-    offset, rows, keys_len, elements_len, crc = _ENTRY.unpack(f.read(_ENTRY.size))
+    f.seek(size - _TRAILER.size - _ENTRY.size * (slices - first))
+    entries = list(_ENTRY.iter_unpack(f.read(_ENTRY.size * (end - first))))
+    if not entries:
+        return
+    # Consecutive slices are consecutive segments: one read for the whole range.
+    start = entries[0][0]
+    stop = entries[-1][0] + _segment_bytes(entries[-1])
+    if not start <= stop <= size:
+        raise PermanentError(f"run file {path.name} is damaged (directory)")
+    f.seek(start)
+    span = f.read(stop - start)
+    for number, entry in zip(range(first, end), entries, strict=True):
+        _read_segment(span, entry[0] - start, path, number, entry, out)
+
+
+def _segment_bytes(entry: tuple[int, ...]) -> int:
+    _, rows, keys_len, elements_len, _ = entry
+    return keys_len + 4 * rows + elements_len if rows else 0
+
+
+def _read_segment(
+    span: bytes, at: int, path: Path, number: int, entry: tuple[int, ...], out: PartitionRows
+) -> None:
+    _, rows, keys_len, elements_len, crc = entry
     if not rows:
         return
-    f.seek(offset)
-    data = f.read(8 * rows + keys_len + elements_len)
+    data = span[at : at + _segment_bytes(entry)] if at >= 0 else b""
     if zlib.crc32(data) != crc:
-        raise PermanentError(f"run file {path.name} is damaged (segment {partition} checksum)")
-    numbers = array("I")
-    numbers.frombytes(data[: 4 * rows])
-    keys = data[4 * rows : 4 * rows + keys_len].split(b"\n")
+        raise PermanentError(f"run file {path.name} is damaged (segment {number} checksum)")
+    keys = data[:keys_len].split(b"\n")
     lengths = array("I")
-    lengths.frombytes(data[4 * rows + keys_len : 8 * rows + keys_len])
-    blob = data[8 * rows + keys_len :]
+    lengths.frombytes(data[keys_len : keys_len + 4 * rows])
+    blob = data[keys_len + 4 * rows :]
     if len(keys) != rows or len(blob) != elements_len or sum(lengths) != elements_len:
-        raise PermanentError(f"run file {path.name} is damaged (segment {partition})")
+        raise PermanentError(f"run file {path.name} is damaged (segment {number})")
     ends = list(accumulate(lengths))
     starts = [0, *ends[:-1]]
-    out.buckets += numbers.tolist()
     out.keys += keys
     out.elements += list(map(blob.__getitem__, map(slice, starts, ends)))
 

@@ -324,6 +324,7 @@ def test_lifecycle_model(
             "insert_batch_rows": 2,
             "rows_per_bucket": 1,
             "min_partitions": 3,
+            "shuffle_slices": 8,
             "reject_ratio": 0.5,
             "data_dir": tmp_path / "shared",
             "job_stall_timeout_s": STALL_S,

@@ -1,7 +1,9 @@
 """The bucketed layout's arithmetic: one definition of an id's bucket for every process and
-release, partitions that cover the buckets exactly, buckets that stay small."""
+release, the shuffle's slices and the reduce tasks made of them, buckets that stay small."""
 
 from __future__ import annotations
+
+import itertools
 
 import bson
 from hypothesis import given
@@ -23,18 +25,59 @@ def test_an_ids_bucket_is_pinned_across_releases() -> None:
     ]
 
 
-@given(st.integers(1, 5_000), st.data())
-def test_partitions_cover_every_bucket_once_in_order(buckets: int, data: st.DataObject) -> None:
-    partitions = data.draw(st.integers(1, buckets))
-    seen: list[int] = []
-    for partition in range(partitions):
-        members = layout.bucket_range(partition, buckets, partitions)
-        assert all(layout.partition_of(b, buckets, partitions) == partition for b in members)
-        seen += members
-    assert seen == list(range(buckets))
-    assert layout.partitions_of(seen, buckets, partitions) == [
-        layout.partition_of(b, buckets, partitions) for b in seen
-    ]
+@given(
+    st.sampled_from([1, 2, 4, 16, 64, 4096]),
+    st.integers(0, 10**7),
+    st.integers(1, 200),
+    st.lists(st.from_regex(r"[a-z0-9_-]{1,20}", fullmatch=True), max_size=50),
+)
+def test_every_bucket_lies_in_one_group_of_consecutive_slices(
+    slices: int, rows: int, rows_per_bucket: int, keys: list[str]
+) -> None:
+    """What lets the reduce side be sized after the map: whatever bucket count the real
+    row count gives, all rows of a bucket are in one group of consecutive slices, and
+    readers keep ``bucket = h mod B``."""
+    buckets = layout.buckets_for(rows, rows_per_bucket, slices)
+    assert 1 <= buckets <= layout.MAX_BUCKETS
+    assert buckets % slices == 0 or slices % buckets == 0
+    if rows:  # about rows_per_bucket rows each, never more
+        assert rows <= buckets * rows_per_bucket
+        assert buckets <= max(1, 2 * rows // rows_per_bucket, slices) or buckets < 2 * slices
+    group = layout.group_slices(buckets, slices)
+    encoded = [k.encode() for k in keys]
+    groups_of_bucket: dict[int, set[int]] = {}
+    for number, bucket in zip(
+        layout.slices_of(encoded, slices), layout.buckets_of(encoded, buckets), strict=True
+    ):
+        groups_of_bucket.setdefault(bucket, set()).add(number // group)
+    assert all(len(g) == 1 for g in groups_of_bucket.values())
+
+
+@given(st.lists(st.integers(0, 50), min_size=1, max_size=64), st.data())
+def test_reduce_tasks_cover_every_slice_once_in_whole_groups_within_the_bound(
+    counts: list[int], data: st.DataObject
+) -> None:
+    size = 1 << (len(counts).bit_length() - 1)
+    counts = counts[:size]
+    group = data.draw(st.sampled_from([g for g in (1, 2, 4, 8) if size % g == 0]))
+    bound = data.draw(st.integers(1, 120))
+    bounds = layout.coalesce(counts, group, bound)
+    assert bounds[0] == 0 and bounds[-1] == size and bounds == sorted(set(bounds))
+    for first, end in itertools.pairwise(bounds):
+        assert first % group == 0
+        rows = sum(counts[first:end])
+        # Over the bound only as one group alone (the external merge's case), with at
+        # most empty groups beside it.
+        largest = max(sum(counts[g : g + group]) for g in range(first, end, group))
+        assert rows <= bound or rows == largest
+        if end < size:  # greedy: the next group did not fit as well
+            assert rows + sum(counts[end : end + group]) > bound
+
+
+def test_slices_are_the_bit_reversed_hash() -> None:
+    assert layout.reversal(8) == [0, 4, 2, 6, 1, 5, 3, 7]
+    assert layout.reversal(1) == [0]
+    assert layout.slices_of([b"a"], 8) == [layout.reversal(8)[layout.bucket_of("a", 8)]]
 
 
 @given(st.integers(0, 10**13), st.floats(1, 2000), st.integers(1, 10_000))
@@ -50,17 +93,12 @@ def test_a_bucket_never_holds_more_than_the_cap_even_if_every_line_were_minimal(
         assert file_size / mean_line <= buckets * rows_per_bucket + rows_per_bucket
 
 
-def test_a_billion_row_file_gets_ten_million_buckets_and_bounded_partitions() -> None:
-    size = 1_000_000_000 * 60  # 60-byte lines
-    buckets = layout.bucket_count(size, 60, 100)
-    assert buckets == 10_000_000
-    assert layout.partition_count(buckets, 100, 250_000, 8) == 4_000
-    assert layout.partition_count(20, 100, 250_000, 8) == 8  # every worker has one
-    assert layout.partition_count(3, 100, 250_000, 8) == 3  # never more than buckets
-    assert layout.bucket_count(100, 50, 100) == 1  # a tiny file: one bucket
-    assert layout.partition_count(1, 100, 250_000, 1) == 1
-    assert layout.partition_count(10, 1, 1, 1) == 10  # one row a partition
-    assert isinstance(layout.partition_count(10**7, 100, 250_000, 8), int)
+def test_a_billion_row_file_gets_ten_million_buckets_and_small_files_few() -> None:
+    assert layout.buckets_for(1_000_000_000, 100, 4096) == 10_002_432  # 2442 x 4096
+    assert layout.buckets_for(200_000, 100, 4096) == 2048  # a power of two below 4096
+    assert layout.buckets_for(0, 100, 4096) == 1
+    assert layout.buckets_for(100, 100, 4096) == 1  # a tiny file: one bucket
+    assert layout.bucket_count(100, 50, 100) == 1  # rows written without the shuffle
 
 
 @given(

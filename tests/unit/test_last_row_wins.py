@@ -1,11 +1,13 @@
 """The shuffle's duplicate rule: the row nearest the end of the file wins, whatever the
-chunk plan, the order map tasks run in and how often they are redelivered; and a partition
-holds every row of its buckets and no other. Real run files, no store
+chunk plan, the order map tasks run in, how often they are redelivered and whether a
+partition is merged in memory or externally; and a partition holds every row of its
+buckets and no other. Real run files, no store
 (tests/integration/test_shuffle.py runs the same through the store and Celery)."""
 
 from __future__ import annotations
 
 import io
+import itertools
 import random
 import tempfile
 from pathlib import Path
@@ -17,49 +19,69 @@ from hypothesis import strategies as st
 from shared import bucket_layout
 from shared.chunking import plan_chunks, read_range
 from shared.promotion_rows import ChunkStats, parse_chunk_rows
-from worker import shuffle_files
-from worker.bucket_writer import insert_batches, merge
+from shared.settings import Settings
+from worker import job_steps, shuffle_files
+from worker.bucket_writer import insert_batches
+from worker.external_merge import Counts
 
 DATE = "2018-08-04 05:32:31 +0200 CEST"
 
 
 def shuffle(
-    data: bytes, chunk_size: int, buckets: int, partitions: int, seed: int
+    data: bytes, chunk_size: int, slices: int, bound: int, seed: int, rows_per_bucket: int = 3
 ) -> tuple[dict[str, tuple[str, float]], int, int]:
-    """Map every chunk (shuffled order, some twice), reduce every partition: the rows
-    stored by key, distinct rows and duplicates as the partition tasks count them."""
+    """Map every chunk (shuffled order, some twice), lay out the reduce side from the
+    exact counts, reduce every partition (in memory, or by the external merge where a
+    partition passes ``bound``): the rows stored by key, distinct rows and duplicates as
+    the map and partition tasks count them."""
     chunks = plan_chunks(io.BytesIO(data), len(data), chunk_size)
     order = list(enumerate(chunks))
     rng = random.Random(seed)
     rng.shuffle(order)
     order += rng.sample(order, min(2, len(order)))  # late acks: redeliveries
+    settings = Settings(rows_per_partition=1000).model_copy(
+        update={"rows_per_partition": bound, "shuffle_slices": slices}
+    )
     with tempfile.TemporaryDirectory() as tmp:
         runs = Path(tmp)
+        settings = settings.model_copy(update={"data_dir": runs})
+        counts: dict[int, list[int]] = {}
+        map_duplicates: dict[int, int] = {}
         for index, (start, end) in order:
             keys, elements = parse_chunk_rows(
                 read_range(io.BytesIO(data), start, end), start, ChunkStats()
             )
-            shuffle_files.write_chunk_runs(runs, "job", index, keys, elements, buckets, partitions)
-        stored: dict[str, tuple[str, float]] = {}
-        rows = duplicates = 0
-        for partition in range(partitions):
-            merged = merge(
-                shuffle_files.read_partition(runs, "job", len(chunks), partition, partitions)
+            kept = shuffle_files.keep_last(keys, elements)
+            map_duplicates[index] = len(keys) - len(kept[0])
+            counts[index] = shuffle_files.write_chunk_runs(
+                settings.runs_dir, "job", index, *kept, slices
             )
-            rows += merged.rows
-            duplicates += merged.duplicates
-            assert sum(n for n, _ in merged.documents) == merged.rows
-            ids = [bson.decode(doc)["_id"] for _, doc in merged.documents]
+        per_slice = [sum(c[s] for c in counts.values()) for s in range(slices)]
+        buckets = bucket_layout.buckets_for(sum(per_slice), rows_per_bucket, slices)
+        group = bucket_layout.group_slices(buckets, slices)
+        bounds = bucket_layout.coalesce(per_slice, group, bound)
+        job = {"_id": "job", "buckets": buckets, "chunks_total": len(chunks), "slices": slices}
+        stored: dict[str, tuple[str, float]] = {}
+        rows, duplicates = 0, sum(map_duplicates.values())
+        for partition, (first, end) in enumerate(itertools.pairwise(bounds)):
+            tally = Counts()
+            documents = list(
+                job_steps.partition_documents(settings, job, partition, first, end, tally)
+            )
+            rows += tally.rows
+            duplicates += tally.duplicates
+            assert sum(n for n, _ in documents) == tally.rows
+            ids = [bson.decode(doc)["_id"] for _, doc in documents]
             assert ids == sorted(set(ids))  # one document per bucket: a second would be lost
-            for count, batch in insert_batches(merged.documents, 7):
+            for count, batch in insert_batches(documents, 7):
                 assert count == sum(len(bson.decode(doc)["r"]) for doc in batch)
                 for raw in batch:
                     doc = bson.decode(raw)
-                    assert doc["_id"] in bucket_layout.bucket_range(partition, buckets, partitions)
                     for key, row in doc["r"].items():
                         assert bucket_layout.bucket_of(key, buckets) == doc["_id"]
                         assert key not in stored  # one bucket, one partition per id
                         stored[key] = (row.get("i", key), row["p"])
+        assert not list(runs.rglob("*.spill"))  # the external merge's runs are gone
     return stored, rows, duplicates
 
 
@@ -79,19 +101,23 @@ def expected(lines: list[str]) -> dict[str, tuple[str, float]]:
         max_size=80,
     ),
     st.integers(1, 200),
-    st.integers(1, 40),
+    st.sampled_from([1, 2, 8, 64]),
     st.data(),
 )
 def test_the_last_row_of_each_id_wins_for_any_plan_and_delivery_order(
-    ids: list[str], chunk_size: int, buckets: int, data: st.DataObject
+    ids: list[str], chunk_size: int, slices: int, data: st.DataObject
 ) -> None:
     lines = [f"{rid},{n}.5,{DATE}" for n, rid in enumerate(ids)]
     if data.draw(st.booleans()):  # a rejected line in the middle changes nothing
         lines.insert(len(lines) // 2, "bad line")
     file = "".join(f"{line}\n" for line in lines).encode()
-    partitions = data.draw(st.integers(1, buckets))
     stored, rows, duplicates = shuffle(
-        file, chunk_size, buckets, partitions, data.draw(st.integers(0, 99))
+        file,
+        chunk_size,
+        slices,
+        data.draw(st.integers(1, 30)),  # small bounds: external merges too
+        data.draw(st.integers(0, 99)),
+        data.draw(st.integers(1, 5)),
     )
     valid = [line for line in lines if line != "bad line"]
     want = expected(valid)
@@ -103,8 +129,8 @@ def test_two_chunk_plans_of_one_file_store_the_same_rows() -> None:
     rng = random.Random(5)
     lines = [f"{rng.choice(['x', 'X', 'y'])}{rng.randrange(300)},{i},{DATE}" for i in range(3000)]
     file = "".join(f"{line}\n" for line in lines).encode()
-    small = shuffle(file, 1_000, 40, 5, 1)
-    large = shuffle(file, 50_000, 40, 3, 2)
+    small = shuffle(file, 1_000, 64, 40, 1)
+    large = shuffle(file, 50_000, 16, 300, 2, rows_per_bucket=50)
     assert small == large
     assert small[0] == expected(lines)
 

@@ -19,16 +19,25 @@ from worker import shuffle_files
 DATA = b"".join(b"id%d,%d.5,2018-08-04 05:32:31\n" % (i, i) for i in range(500))
 
 
-def _write(runs: Path, chunk: int = 0, partitions: int = 4) -> Path:
+def _write(runs: Path, chunk: int = 0, slices: int = 4) -> Path:
     keys, elements = parse_chunk_rows(DATA, 0, ChunkStats())
-    shuffle_files.write_chunk_runs(runs, "job", chunk, keys, elements, 64, partitions)
+    counts = shuffle_files.write_chunk_runs(runs, "job", chunk, keys, elements, slices)
+    assert sum(counts) == len(keys) and len(counts) == slices
     return shuffle_files.run_path(runs, "job", chunk)
+
+
+def _read(runs: Path, chunks: int, first: int, slices: int, end: int | None = None) -> Any:
+    return shuffle_files.read_slices(
+        runs, "job", chunks, first, first + 1 if end is None else end, slices
+    )
 
 
 def test_a_run_file_reads_back_every_row_once_across_partitions(tmp_path: Path) -> None:
     _write(tmp_path)
     keys, elements = parse_chunk_rows(DATA, 0, ChunkStats())
-    back = [shuffle_files.read_partition(tmp_path, "job", 1, p, 4) for p in range(4)]
+    back = [_read(tmp_path, 1, p, 4) for p in range(4)]
+    whole = _read(tmp_path, 1, 0, 4, end=4)
+    assert whole.keys == [k for part in back for k in part.keys]  # one range, one read
     assert sorted(k for part in back for k in part.keys) == sorted(keys)
     assert sorted(e for part in back for e in part.elements) == sorted(elements)
     for part in back:  # file order kept inside a partition
@@ -61,19 +70,19 @@ def test_a_damaged_run_file_is_a_permanent_error(tmp_path: Path, damage, message
     path.write_bytes(damage(path.read_bytes()))
     with pytest.raises(PermanentError, match=message):
         for partition in range(4):
-            shuffle_files.read_partition(tmp_path, "job", 1, partition, 4)
+            _read(tmp_path, 1, partition, 4)
 
 
 def test_a_run_file_of_another_plan_is_refused(tmp_path: Path) -> None:
-    _write(tmp_path, partitions=4)
+    _write(tmp_path, slices=4)
     with pytest.raises(PermanentError, match="another plan"):
-        shuffle_files.read_partition(tmp_path, "job", 1, 0, 5)
+        _read(tmp_path, 1, 0, 8)
 
 
 def test_a_missing_run_file_names_the_file(tmp_path: Path) -> None:
     _write(tmp_path, chunk=0)
     with pytest.raises(PermanentError, match=r"c000001\.run .* missing"):
-        shuffle_files.read_partition(tmp_path, "job", 2, 0, 4)
+        _read(tmp_path, 2, 0, 4)
 
 
 def test_removing_a_jobs_runs_is_repeat_safe(tmp_path: Path) -> None:
@@ -89,7 +98,7 @@ def test_a_segment_whose_lengths_disagree_is_refused_even_with_a_matching_checks
 ) -> None:
     """A writer bug, not a disk fault: the directory moves one byte from the elements to the
     keys; the checksum still covers the same bytes, the element lengths no longer add up."""
-    path = _write(tmp_path, partitions=1)
+    path = _write(tmp_path, slices=1)
     data = bytearray(path.read_bytes())
     entry_at = len(data) - shuffle_files._TRAILER.size - shuffle_files._ENTRY.size
     offset, rows, keys_len, elements_len, crc = shuffle_files._ENTRY.unpack_from(data, entry_at)
@@ -98,7 +107,7 @@ def test_a_segment_whose_lengths_disagree_is_refused_even_with_a_matching_checks
     )
     path.write_bytes(bytes(data))
     with pytest.raises(PermanentError, match=r"c000000\.run is damaged \(segment 0\)$"):
-        shuffle_files.read_partition(tmp_path, "job", 1, 0, 1)
+        _read(tmp_path, 1, 0, 1)
 
 
 def test_the_run_files_estimate_covers_what_a_map_writes(tmp_path: Path) -> None:
@@ -112,17 +121,17 @@ def test_a_segment_with_a_key_too_many_is_refused_even_with_a_matching_checksum(
 ) -> None:
     """A newline inside the keys column (a writer bug): one key more than rows, while the
     elements still add up and the checksum is recomputed over the changed bytes."""
-    path = _write(tmp_path, partitions=1)
+    path = _write(tmp_path, slices=1)
     data = bytearray(path.read_bytes())
     entry_at = len(data) - shuffle_files._TRAILER.size - shuffle_files._ENTRY.size
     offset, rows, keys_len, elements_len, _ = shuffle_files._ENTRY.unpack_from(data, entry_at)
-    data[offset + 4 * rows + 1] = ord("\n")  # inside the first key ("id0" -> "i", "0")
-    end = offset + 8 * rows + keys_len + elements_len
+    data[offset + 1] = ord("\n")  # inside the first key ("id0" -> "i", "0")
+    end = offset + 4 * rows + keys_len + elements_len
     crc = zlib.crc32(bytes(data[offset:end]))
     shuffle_files._ENTRY.pack_into(data, entry_at, offset, rows, keys_len, elements_len, crc)
     path.write_bytes(bytes(data))
     with pytest.raises(PermanentError, match=r"c000000\.run is damaged \(segment 0\)$"):
-        shuffle_files.read_partition(tmp_path, "job", 1, 0, 1)
+        _read(tmp_path, 1, 0, 1)
 
 
 def test_the_run_files_estimate_is_the_file_plus_a_fixed_cost_per_row() -> None:
