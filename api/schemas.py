@@ -175,6 +175,12 @@ class JobStatus(BaseModel):
         description="Preview: the first 100 invalid rows; every one is in "
         "GET /jobs/{job_id}/rejects (CSV)",
     )
+    rejects_by_reason: list[dict[str, Any]] | None = Field(
+        None,
+        description="Once the job has ended: every invalid row counted by kind of reason "
+        "({reason, rows}, most frequent first; values quoted in a reason shown as '…'). The "
+        "CSV report lists at most REJECT_REPORT_MAX_LINES rows in full",
+    )
     dataset_version: int | None = None
     superseded: bool = Field(False, description="Loaded, but a newer upload was already live")
     error: str | None = None

@@ -42,6 +42,7 @@ PUBLIC_FIELDS = (
     "rows_rejected",
     "duplicates",
     "rejects",
+    "rejects_by_reason",
     "dataset_version",
     "superseded",
     "error",
@@ -180,11 +181,15 @@ def save_chunk_result(
     stats: ChunkStats,
     duplicates: int = 0,
     slice_counts: list[int] | None = None,
+    listed: int | None = None,
+    by_reason: dict[str, int] | None = None,
 ) -> None:
     """Replaces what an earlier delivery of the chunk recorded. ``duplicates``: rows an
     id met again later in the chunk (the map keeps only the last); ``slice_counts``: the
     rows it wrote to each slice of the shuffle, the exact figures the reduce side is sized
-    from (uint32s, deflated: mostly zeros for small chunks, 16 KiB at most for 4096)."""
+    from (uint32s, deflated: mostly zeros for small chunks, 16 KiB at most for 4096);
+    ``listed``: rejected lines the chunk's report lists in full; ``by_reason``: its rejects
+    counted by kind of reason."""
     db[CHUNKS].replace_one(
         {"_id": f"{job_id}:{index}"},
         {
@@ -197,11 +202,26 @@ def save_chunk_result(
             "rows_valid": stats.rows_valid,
             "rows_rejected": stats.rows_rejected,
             "duplicates": duplicates,
+            "rejects_listed": stats.rows_rejected if listed is None else listed,
+            "rejects_by_reason": sorted((by_reason or {}).items()),
             "slice_counts": Binary(zlib.compress(array("I", slice_counts or []).tobytes(), 1)),
             "rejects": [list(r) for r in stats.rejects],
         },
         upsert=True,
     )
+
+
+def rejects_by_reason(db: Database[Any], job_id: str) -> list[dict[str, Any]]:
+    """Every reject of the job's recorded chunks, counted by kind of reason (values
+    quoted in a reason left out), most frequent first: the part of the reject report
+    whose size does not grow with the file."""
+    out: dict[str, int] = {}
+    query = {"job_id": job_id, "rows_rejected": {"$gt": 0}}
+    for chunk in db[CHUNKS].find(query, {"rejects_by_reason": 1}):
+        for kind, n in chunk.get("rejects_by_reason") or []:
+            out[kind] = out.get(kind, 0) + int(n)
+    ranked = sorted(out.items(), key=lambda item: (-item[1], item[0]))
+    return [{"reason": kind, "rows": n} for kind, n in ranked]
 
 
 def slice_counts(db: Database[Any], job_id: str, slices: int) -> list[int]:
@@ -226,7 +246,7 @@ def partition_slices(db: Database[Any], job_id: str, partition: int) -> tuple[in
 
 
 def count_chunk_done(
-    db: Database[Any], job_id: str, index: int, stats: ChunkStats
+    db: Database[Any], job_id: str, index: int, stats: ChunkStats, chunk_bytes: int = 0
 ) -> dict[str, Any] | None:
     """Count a finished chunk once; returns the job after the update (None if already counted
     or the job is no longer running)."""
@@ -236,6 +256,7 @@ def count_chunk_done(
             "$addToSet": {"done_chunks": index},
             "$inc": {
                 "chunks_done": 1,
+                "bytes_done": chunk_bytes,
                 "rows_loaded": stats.rows_valid,
                 "rows_rejected": stats.rows_rejected,
             },

@@ -306,7 +306,7 @@ class Plan:
 
 
 def record_plan(
-    db: Database[Any], job_id: str, version: int, chunks_total: int, plan: Plan
+    db: Database[Any], job_id: str, version: int, chunks_total: int, plan: Plan, file_bytes: int
 ) -> Plan:
     """The first plan of a job wins; returns the recorded one, so a redelivered planner
     enqueues the very same chunks (counts are per chunk index) into the very same slices.
@@ -320,6 +320,7 @@ def record_plan(
                 "chunks_total": chunks_total,
                 "chunk_size": plan.chunk_size,
                 "slices": plan.slices,
+                "file_bytes": file_bytes,  # as stored (bytes_total may be gzip's)
                 "phase": "loading",
                 "phase_at.loading": at,
                 "updated_at": at,

@@ -1,6 +1,10 @@
-"""The full reject report of a job: every rejected line with its line number in the file,
-the reason and the line as read (cut to ``RAW_CHARS``), kept on the shared volume in
-``<data_dir>/rejects/`` and served as CSV by ``GET /jobs/{id}/rejects``.
+"""The reject report of a job: rejected lines with their line number in the file, the
+reason and the line as read (cut to ``RAW_CHARS``), kept on the shared volume in
+``<data_dir>/rejects/`` and served as CSV by ``GET /jobs/{id}/rejects``. Its size is bounded
+by a setting, not by the file: at most ``REJECT_REPORT_MAX_LINES`` lines in full (split
+evenly over the chunks, see ``lines_per_chunk``), every reject counted by reason in the job
+record (``rejects_by_reason``); the plan reserves that bound on the shared volume, and a
+report stops listing when the volume falls under ``MIN_FREE_BYTES``.
 
 Chunks load in parallel and may be delivered more than once, so each chunk writes its own
 file, ``<job>.<chunk index>.csv``, under a temporary name renamed into place: a redelivery
@@ -24,6 +28,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -77,24 +82,83 @@ def safe_raw(line: str) -> str:
     return "'" + raw if raw.startswith(_FORMULA_START) else raw
 
 
-class ChunkReport:
-    """Every reject of one chunk, written as it is found (a chunk of bad lines could hold
-    millions; they are never all in memory). The file is created at the first reject, so
-    clean chunks cost nothing."""
+# What one listed line may take in the report (a 256-character raw line is up to ~1 KiB of
+# UTF-8, plus its number and reason): the reservation counts this much per listed line.
+BYTES_PER_LINE = 1536
+# The free space is looked at after this many listed lines (and before the first).
+FREE_CHECK_EVERY = 1024
+_QUOTED = re.compile(r"'[^']*'")
+_NUMBER = re.compile(r"\d+")
 
-    def __init__(self, directory: Path, job_id: str, index: int) -> None:
+
+def lines_per_chunk(max_lines: int, chunks: int) -> int:
+    """Each chunk lists at most this many rejected lines in full, so a job's report holds at
+    most ``max_lines`` (REJECT_REPORT_MAX_LINES) plus one per chunk: chunks load in
+    parallel, none knows what the others found."""
+    return -(-max_lines // max(1, chunks)) if max_lines else 0
+
+
+def space_bound(max_lines: int, chunks: int) -> int:
+    """Bytes a job's report can take at most (what the plan reserves for it)."""
+    return lines_per_chunk(max_lines, chunks) * max(1, chunks) * BYTES_PER_LINE
+
+
+def reason_kind(reason: str) -> str:
+    """A reason without the values it quotes: what rejects are counted by."""
+    return _NUMBER.sub("N", _QUOTED.sub("'…'", reason))
+
+
+class ChunkReport:
+    """The rejects of one chunk, written as they are found (a chunk of bad lines could hold
+    millions; they are never all in memory): the first ``limit`` in full, all of them
+    counted by reason. The file is created at the first reject, so clean chunks cost
+    nothing. A volume whose free space falls under ``min_free_bytes`` cuts the listing
+    (the counts go on): a report never takes the room the next upload needs."""
+
+    def __init__(
+        self,
+        directory: Path,
+        job_id: str,
+        index: int,
+        limit: int | None = None,
+        min_free_bytes: int = 0,
+    ) -> None:
         self.final = chunk_file(directory, job_id, index)
+        self.limit = limit
+        self.min_free_bytes = min_free_bytes
+        self.listed = 0
+        self.cut = False  # stopped listing for the free space
+        self.by_reason: dict[str, int] = {}
         self._tmp: Path | None = None
         self._file: IO[str] | None = None
         self._writer: Any = None
 
     def add(self, line_no: int, reason: str, line: str) -> None:
+        kind = reason_kind(reason)
+        self.by_reason[kind] = self.by_reason.get(kind, 0) + 1
+        if self.cut or (self.limit is not None and self.listed >= self.limit):
+            return
+        if self.listed % FREE_CHECK_EVERY == 0 and self._volume_low():
+            self.cut = True
+            log.warning(
+                "%s: the shared volume is under MIN_FREE_BYTES: the reject report lists no "
+                "more lines (they are counted by reason)",
+                self.final.name,
+            )
+            return
         if self._writer is None:
             self.final.parent.mkdir(parents=True, exist_ok=True)
             self._tmp = _tmp_path(self.final)
             self._file = self._tmp.open("w", encoding="utf-8", newline="")
             self._writer = csv.writer(self._file, lineterminator="\r\n")
         self._writer.writerow((line_no, reason, safe_raw(line)))
+        self.listed += 1
+
+    def _volume_low(self) -> bool:
+        if not self.min_free_bytes:
+            return False
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        return shutil.disk_usage(self.final.parent).free < self.min_free_bytes
 
     def save(self) -> None:
         """Put the chunk's file in place (replacing an earlier delivery's)."""
@@ -122,13 +186,13 @@ def _offsets_from_chunks(chunks: list[dict[str, Any]]) -> dict[str, Any]:
     for expected, chunk in enumerate(sorted(chunks, key=lambda c: int(c["index"]))):
         if int(chunk["index"]) != expected:
             break
-        if chunk.get("rows_rejected"):
+        if chunk.get("rejects_listed", chunk.get("rows_rejected")):
             offsets.append([expected, lines_before])
         lines_before += int(chunk["lines"])
     return {"chunks": offsets, "lines": lines_before}
 
 
-_CHUNK_FIELDS = {"index": 1, "lines": 1, "rows_rejected": 1, "_id": 0}
+_CHUNK_FIELDS = {"index": 1, "lines": 1, "rows_rejected": 1, "rejects_listed": 1, "_id": 0}
 
 
 def seal(db: Database[Any], directory: Path, job_id: str) -> None:

@@ -112,6 +112,10 @@ class Settings(BaseSettings):
     # Full reject reports (<data_dir>/rejects, GET /jobs/{id}/rejects) are kept this long
     # after their job ends, then removed by the watchdog's sweep.
     rejects_retention_s: float = Field(default=7 * 24 * 3600, ge=0)
+    # A job's reject report lists at most this many rejected lines in full (plus one per
+    # chunk), every reject counted by reason in the job record; the plan reserves room for it
+    # (~1.5 KiB a line) on the shared volume.
+    reject_report_max_lines: int = Field(default=10_000, ge=0)
 
     # Drop folder (<data_dir>/inbox): scanned by the beat schedule every inbox_poll_seconds; a
     # file is taken once its size holds still and it is at least inbox_settle_seconds old.

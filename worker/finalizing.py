@@ -41,6 +41,7 @@ def finalize_steps(
         "rows_loaded": totals["rows_valid"],
         "rows_rejected": totals["rows_rejected"],
         "rejects": rejects,
+        "rejects_by_reason": job_records.rejects_by_reason(db, job_id),
     }
     problem = rejection_problem(totals, rejects, settings.reject_ratio)
     if problem:

@@ -42,6 +42,9 @@ from worker.throttle import paced
 log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY_S = 5.0
+# Fewer bytes than any valid row takes with its line break ("a,1,2018-08-04 05:32:31\n" is
+# 24; kept well below, so a looser date grammar cannot make the early stop wrong).
+SHORTEST_ROW_BYTES = 12
 
 EnqueueChunk = Callable[[int, int, int], None]  # (index, start, end)
 EnqueuePartition = Callable[[int], None]
@@ -78,7 +81,8 @@ def plan(db: Database[Any], settings: Settings, job_id: str, enqueue: EnqueueChu
     except PlanProblem as exc:
         return lifecycle.fail_job(db, job_id, str(exc))
     datasets.create_version_collection(db, version, settings.shard_version_collections)
-    recorded = lifecycle.record_plan(db, job_id, version, len(chunks), chosen)
+    file_bytes = (settings.uploads_dir / job["file"]).stat().st_size
+    recorded = lifecycle.record_plan(db, job_id, version, len(chunks), chosen, file_bytes)
     if recorded.chunk_size != chosen.chunk_size:  # an earlier delivery planned first
         _, chunks = _plan_file(path, settings, job_id, recorded.chunk_size)
     log.info(
@@ -116,17 +120,18 @@ def _plan_file(
             chunks = plan_chunks(f, size, chunk_size)
         except LineTooLong as exc:
             raise PlanProblem(str(exc)) from exc
-    mean_line = len(sample) / max(1, sample.count(b"\n"))
+    mean_line = shuffle_files.mean_row_bytes(sample)
+    report = reject_report.space_bound(settings.reject_report_max_lines, len(chunks))
     # A redelivered plan of a job that already planned found room then, and its loads may be
     # under way: checking again could fail a job whose run files are already written.
     if recorded_chunk_size is None:
         problem = shuffle_files.room_problem(
-            settings.runs_dir, job_id, size, mean_line, settings.min_free_bytes
+            settings.runs_dir, job_id, size, mean_line, settings.min_free_bytes, report
         )
         if problem:
             raise PlanProblem(problem)
         with shuffle_files.volume_full_is_permanent("the run files' reservation"):
-            shuffle_files.reserve_room(settings.runs_dir, job_id, size, mean_line)
+            shuffle_files.reserve_room(settings.runs_dir, job_id, size, mean_line, report)
     return lifecycle.Plan(chunk_size, settings.shuffle_slices), chunks
 
 
@@ -148,7 +153,13 @@ def load(
         return "ended"
     with (settings.uploads_dir / job["file"]).open("rb") as f:
         data = read_range(f, start, end)
-    report = reject_report.ChunkReport(settings.rejects_dir, job_id, index)
+    report = reject_report.ChunkReport(
+        settings.rejects_dir,
+        job_id,
+        index,
+        reject_report.lines_per_chunk(settings.reject_report_max_lines, int(job["chunks_total"])),
+        settings.min_free_bytes,
+    )
     stats = ChunkStats(on_reject=report.add)
     with shuffle_files.volume_full_is_permanent("the reject report"):
         keys, elements = parse_chunk_rows(data, start, stats)
@@ -159,6 +170,13 @@ def load(
     duplicates = len(keys) - len(kept_keys)
     del keys, elements
     with shuffle_files.volume_full_is_permanent("the run files"):
+        shuffle_files.ensure_room(
+            settings.runs_dir,
+            job_id,
+            index,
+            shuffle_files.run_file_bytes(kept_keys, kept_elements, int(job["slices"])),
+            settings.min_free_bytes,
+        )
         counts = shuffle_files.write_chunk_runs(
             settings.runs_dir, job_id, index, kept_keys, kept_elements, int(job["slices"])
         )
@@ -167,9 +185,54 @@ def load(
         report.save()
     if not job_records.heartbeat(db, job_id):
         return "skipped"  # ended meanwhile: its chunk results were already removed
-    job_records.save_chunk_result(db, job_id, index, start, end, stats, duplicates, counts)
-    counted = job_records.count_chunk_done(db, job_id, index, stats)
+    job_records.save_chunk_result(
+        db, job_id, index, start, end, stats, duplicates, counts, report.listed, report.by_reason
+    )
+    counted = job_records.count_chunk_done(db, job_id, index, stats, end - start)
+    if counted is not None and hopeless(counted, settings.reject_ratio):
+        return "ended" if _fail_for_rejects(db, settings, job_id, early=True) else "skipped"
     return "last" if _all_done(db, job_id, counted, "chunks") else "loaded"
+
+
+def hopeless(job: dict[str, Any], reject_ratio: float) -> bool:
+    """Whether the chunks mapped so far already prove the file has too many invalid rows,
+    whatever the rest holds: even if every byte not yet mapped were valid rows as short as
+    a valid row can be (``SHORTEST_ROW_BYTES``), the share of invalid rows would stay over
+    the limit. Never a guess: a file that could still pass is mapped to the end. A file of
+    nothing but bad rows stops after about ``reject_ratio`` x 6.5 of its bytes (77-byte
+    rows) instead of being mapped whole, its report and run files with it."""
+    rejected = int(job.get("rows_rejected", 0))
+    if not rejected:
+        return False
+    read = rejected + int(job.get("rows_loaded", 0))
+    if not job.get("file_bytes"):
+        return False
+    remaining = max(0, int(job["file_bytes"]) - int(job.get("bytes_done", 0)))
+    return rejected > reject_ratio * (read + remaining / SHORTEST_ROW_BYTES)
+
+
+def _fail_for_rejects(db: Database[Any], settings: Settings, job_id: str, early: bool) -> bool:
+    """Fail a job whose file has too many invalid rows, with the counts of the chunks mapped
+    (all of them, or the ones that proved it early). True if this call ended it."""
+    totals = job_records.chunk_totals(db, job_id)
+    rejects = job_records.first_rejects(db, job_id)
+    problem = rejection_problem(totals, rejects, settings.reject_ratio)
+    if problem is None:
+        return False
+    if early:
+        problem += (
+            "; loading stopped early: the rows already read prove it, whatever the rest of "
+            "the file holds"
+        )
+    return lifecycle.fail_job(
+        db,
+        job_id,
+        problem,
+        rows_loaded=totals["rows_valid"],
+        rows_rejected=totals["rows_rejected"],
+        rejects=rejects,
+        rejects_by_reason=job_records.rejects_by_reason(db, job_id),
+    )
 
 
 def _all_done(db: Database[Any], job_id: str, counted: dict[str, Any] | None, unit: str) -> bool:
@@ -213,17 +276,8 @@ def after_loading(
     totals = job_records.chunk_totals(db, job_id)
     if totals["chunks"] != job["chunks_total"]:
         return False  # not every chunk is recorded yet; the last one calls again
-    rejects = job_records.first_rejects(db, job_id)
-    problem = rejection_problem(totals, rejects, settings.reject_ratio)
-    if problem:
-        return lifecycle.fail_job(
-            db,
-            job_id,
-            problem,
-            rows_loaded=totals["rows_valid"],
-            rows_rejected=totals["rows_rejected"],
-            rejects=rejects,
-        )
+    if _fail_for_rejects(db, settings, job_id, early=False):
+        return True
     layout = lifecycle.start_writing(
         db, job_id, int(job["version"]), plan_layout(db, settings, job)
     )

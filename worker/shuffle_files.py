@@ -33,7 +33,7 @@ from itertools import accumulate
 from pathlib import Path
 from typing import BinaryIO
 
-from shared.bucket_layout import slices_of
+from shared.bucket_layout import MIN_LINE_BYTES, slices_of
 from shared.errors import PermanentError
 
 # Run files hold the file's bytes again plus ~59 bytes per row (key and BSON element with
@@ -60,10 +60,26 @@ class VolumeFull(PermanentError):
     (its run files are removed when it ends, which gives the space back)."""
 
 
-def space_needed(file_bytes: int, mean_line: float) -> int:
-    """Bytes the run files of a whole file take, estimated from its size and mean line."""
+def space_needed(file_bytes: int, mean_line: float, extra: int = 0) -> int:
+    """Bytes the run files of a whole file take, estimated from its size and mean line,
+    plus ``extra`` (the reject report's bound)."""
     rows = file_bytes / max(1.0, mean_line)
-    return int(file_bytes + RUN_BYTES_PER_ROW * rows)
+    return int(file_bytes + RUN_BYTES_PER_ROW * rows) + extra
+
+
+def mean_row_bytes(sample: bytes) -> float:
+    """The mean length of the sample's rows, for the plan's estimate. Blank lines are no
+    rows (they cost no run-file bytes): a file starting with 64 KiB of them must not be
+    estimated at a row per byte. A sample without a row counts rows as short as a valid
+    one can be: the most the run files could take. The map tops the reservation up if
+    the rest of the file has shorter rows (``ensure_room``)."""
+    lines = sample.split(b"\n")
+    if len(lines) > 1:
+        lines.pop()  # the last one may be cut
+    rows = [line for line in lines if line.strip()]
+    if not rows:
+        return float(MIN_LINE_BYTES)
+    return max(float(MIN_LINE_BYTES), (sum(map(len, rows)) + len(rows)) / len(rows))
 
 
 # In a job's run directory: the bytes of run files its plan counted on. Plans of loads that
@@ -79,15 +95,19 @@ def _written(directory: Path) -> int:
     return sum(
         entry.stat().st_size
         for entry in directory.iterdir()
-        if entry.name != RESERVED and entry.is_file()
+        if not entry.name.startswith(RESERVED) and entry.is_file()
     )
 
 
 def _reserved(directory: Path) -> int:
-    try:
-        return int((directory / RESERVED).read_text())
-    except (FileNotFoundError, ValueError):  # a map-only directory, or torn by a crash
-        return 0
+    """The plan's reservation plus the map's top-ups (``reserved.c<chunk>``)."""
+    total = 0
+    for name in [RESERVED, *(p.name for p in directory.glob(f"{RESERVED}.c*"))]:
+        try:
+            total += int((directory / name).read_text())
+        except (FileNotFoundError, ValueError):  # a map-only directory, or torn by a crash
+            continue
+    return total
 
 
 def held_by_others(runs_dir: Path, job_id: str) -> int:
@@ -102,7 +122,12 @@ def held_by_others(runs_dir: Path, job_id: str) -> int:
 
 
 def room_problem(
-    runs_dir: Path, job_id: str, file_bytes: int, mean_line: float, min_free_bytes: int
+    runs_dir: Path,
+    job_id: str,
+    file_bytes: int,
+    mean_line: float,
+    min_free_bytes: int,
+    extra: int = 0,
 ) -> str | None:
     """Why the run files of this job will not fit on the shared volume (keeping
     ``min_free_bytes`` free for uploads), or None. Counts what the job already wrote (a
@@ -110,7 +135,7 @@ def room_problem(
     still to write."""
     runs_dir.mkdir(parents=True, exist_ok=True)
     written = _written(job_dir(runs_dir, job_id))
-    needed = max(0, space_needed(file_bytes, mean_line) - written)
+    needed = max(0, space_needed(file_bytes, mean_line, extra) - written)
     others = held_by_others(runs_dir, job_id)
     free = shutil.disk_usage(runs_dir).free
     if free - needed - others >= min_free_bytes:
@@ -124,14 +149,65 @@ def room_problem(
     )
 
 
-def reserve_room(runs_dir: Path, job_id: str, file_bytes: int, mean_line: float) -> None:
-    """Record what this job's run files will take (after ``room_problem`` found room), for
-    the plans of other loads; removed with the job's run files when the job ends."""
+def reserve_room(
+    runs_dir: Path, job_id: str, file_bytes: int, mean_line: float, extra: int = 0
+) -> None:
+    """Record what this job's run files (and reject report) will take, after
+    ``room_problem`` found room, for the plans of other loads; removed with the job's run
+    files when the job ends."""
+    _write_reservation(runs_dir, job_id, RESERVED, space_needed(file_bytes, mean_line, extra))
+
+
+def _write_reservation(runs_dir: Path, job_id: str, name: str, size: int) -> None:
     directory = job_dir(runs_dir, job_id)
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / f".{RESERVED}.{uuid.uuid4().hex}.tmp"
-    tmp.write_text(str(space_needed(file_bytes, mean_line)))
-    tmp.replace(directory / RESERVED)
+    tmp.write_text(str(size))
+    tmp.replace(directory / name)
+
+
+class RoomOutgrown(PermanentError):
+    """A chunk's run file would take more than its job reserved, and the volume has no
+    room for the difference: the job stops before writing it."""
+
+
+def ensure_room(runs_dir: Path, job_id: str, chunk: int, size: int, min_free_bytes: int) -> None:
+    """Before a chunk writes ``size`` bytes of run file: within the job's reservation, or
+    the reservation grows by the difference if the volume has it with ``min_free_bytes``
+    and other loads' shares to spare (the plan's estimate came from the file's first
+    lines; the rest may hold shorter rows). A redelivered chunk replaces its file: what it
+    wrote before counts as free for it."""
+    directory = job_dir(runs_dir, job_id)
+    own = run_path(runs_dir, job_id, chunk)
+    before = own.stat().st_size if own.exists() else 0
+    over = _written(directory) - before + size - _reserved(directory)
+    if over <= 0:
+        return
+    free = shutil.disk_usage(runs_dir).free
+    others = held_by_others(runs_dir, job_id)
+    if free - over - others < min_free_bytes:
+        raise RoomOutgrown(
+            f"the run files outgrew the room reserved for them (chunk {chunk} needs "
+            f"{over / MiB:,.1f} MiB more; {free / MiB:,.0f} MiB are free and MIN_FREE_BYTES "
+            f"({min_free_bytes / MiB:,.0f} MiB) stays free for uploads): the file's rows are "
+            "shorter than its first lines suggested. Free space or grow the volume, then "
+            "upload the file again (the live dataset keeps serving)"
+        )
+    _write_reservation(runs_dir, job_id, f"{RESERVED}.c{chunk:06d}", over)
+
+
+def run_file_bytes(keys: list[bytes], elements: list[bytes], slices: int) -> int:
+    """What ``write_chunk_runs`` writes for these rows (exactly: keys with their newlines,
+    element lengths and bytes, the directory and trailer)."""
+    rows = len(keys)
+    return (
+        sum(map(len, keys))
+        + rows  # at most one newline per key
+        + 4 * rows
+        + sum(map(len, elements))
+        + _ENTRY.size * slices
+        + _TRAILER.size
+    )
 
 
 @contextlib.contextmanager

@@ -6,8 +6,10 @@ import csv
 import io
 import os
 import random
+import shutil
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -129,3 +131,38 @@ def test_raw_lines_a_spreadsheet_would_run_as_formulas_are_shown_as_text(tmp_pat
     report.save()
     raws = [row[2] for row in _report(tmp_path, [(0, 0)])[1:]]
     assert raws == [*("'" + line for line in dangerous), plain]
+
+
+def test_a_report_stops_listing_when_the_volume_falls_under_the_margin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A report never takes the room the next upload needs: under MIN_FREE_BYTES it lists
+    no more lines, and still counts every reject by reason."""
+    free = {"bytes": 10_000}
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(
+        reject_report.shutil, "disk_usage", lambda _: usage._replace(free=free["bytes"])
+    )
+    report = reject_report.ChunkReport(tmp_path, "j" * 32, 0, limit=None, min_free_bytes=5_000)
+    for n in range(reject_report.FREE_CHECK_EVERY):
+        report.add(n + 1, f"price '-{n}' is negative", f"x,-{n},d")
+    free["bytes"] = 4_999  # the next check finds the margin broken
+    for n in range(10):
+        report.add(n + 1, "id is empty", ",1,d")
+    report.save()
+    assert report.cut and report.listed == reject_report.FREE_CHECK_EVERY
+    assert report.by_reason == {
+        "price '…' is negative": reject_report.FREE_CHECK_EVERY,
+        "id is empty": 10,
+    }
+    lines = reject_report.chunk_file(tmp_path, "j" * 32, 0).read_text().splitlines()
+    assert len(lines) == reject_report.FREE_CHECK_EVERY
+
+
+def test_a_report_lists_its_share_of_the_bound_and_counts_the_rest() -> None:
+    assert reject_report.lines_per_chunk(10_000, 64) == 157
+    assert reject_report.lines_per_chunk(0, 5) == 0
+    assert reject_report.space_bound(100, 3) == 34 * 3 * reject_report.BYTES_PER_LINE
+    assert reject_report.reason_kind("id 'x' is longer than 64 characters (70)") == (
+        "id '…' is longer than N characters (N)"
+    )

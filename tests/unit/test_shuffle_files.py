@@ -226,3 +226,35 @@ def test_a_full_volume_under_a_write_is_a_permanent_error_saying_so(code: int) -
     other = pytest.raises(PermissionError)  # other errors stay what they are
     with other, shuffle_files.volume_full_is_permanent("the run files"):
         raise PermissionError(errno.EACCES, "denied")
+
+
+def test_a_chunk_within_the_reservation_writes_and_one_beyond_tops_it_up_or_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plan's estimate comes from the first lines; a chunk whose run file would pass
+    what is reserved grows the reservation if the volume has room with MIN_FREE_BYTES to
+    spare, and otherwise stops the job before writing."""
+    shuffle_files.reserve_room(tmp_path, "job", 100, 50.0)  # 100 + 64 * 2 bytes
+    _free(monkeypatch, 10_000, tmp_path)
+    shuffle_files.ensure_room(tmp_path, "job", 0, 200, 0)  # within: nothing more
+    assert shuffle_files._reserved(tmp_path / "job") == 228
+    shuffle_files.ensure_room(tmp_path, "job", 1, 1000, 5_000)
+    assert shuffle_files._reserved(tmp_path / "job") == 1000  # topped up by the difference
+    assert shuffle_files.held_by_others(tmp_path, "other") == 1000
+    with pytest.raises(shuffle_files.RoomOutgrown, match="outgrew the room reserved"):
+        shuffle_files.ensure_room(tmp_path, "job", 2, 2000, 9_001)
+
+
+def test_the_estimate_counts_rows_not_blank_lines() -> None:
+    rows = b"".join(b"id%d,1.5,2018-08-04 05:32:31\n" % i for i in range(100))
+    assert shuffle_files.mean_row_bytes(b"\n" * 60_000 + rows) == len(rows) / 100
+    assert shuffle_files.mean_row_bytes(b"\n" * 65_536) == 24.0  # no row: the shortest
+    assert shuffle_files.mean_row_bytes(b"a,1\n") == 24.0  # never below a valid row
+
+
+def test_the_size_of_a_run_file_is_known_before_it_is_written(tmp_path: Path) -> None:
+    keys, elements = parse_chunk_rows(DATA, 0, ChunkStats())
+    for slices in (1, 4, 64):
+        shuffle_files.write_chunk_runs(tmp_path, "job", slices, keys, elements, slices)
+        written = shuffle_files.run_path(tmp_path, "job", slices).stat().st_size
+        assert written <= shuffle_files.run_file_bytes(keys, elements, slices) <= written + 500
