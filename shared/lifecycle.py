@@ -135,6 +135,7 @@ class VersionRecord:
     collection: str
     since: datetime | None  # when it entered its current state, for failed/retired
     activated_at: datetime | None
+    held: bool = False  # loaded and kept, not switched to (the shrink guard)
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> VersionRecord:
@@ -147,6 +148,7 @@ class VersionRecord:
             collection=doc.get("collection", collection_name(int(doc["version"]))),
             since=doc.get("retired_at") or doc.get("dropped_at") or doc.get("failed_at"),
             activated_at=doc.get("activated_at"),
+            held=doc.get("held_at") is not None,
         )
 
 
@@ -156,7 +158,28 @@ def versions_to_retire(records: list[VersionRecord], pointer: Pointer, keep: int
     between marking it ready and switching to it, so it is never retired. Versions that
     once served come first, newest first: a version the shrink guard held and a newer
     upload then passed must not push out the last dataset that was live before it (the
-    rollback an operator wants), however its number compares."""
+    rollback an operator wants), however its number compares.
+
+    Held versions (the shrink guard kept them ready, not switched to) are newer than every
+    switch, so never settled: a newer held version releases the older held ones instead
+    (only the newest held one waits for an operator), and once a newer version goes live
+    they are settled and counted like any other. So held versions never pile up."""
+    newest_held = max(
+        (
+            r.version
+            for r in records
+            if r.held and r.state == READY and r.version != pointer.version
+        ),
+        default=None,
+    )
+    released = [
+        r.version
+        for r in records
+        if r.held
+        and r.state == READY
+        and pointer.high_water < r.version < (newest_held or 0)
+        and r.version != pointer.version
+    ]
     settled = sorted(
         (
             r
@@ -167,7 +190,7 @@ def versions_to_retire(records: list[VersionRecord], pointer: Pointer, keep: int
         reverse=True,
     )
     room = keep - (1 if pointer.version is not None else 0)
-    return [r.version for r in settled[max(room, 0) :]]
+    return [r.version for r in settled[max(room, 0) :]] + sorted(released, reverse=True)
 
 
 def collections_to_remove(
@@ -465,8 +488,13 @@ def succeed_job(db: Database[Any], job_id: str, **fields: Any) -> bool:
     return _end_finalization(db, job_id, SUCCEEDED, None, **fields)
 
 
-def hold_job(db: Database[Any], job_id: str, reason: str, **fields: Any) -> bool:
-    """finalizing -> held: its version is ready and kept, not switched to."""
+def hold_job(db: Database[Any], job_id: str, reason: str, version: int, **fields: Any) -> bool:
+    """finalizing -> held: its version is ready and kept, not switched to. The version
+    record says so (first), for the keep policy: a newer held version releases it."""
+    db[META_COLLECTION].update_one(
+        {"_id": version_doc_id(version), "held_at": {"$exists": False}},
+        {"$set": {"held_at": now()}},
+    )
     held = _end_finalization(db, job_id, HELD, None, error=reason, **fields)
     if held:
         log.warning("job %s: -> held: %s", job_id, reason)

@@ -79,7 +79,7 @@ def finalize_steps(
     )
     if held:
         lifecycle.hold_job(
-            db, job_id, held, dataset_version=version, duplicates=duplicates, **counted
+            db, job_id, held, version, dataset_version=version, duplicates=duplicates, **counted
         )
         yield "held"
         return

@@ -367,6 +367,29 @@ def test_a_held_version_passed_by_a_newer_upload_does_not_push_out_the_last_live
     assert lifecycle.read_record(mongo_db, 2).state == lifecycle.RETIRED  # type: ignore[union-attr]
 
 
+def test_held_versions_do_not_pile_up_a_newer_held_one_releases_the_older(
+    mongo_db: Any, settings: Settings
+) -> None:
+    """Truncated exports three times in a row beside live v1: only the newest held version
+    waits for an operator; the older held ones go by the keep policy."""
+    guarded, rows = _ten_rows_live_with_the_guard_at_half(mongo_db, settings)
+    for version in (2, 3, 4):
+        _job(mongo_db, guarded, f"truncated{version}", version, rows[:3])
+        _finalize(mongo_db, guarded, f"truncated{version}")
+        held = mongo_db[lifecycle.JOBS].find_one({"_id": f"truncated{version}"})
+        assert held["status"] == lifecycle.HELD
+    upkeep.apply_cleanup(mongo_db, _cleanup(mongo_db, keep=2, grace_s=60), grace_s=60)
+    states = {v: lifecycle.read_record(mongo_db, v).state for v in (1, 2, 3, 4)}  # type: ignore[union-attr]
+    assert states == {
+        1: lifecycle.READY,  # live
+        2: lifecycle.RETIRED,
+        3: lifecycle.RETIRED,
+        4: lifecycle.READY,  # the newest held one, still activatable
+    }
+    lifecycle.activate_by_hand(mongo_db, 4)
+    assert datasets.read_active_sync(mongo_db).version == 4  # type: ignore[union-attr]
+
+
 def test_shrink_guard_lets_an_upload_that_allows_it_go_live(
     mongo_db: Any, settings: Settings
 ) -> None:

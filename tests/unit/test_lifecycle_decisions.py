@@ -130,6 +130,28 @@ def test_keeping_one_or_none_keeps_only_the_live_version(keep: int, retired: lis
     assert versions_to_retire(records, pointer(5), keep=keep) == retired
 
 
+def _held(version: int) -> VersionRecord:
+    return VersionRecord(version, "ready", f"promotions_v{version}", None, None, held=True)
+
+
+def test_a_newer_held_version_releases_the_older_held_ones() -> None:
+    """The shrink guard held v2..v7 beside live v1: only the newest held one waits for an
+    operator, the others go by the keep policy instead of piling up."""
+    records = [record(1), *(_held(v) for v in range(2, 8))]
+    assert versions_to_retire(records, pointer(1), keep=2) == [6, 5, 4, 3, 2]
+    assert versions_to_retire(records[:2], pointer(1), keep=2) == []  # one held: kept
+    # One being finalized (ready, not yet held or switched) is never released.
+    assert versions_to_retire([*records, record(8)], pointer(1), keep=2) == [6, 5, 4, 3, 2]
+
+
+def test_a_newer_live_version_settles_held_ones_under_the_keep_policy() -> None:
+    records = [record(1), _held(2), _held(3), record(4)]
+    served = pointer(4, history=((1, BEFORE),))
+    assert versions_to_retire(records, served, keep=2) == [3, 2]  # v1 served: kept
+    by_hand = pointer(3, high_water=4, history=((1, BEFORE), (4, AFTER)))  # v3 activated
+    assert versions_to_retire(records, by_hand, keep=2) == [1, 2]
+
+
 def test_a_ready_version_newer_than_any_switch_is_never_retired() -> None:
     """Version 6 is between "ready" and its switch (high water 5): retiring it would take a
     dataset away just before it goes live."""
