@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-cluster install system-deps lint bench bench-deps mutation clean
+.PHONY: run test test-cluster install system-deps lint bench bench-deps bench-scale mutation clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -84,6 +84,13 @@ bench: install bench-deps
 	$(PY) -m bench.api_scaling $(BENCH_ARGS)
 	$(PY) -m bench.switch $(BENCH_ARGS)
 	$(PY) -m bench.load $(BENCH_ARGS)
+
+# A scale run: SCALE_ROWS rows through the HTTP upload, load and switch, then a second file
+# replacing the first, lookups alongside (docs/scaling.md). Long at large sizes: run it on a
+# quiet machine.
+SCALE_ROWS ?= 2000000
+bench-scale: install
+	$(PY) -m bench.scale --rows $(SCALE_ROWS) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) data mutants .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -13,13 +13,14 @@ from __future__ import annotations
 import operator
 import zlib
 from array import array
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from bson.binary import Binary
 from pymongo import DESCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
 
 from shared import job_progress
 from shared.lifecycle import FINALIZING, FINISHED, JOB_STATUSES, JOBS, QUEUED, RUNNING
@@ -28,6 +29,8 @@ from shared.timeutil import iso, now
 
 CHUNKS = "job_chunks"
 PARTITIONS = "job_partitions"
+# Who reduces a partition now, until when (a lease renewed while it works).
+PARTITION_LEASES = "job_partition_leases"
 
 PUBLIC_FIELDS = (
     "status",
@@ -325,24 +328,66 @@ def heartbeat(db: Database[Any], job_id: str) -> bool:
 
 
 def stalled_jobs(db: Database[Any], cutoff: datetime) -> list[dict[str, Any]]:
-    """Unfinished jobs with no progress since ``cutoff`` - none if any unfinished job did
-    progress: then workers are alive and a quiet job is only waiting its turn in the queue."""
-    busy = db[JOBS].find_one(
-        {"status": {"$nin": list(FINISHED)}, "updated_at": {"$gte": cutoff}}, {"_id": 1}
+    """Unfinished jobs with no progress since ``cutoff``, each judged by its own progress:
+    a quiet job is only waiting its turn while a job that may hold tasks ahead of it in the
+    queue moves. Its pending tasks were sent at its last progress at the latest, so only
+    jobs created before that can hold tasks ahead of them; jobs created later queue behind
+    them and never hide a job whose tasks were lost (back-to-back loads used to)."""
+    unfinished = {"status": {"$nin": list(FINISHED)}}
+    quiet = list(
+        db[JOBS].find({**unfinished, "updated_at": {"$lt": cutoff}}, {**_LISTS_OUT, "rejects": 0})
     )
-    if busy is not None:
+    if not quiet:
         return []
-    return list(
-        db[JOBS].find(
-            {"status": {"$nin": list(FINISHED)}, "updated_at": {"$lt": cutoff}},
-            {**_LISTS_OUT, "rejects": 0},
-        )
-    )
+    moving = [
+        doc["created_at"]
+        for doc in db[JOBS].find({**unfinished, "updated_at": {"$gte": cutoff}}, {"created_at": 1})
+    ]
+    return [job for job in quiet if not any(created < job["updated_at"] for created in moving)]
 
 
 def delete_chunk_results(db: Database[Any], job_id: str) -> None:
     db[CHUNKS].delete_many({"job_id": job_id})
     db[PARTITIONS].delete_many({"job_id": job_id})
+    db[PARTITION_LEASES].delete_many({"job_id": job_id})
+
+
+def claim_partition(
+    db: Database[Any], job_id: str, partition: int, owner: str, lease_s: float
+) -> bool:
+    """Take the partition for ``lease_s`` unless another delivery holds it: a reduce that
+    outlived the broker's visibility timeout is delivered again while it still runs, and
+    the two copies must not reduce it side by side (twice the memory). A holder that died
+    leaves a lease that runs out; the next delivery takes it then."""
+    at = now()
+    lease = {"job_id": job_id, "owner": owner, "until": at + timedelta(seconds=lease_s)}
+    key = f"{job_id}:{partition}"
+    taken = db[PARTITION_LEASES].update_one(
+        {"_id": key, "$or": [{"owner": owner}, {"until": {"$lt": at}}]}, {"$set": lease}
+    )
+    if taken.matched_count:
+        return True
+    try:
+        db[PARTITION_LEASES].insert_one({"_id": key, **lease})
+    except DuplicateKeyError:
+        return False  # held by a live delivery (or taken just now by another)
+    return True
+
+
+def renew_partition(
+    db: Database[Any], job_id: str, partition: int, owner: str, lease_s: float
+) -> bool:
+    """Extend the lease while working; False if another delivery took it over (this one
+    was stalled past its lease): then this one stops."""
+    result = db[PARTITION_LEASES].update_one(
+        {"_id": f"{job_id}:{partition}", "owner": owner},
+        {"$set": {"until": now() + timedelta(seconds=lease_s)}},
+    )
+    return result.matched_count == 1
+
+
+def release_partition(db: Database[Any], job_id: str, partition: int, owner: str) -> None:
+    db[PARTITION_LEASES].delete_one({"_id": f"{job_id}:{partition}", "owner": owner})
 
 
 # --- partitions (the reduce side of the shuffle) -------------------------------------------

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -310,21 +311,58 @@ def plan_layout(db: Database[Any], settings: Settings, job: dict[str, Any]) -> l
     return lifecycle.Layout(buckets, coalesce(counts, group_slices(buckets, slices), bound))
 
 
-WriteOutcome = Literal["written", "last", "ended", "skipped"]
+WriteOutcome = Literal["written", "last", "ended", "skipped", "busy"]
 
 
 def write_partition(
     db: Database[Any], settings: Settings, job_id: str, partition: int
 ) -> WriteOutcome:
     """Reduce one partition: its rows from every run file, the last row of each id, bucket
-    documents inserted in batches. ``last``: every partition is written (finalize next)."""
+    documents inserted in batches. ``last``: every partition is written (finalize next);
+    ``busy``: another delivery is reducing it now (send this one again later).
+
+    One delivery at a time per partition, by a lease (``job_records.claim_partition``)
+    as long as the broker's visibility timeout and renewed with every heartbeat: a copy
+    redelivered while the first still works finds it held; one whose holder died finds it
+    run out. A partition already counted is not reduced again."""
     job = job_records.load_job(db, job_id)
     if job is None or job["status"] != lifecycle.RUNNING or job.get("phase") != "writing":
         return "skipped"
     if stop_if_superseded(db, job):
         return "ended"
+    if partition in job_records.done_partition_indexes(db, job_id):
+        return "last" if _all_done(db, job_id, None, "partitions") else "written"
+    owner = uuid.uuid4().hex
+    lease_s = settings.broker_visibility_timeout_s
+    if not job_records.claim_partition(db, job_id, partition, owner, lease_s):
+        log.info("job %s: partition %d is being reduced by another delivery", job_id, partition)
+        return "busy"
+    try:
+        counts = Counts()
+        written = _reduce(db, settings, job, partition, owner, counts)
+        if written is None or not job_records.heartbeat(db, job_id):
+            return "skipped"  # the job ended, or another delivery took the partition over
+        job_records.save_partition_result(
+            db, job_id, partition, counts.rows, counts.duplicates, written
+        )
+        counted = job_records.count_partition_done(db, job_id, partition)
+    finally:
+        job_records.release_partition(db, job_id, partition, owner)
+    return "last" if _all_done(db, job_id, counted, "partitions") else "written"
+
+
+def _reduce(
+    db: Database[Any],
+    settings: Settings,
+    job: dict[str, Any],
+    partition: int,
+    owner: str,
+    counts: Counts,
+) -> int | None:
+    """Insert the partition's bucket documents; the number inserted, or None if it had to
+    stop (the job ended, or the lease was lost)."""
+    job_id = job["_id"]
     first, end = job_records.partition_slices(db, job_id, partition)
-    counts = Counts()
     documents = partition_documents(settings, job, partition, first, end, counts)
     coll = db[datasets.collection_name(job["version"])]
     beat_at = time.monotonic()
@@ -332,18 +370,16 @@ def write_partition(
     for count, batch in insert_batches(documents, settings.insert_batch_rows):
         if time.monotonic() - beat_at >= HEARTBEAT_EVERY_S:
             if not job_records.heartbeat(db, job_id):
-                return "skipped"  # the job ended meanwhile: stop writing into its collection
+                return None  # the job ended meanwhile: stop writing into its collection
+            lease_s = settings.broker_visibility_timeout_s
+            if not job_records.renew_partition(db, job_id, partition, owner, lease_s):
+                log.warning("job %s: partition %d was taken over; stopping", job_id, partition)
+                return None
             beat_at = time.monotonic()
         with paced(count):  # loads yield to reads (worker/throttle.py)
             write_buckets(coll, batch)
         written += len(batch)
-    if not job_records.heartbeat(db, job_id):
-        return "skipped"
-    job_records.save_partition_result(
-        db, job_id, partition, counts.rows, counts.duplicates, written
-    )
-    counted = job_records.count_partition_done(db, job_id, partition)
-    return "last" if _all_done(db, job_id, counted, "partitions") else "written"
+    return written
 
 
 def partition_documents(

@@ -252,10 +252,21 @@ def load_chunk(self: Task, job_id: str, index: int, start: int, end: int) -> Non
         _clean_up_if_ended(job_id)
 
 
+# A partition another delivery is reducing is looked at again after this long: done by then
+# (nothing to do), still held (again later), or its holder died and the lease ran out.
+BUSY_PARTITION_AGAIN_S = 30
+
+
 @app.task(base=IngestTask, name=WRITE_PARTITION, bind=True)
 def write_partition(self: Task, job_id: str, partition: int) -> None:
     outcome = job_steps.write_partition(database(), settings, job_id, partition)
-    if outcome == "last":
+    if outcome == "busy":
+        write_partition.apply_async(
+            args=[job_id, partition],
+            task_id=f"{job_id}-part-{partition}",
+            countdown=BUSY_PARTITION_AGAIN_S,
+        )
+    elif outcome == "last":
         finalize_job.apply_async(args=[job_id])
     elif outcome == "ended":
         _clean_up_if_ended(job_id)

@@ -295,13 +295,23 @@ def test_watchdog_fails_a_job_nobody_works_on_and_sweeps_its_file(
     assert datasets.read_active_sync(mongo_db).version == 1  # type: ignore[union-attr]
     assert not stale_file.exists() and fresh_file.exists()
 
-    # A quiet job is left alone while another job moves: it is only waiting its turn.
+    # A quiet job is left alone while a job that may hold tasks ahead of its own in the
+    # queue (created before its last progress) moves: it is only waiting its turn.
     waiting = job_records.new_job("waiting", 3, "w.csv", 10, "upload")
-    waiting.update(updated_at=long_ago)
+    waiting.update(status=lifecycle.RUNNING, created_at=long_ago, updated_at=long_ago)
     busy = job_records.new_job("busy", 4, "b.csv", 10, "upload")
-    busy.update(status=lifecycle.RUNNING)
+    busy.update(status=lifecycle.RUNNING, created_at=long_ago - timedelta(seconds=1))
     mongo_db[lifecycle.JOBS].insert_many([waiting, busy])
     assert fail_stalled_jobs() == 0
+
+    # Jobs created after its last progress queue behind its tasks: they do not hide a job
+    # whose tasks were lost (back-to-back loads used to keep such a job waiting forever).
+    mongo_db[lifecycle.JOBS].update_one(
+        {"_id": "busy"}, {"$set": {"created_at": long_ago + timedelta(seconds=1)}}
+    )
+    assert fail_stalled_jobs() == 1
+    assert mongo_db[lifecycle.JOBS].find_one({"_id": "waiting"})["status"] == "failed"
+    assert mongo_db[lifecycle.JOBS].find_one({"_id": "busy"})["status"] == "running"
 
 
 @dataclass

@@ -483,3 +483,37 @@ def test_readers_of_the_live_version_never_receive_the_pointers_barred_set(
     assert len(replies.found) == 2
     for doc in replies.found:
         assert doc["version"] == 3 and "barred" not in doc and "history" not in doc
+
+
+def test_a_partition_is_never_reduced_by_two_deliveries_at_once(
+    mongo_db: Any, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reduce that outlives the visibility timeout is delivered again while it still
+    runs: the second copy finds the partition held and steps back (to be sent again);
+    once the holder's lease runs out (it died) a delivery takes the partition over; a
+    holder that lost its lease stops; a partition already counted is not reduced again."""
+    lines = [f"id{i},{i}.5,2018-08-04 05:32:31" for i in range(300)]
+    (settings.uploads_dir / "lease.csv").write_text("".join(f"{x}\n" for x in lines))
+    mongo_db[lifecycle.JOBS].insert_one(job_records.new_job("lease", 5, "lease.csv", 10, "upload"))
+    one = settings.model_copy(update={"min_partitions": 1})
+    chunks: list[tuple[int, int, int]] = []
+    job_steps.plan(mongo_db, one, "lease", lambda *c: chunks.append(c))
+    for chunk in chunks:
+        job_steps.load(mongo_db, one, "lease", *chunk)
+    partitions: list[int] = []
+    job_steps.after_loading(mongo_db, one, "lease", partitions.append)
+    assert partitions == [0]
+    assert job_records.claim_partition(mongo_db, "lease", 0, "first", 60)  # first copy works
+    assert job_steps.write_partition(mongo_db, one, "lease", 0) == "busy"
+    assert mongo_db[datasets.collection_name(5)].count_documents({}) == 0  # nothing written
+    assert job_records.renew_partition(mongo_db, "lease", 0, "first", 60)
+    # The first copy died: its lease runs out, the next delivery takes over and finishes.
+    later = now() + timedelta(seconds=61)
+    monkeypatch.setattr(job_records, "now", lambda: later)
+    assert job_steps.write_partition(mongo_db, one, "lease", 0) == "last"
+    assert not job_records.renew_partition(mongo_db, "lease", 0, "first", 60)  # it lost it
+    assert job_records.claim_partition(mongo_db, "lease", 0, "late", 60)  # released when done
+    job_records.release_partition(mongo_db, "lease", 0, "late")
+    # Counted already: a redelivery does no work, and still sends the finalizer.
+    monkeypatch.setattr(job_steps, "partition_documents", None)
+    assert job_steps.write_partition(mongo_db, one, "lease", 0) == "last"

@@ -1,0 +1,343 @@
+"""A scale run as an operator would do it: N rows through the HTTP upload, load and switch,
+then a second file of the same size (other ids) replacing the first, with a steady lookup
+load alongside the whole time.
+
+Records upload time, time per phase, time to live, rows/s per phase, the reduce tasks'
+mean time (from the worker log), peak RSS per process kind (API, each worker process, the
+dev store, Redis), peak bytes on the shared volume and in the store's directory, lookups
+(rate, p99, errors) while idle, during each load and during the old version's removal, and
+a sampled correctness check after each switch (sampled ids of the live file exact, sampled
+ids of the replaced file gone).
+
+The workers keep one version (VERSIONS_TO_KEEP=1) and remove the replaced one after
+DROP_GRACE_S=10 s, so the removal happens inside the run. Each size runs once: a scale run
+is long, and its figures are read against each other (phases, rows/s), not across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from bench.common import add_common_args, report, table
+from bench.parse import data_file
+from bench.stack import Stack, stack
+from shared import datasets, lifecycle
+from shared.task_names import WRITE_PARTITION
+
+IDLE_S = 10.0
+CLIENT_START_S = 5.0  # the open-loop client reads its schedule before the first request
+SAMPLE_EVERY_S = 0.5
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def _rss(proc: psutil.Process) -> int:
+    try:
+        return int(proc.memory_info().rss)
+    except psutil.Error:
+        return 0
+
+
+def _bytes_under(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+class Sampler(threading.Thread):
+    """Peak RSS of each process kind (the largest single process of the kind: a worker
+    process's bound is per process) and peak bytes on the shared volume and in the store."""
+
+    def __init__(self, st: Stack) -> None:
+        super().__init__(daemon=True)
+        self.st = st
+        self.peak_rss: dict[str, int] = defaultdict(int)
+        self.peak_bytes: dict[str, int] = defaultdict(int)
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        shared = Path(self.st.env["DATA_DIR"])
+        store = self.st.tmp / "mongo"
+        while not self.stopping.wait(SAMPLE_EVERY_S):
+            for svc in self.st.started:
+                if svc.proc is None:
+                    continue
+                for proc in _tree(svc.proc.pid):
+                    kind = svc.name
+                    if svc.name == "worker" and proc.pid != svc.proc.pid:
+                        kind = "worker process"
+                    self.peak_rss[kind] = max(self.peak_rss[kind], _rss(proc))
+            volume = _bytes_under(shared)
+            in_store = _bytes_under(store) if store.exists() else 0
+            self.peak_bytes["shared volume"] = max(self.peak_bytes["shared volume"], volume)
+            self.peak_bytes["store"] = max(self.peak_bytes["store"], in_store)
+            self.peak_bytes["both"] = max(self.peak_bytes["both"], volume + in_store)
+
+
+def _ids(path: Path) -> list[str]:
+    with path.open() as f:
+        return [line.split(",", 1)[0] for line in f]
+
+
+def _upload_and_wait(http: httpx.Client, path: Path) -> dict[str, Any]:
+    began = time.time()
+    with path.open("rb") as f:
+        r = http.post("/add-promotions/", files={"file": (path.name, f, "text/csv")})
+    uploaded = time.time()
+    r.raise_for_status()
+    job_id = r.json()["job_id"]
+    while True:
+        job: dict[str, Any] = http.get(f"/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed", "held"):
+            break
+        time.sleep(0.5)
+    return {"job": job, "began": began, "uploaded": uploaded, "ended": time.time()}
+
+
+async def _check(url: str, expect: dict[str, str | None]) -> tuple[int, int]:
+    """(exact, wrong) over sampled ids: ``expect`` maps an id to its line's price field, or
+    None where the id must not be served."""
+    sem = asyncio.Semaphore(16)
+    exact = wrong = 0
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+
+        async def one(key: str, price: str | None) -> None:
+            nonlocal exact, wrong
+            async with sem:
+                r = await client.get(f"/promotions/{key}")
+            ok = (
+                r.status_code == 404
+                if price is None
+                else (r.status_code == 200 and r.json()["price"] == float(price))
+            )
+            exact += ok
+            wrong += not ok
+
+        await asyncio.gather(*(one(k, p) for k, p in expect.items()))
+    return exact, wrong
+
+
+def _sample(path: Path, n: int, seed: int) -> dict[str, str | None]:
+    rows = {}
+    with path.open() as f:
+        for line in f:
+            key, price, _ = line.rstrip("\n").split(",", 2)
+            rows[key] = price
+    keys = random.Random(seed).sample(sorted(rows), min(n, len(rows)))
+    return {k: rows[k] for k in keys}
+
+
+def _window(result: dict[str, Any], begin: float, end: float) -> dict[str, float]:
+    due, latency, status = result["due"], result["latency"], result["status"]
+    picked = [i for i, t in enumerate(due) if begin <= t < end and status[i] != 0]
+    lat = sorted(latency[i] for i in picked)
+    errors = sum(1 for i in picked if status[i] not in (200, 404))
+    return {
+        "n": len(picked),
+        "rate": len(picked) / max(1e-9, end - begin),
+        "p99_ms": lat[int(len(lat) * 0.99)] * 1000 if lat else float("nan"),
+        "errors": errors,
+    }
+
+
+def _partition_seconds(log: str) -> list[float]:
+    pattern = re.compile(re.escape(WRITE_PARTITION) + r"\[[^\]]+\] succeeded in ([0-9.]+)s")
+    return [float(m) for m in pattern.findall(log)]
+
+
+def _phases(job: dict[str, Any], db: Any) -> dict[str, float]:
+    doc = db[lifecycle.JOBS].find_one({"_id": job["job_id"]}) or {}
+    at = {k: v.timestamp() for k, v in (doc.get("phase_at") or {}).items()}
+    end = doc["finished_at"].timestamp()
+    order = ["queued", "splitting", "loading", "writing", "activating"]
+    seen = [p for p in order if p in at]
+    out = {}
+    for here, nxt in zip(seen, [*seen[1:], None], strict=True):
+        out[here] = (at[nxt] if nxt else end) - at[here]
+    out["created_at"] = doc["created_at"].timestamp()
+    return out
+
+
+def _wait_removed(db: Any, version: int, timeout: float) -> float | None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        record = lifecycle.read_record(db, version)
+        if record is not None and record.state == lifecycle.REMOVED:
+            return time.time()
+        time.sleep(0.5)
+    return None
+
+
+def run(args: argparse.Namespace) -> str:
+    first = data_file(args.rows, seed=11, clean=True)
+    second = data_file(args.rows, seed=12, clean=True)
+    env = {
+        "VERSIONS_TO_KEEP": "1",
+        "DROP_GRACE_S": "10",
+        "WORKER_CONCURRENCY": str(args.processes),
+    }
+    with stack(api=True, workers=args.processes, extra_env=env) as st:
+        assert st.api_url is not None
+        sampler = Sampler(st)
+        sampler.start()
+        keys = _ids(first)[:50_000] + _ids(second)[:50_000]
+        picks = random.Random(1).choices(keys, k=int(args.rate * args.max_seconds))
+        keys_file = st.tmp / f"scale-keys-{uuid.uuid4().hex[:6]}"
+        keys_file.write_text("\n".join(picks) + "\n")
+        out_file = keys_file.with_suffix(".json")
+        start_at = time.time() + CLIENT_START_S
+        client = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "bench.open_loop", st.api_url, str(keys_file)),
+                *(f"{args.rate:.0f}", "8", f"{start_at:.6f}", str(out_file)),
+            ]
+        )
+        time.sleep(CLIENT_START_S + IDLE_S)
+        db = st.mongo_db()
+        loads = []
+        checks = []
+        with httpx.Client(base_url=st.api_url, timeout=600) as http:
+            for n, path in enumerate((first, second), start=1):
+                loads.append(_upload_and_wait(http, path))
+                job = loads[-1]["job"]
+                assert job["status"] == "succeeded", job
+                expect = _sample(path, args.sample, seed=n)
+                if n == 2:  # the first file's ids must be gone (the files share none)
+                    gone = _sample(first, args.sample // 4, seed=9)
+                    expect.update({k: None for k in gone if k not in expect})
+                checks.append(asyncio.run(_check(st.api_url, expect)))
+        removed_at = _wait_removed(db, int(loads[0]["job"]["dataset_version"]), 600)
+        time.sleep(2.0)
+        client.terminate()
+        client.wait()
+        sampler.stopping.set()
+        sampler.join()
+        result = json.loads(out_file.read_text())
+        phases = [_phases(load["job"], db) for load in loads]
+        log = (st.tmp / "logs" / "worker.log").read_text()
+        versions = [int(load["job"]["dataset_version"]) for load in loads]
+        live = datasets.read_active_sync(db)
+        assert live is not None and live.version == versions[1]
+    return _report(args, loads, phases, checks, result, sampler, log, removed_at, start_at)
+
+
+def _report(
+    args: argparse.Namespace,
+    loads: list[dict[str, Any]],
+    phases: list[dict[str, float]],
+    checks: list[tuple[int, int]],
+    result: dict[str, Any],
+    sampler: Sampler,
+    log: str,
+    removed_at: float | None,
+    start_at: float,
+) -> str:
+    mib = 1024 * 1024
+    rows: list[list[object]] = []
+    for n, (load, ph, (exact, wrong)) in enumerate(zip(loads, phases, checks, strict=True), 1):
+        job = load["job"]
+        rows.append(
+            [
+                f"file {n}",
+                f"{load['uploaded'] - load['began']:.1f}",
+                f"{ph.get('loading', 0):.1f}",
+                f"{ph.get('writing', 0):.1f}",
+                f"{ph.get('activating', 0):.1f}",
+                f"{load['ended'] - load['began']:.1f}",
+                f"{job['rows_loaded'] / max(1e-9, ph.get('loading', 0)):,.0f}",
+                f"{job['rows_loaded'] / max(1e-9, ph.get('writing', 0)):,.0f}",
+                f"{job.get('partitions_total')}",
+                f"{exact:,} exact, {wrong} wrong",
+            ]
+        )
+    body = table(
+        [
+            "load",
+            "upload s",
+            "map s",
+            "reduce s",
+            "switch s",
+            "time to live s",
+            "map rows/s",
+            "reduce rows/s",
+            "partitions",
+            "sampled check",
+        ],
+        rows,
+    )
+    parts = _partition_seconds(log)
+    if parts:
+        per = args.rows / max(1, len(parts) // 2)
+        body += (
+            f"\n\nReduce tasks: {len(parts)} over both loads, mean {sum(parts) / len(parts):.2f} s "
+            f"(max {max(parts):.2f} s) for ~{per:,.0f} rows each: "
+            f"{per / (sum(parts) / len(parts)):,.0f} rows/s per worker process."
+        )
+    windows = [("idle", start_at, start_at + IDLE_S)]
+    windows += [(f"load {n}", ld["began"], ld["ended"]) for n, ld in enumerate(loads, 1)]
+    if removed_at is not None:
+        windows.append(("old version's removal", loads[1]["ended"], removed_at + 1.0))
+    body += "\n\n" + table(
+        ["lookups", "requests", "rate /s", "p99 ms", "errors"],
+        [
+            [name, w["n"], f"{w['rate']:.0f}", f"{w['p99_ms']:.1f}", w["errors"]]
+            for name, begin, end in windows
+            for w in [_window(result, begin, end)]
+        ],
+    )
+    body += "\n\n" + table(
+        ["peak", "value"],
+        [[f"RSS {k}", f"{v / mib:,.0f} MiB"] for k, v in sorted(sampler.peak_rss.items())]
+        + [[f"bytes {k}", f"{v / mib:,.0f} MiB"] for k, v in sorted(sampler.peak_bytes.items())],
+    )
+    size = Path(data_file(args.rows, seed=11, clean=True)).stat().st_size
+    body += (
+        f"\n\n{args.rows:,} rows per file ({size / mib:,.0f} MiB), {args.processes} worker "
+        f"processes, {args.rate:.0f} lookups/s (open loop, ids of both files) throughout. "
+        "Phases from the job record (map = loading, reduce = writing, switch = activating "
+        "incl. warm-up); time to live from the upload's first byte."
+    )
+    return report(f"Scale run: {args.rows:,} rows, twice", body, 1, args.append_results)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=2_000_000, help="rows in each file")
+    parser.add_argument("--rate", type=float, default=200.0, help="lookups per second")
+    parser.add_argument("--processes", type=int, default=2, help="worker processes")
+    parser.add_argument("--sample", type=int, default=20_000, help="ids checked per switch")
+    parser.add_argument(
+        "--max-seconds", type=float, default=3600, help="longest run the lookups cover"
+    )
+    add_common_args(parser, runs=1)
+    run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
