@@ -22,7 +22,10 @@ STORE_UNAVAILABLE = "the promotions store is unavailable; retry shortly"
 def store_unavailable(method: str, path: str, exc: Exception) -> Response:
     log.warning("store unavailable on %s %s: %s", method, path, exc)
     return json_response(
-        {"detail": STORE_UNAVAILABLE}, status_code=503, headers={"Retry-After": "1"}
+        {"detail": STORE_UNAVAILABLE},
+        status_code=503,
+        # Never kept by an edge or browser: the next request must reach the API again.
+        headers={"Retry-After": "1", "Cache-Control": "no-store"},
     )
 
 

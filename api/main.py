@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api.active_version import ActiveVersionWatcher
 from api.errors import install_error_handlers
 from api.fast_lookup import FastLookupMiddleware
+from api.http_caching import LookupCachePolicy
 from api.job_queue import JobQueue
 from api.lookup_service import LookupService
 from api.metrics import MetricsExporter
@@ -85,6 +86,7 @@ def build_services(settings: Settings) -> Services:
         watcher=watcher,
         queue=JobQueue(settings),
         metrics=MetricsExporter(db, watcher, cache.counters),
+        http_cache=LookupCachePolicy.from_settings(settings),
     )
 
 

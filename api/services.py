@@ -12,6 +12,7 @@ from pymongo.database import Database
 from redis.asyncio import Redis
 
 from api.active_version import ActiveVersionWatcher
+from api.http_caching import LookupCachePolicy
 from api.job_queue import JobQueue
 from api.lookup_service import LookupService
 from api.metrics import MetricsExporter
@@ -37,6 +38,7 @@ class Services:
     watcher: ActiveVersionWatcher
     queue: JobQueue
     metrics: MetricsExporter
+    http_cache: LookupCachePolicy  # lookups' Cache-Control (api.http_caching)
 
 
 def get_services(request: Request) -> Services:

@@ -117,6 +117,13 @@ class Settings(BaseSettings):
     cache_ttl_seconds: int = Field(default=3600, ge=1)
     negative_cache_ttl_seconds: int = Field(default=60, ge=1)
     pointer_poll_seconds: float = Field(default=0.5, gt=0, le=1)
+    # HTTP caching of lookups (docs/http-caching.md): how long an edge, CDN or browser may
+    # reuse an answer, i.e. the staleness it may add after a switch or rollback; a shorter
+    # lifetime for 404s; stale-if-error (0 = not sent): how long past max-age an edge may
+    # serve its last good answer while the API answers errors (store outage) or is down.
+    lookup_max_age_s: int = Field(default=5, ge=0)
+    lookup_negative_max_age_s: int = Field(default=2, ge=0)
+    lookup_stale_if_error_s: int = Field(default=0, ge=0)
     # First cache level, in each API process: answers by (version, id), bounded in bytes
     # (body + id + ~440 bytes of bookkeeping per entry); 0 turns it off.
     local_cache_max_bytes: int = Field(default=64 * MiB, ge=0)
@@ -188,6 +195,15 @@ class Settings(BaseSettings):
             dotenv_settings,
             JsonConfigSettingsSource(settings_cls, json_file=json_file),
         )
+
+    @model_validator(mode="after")
+    def _negative_answers_expire_first(self) -> Settings:
+        if self.lookup_negative_max_age_s > self.lookup_max_age_s:
+            raise ValueError(
+                "LOOKUP_NEGATIVE_MAX_AGE_S must not exceed LOOKUP_MAX_AGE_S: a 404 may turn "
+                "into an answer at the next switch, so it is the one to expire first"
+            )
+        return self
 
     @model_validator(mode="after")
     def _no_placeholders_in_production(self) -> Settings:
