@@ -115,6 +115,23 @@ def plan_services() -> list[Service]:
     return services
 
 
+def wait_until_listening(service: Service, timeout_s: float, every_s: float = 10.0) -> None:
+    """``timeout_s=0``: as long as the process runs. A dev store holding 100M rows took
+    more than the old fixed 90 s to listen after a restart (47 s with a warm page cache);
+    a process that exits still ends the wait at once, and a line every ``every_s`` says
+    what is being waited for."""
+
+    def report(waited: float) -> None:
+        limit = f" of {timeout_s:.0f} s" if timeout_s else ""
+        print(
+            f"waiting for {service.name} to listen on port {service.port}: "
+            f"{waited:.0f} s{limit} (still starting; a big store takes a while)",
+            flush=True,
+        )
+
+    service.wait_ready(timeout_s or None, progress=report, progress_every=every_s)
+
+
 class _StopRequested(Exception):
     """A stop signal while the stack was still starting."""
 
@@ -163,7 +180,7 @@ def main() -> int:
                 os.fdopen(read_fd, "rb", buffering=0), selectors.EVENT_READ, (i, service)
             )
             if service.port is not None:
-                service.wait_ready(90)
+                wait_until_listening(service, settings.devstack_start_timeout_s)
         interruptible = False
         url = f"http://{settings.app_host}:{settings.app_port}"
         flower = f"http://127.0.0.1:{settings.flower_port}"

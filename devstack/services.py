@@ -175,13 +175,27 @@ class Service:
         )
         return self
 
-    def wait_ready(self, timeout: float = 60.0) -> Service:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+    def wait_ready(
+        self,
+        timeout: float | None = 60.0,
+        progress: Callable[[float], None] | None = None,
+        progress_every: float = 10.0,
+    ) -> Service:
+        """Until the port listens. ``timeout=None``: as long as the process runs (a store
+        opening a big data directory can take minutes); a process that exits ends the wait
+        at once either way. ``progress`` gets the seconds waited, every ``progress_every``."""
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
+        next_report = started + progress_every
+        while deadline is None or time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}{self._tail()}")
             if self.port is None or port_open(self.host, self.port):
                 return self
+            now = time.monotonic()
+            if progress is not None and now >= next_report:
+                progress(now - started)
+                next_report = now + progress_every
             time.sleep(0.1)
         raise TimeoutError(f"{self.name} did not listen on {self.port} in {timeout}s{self._tail()}")
 

@@ -170,6 +170,9 @@ class Settings(BaseSettings):
     # `make run` only: where its dev store, Redis files and process record live (relative to
     # the repository unless absolute).
     devstack_dir: Path = Path("data")
+    # How long `make run` waits for each service to listen (0: as long as it runs; a store
+    # opening a big data directory can take minutes). Progress is printed every 10 s.
+    devstack_start_timeout_s: float = Field(default=0, ge=0)
 
     # Flower
     flower_port: int = 5555
