@@ -20,6 +20,8 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 # - ip (iproute2): the cluster test builds its hosts from network namespaces with it;
 # - chromium (+ a font): the operator page test drives it headless through Playwright (never a
 #   browser download). If it cannot be installed, that one test skips and says why.
+# - nginx: the edge-cache test and benchmarks start their own (own prefix and port) with
+#   deploy/nginx/lookup-cache*.conf.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_GET := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 system-deps:
@@ -28,6 +30,7 @@ system-deps:
 	command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 \
 		|| missing="$$missing docker-compose"; \
 	command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing="$$missing iproute2"; \
+	command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
 		$(APT_GET) update -q && $(APT_GET) install -y -q --no-install-recommends $$missing; \
