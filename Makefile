@@ -72,7 +72,8 @@ mutation: install
 
 # Benchmarks (each starts its own services; MONGO_URL points them at a real MongoDB).
 # BENCH_ARGS='--append-results' records the blocks in bench/RESULTS.md.
-# The lookup benchmarks drive load with wrk (Debian's package).
+# The lookup benchmarks drive load with wrk (Debian's package). bench.zipf builds its 20M-row
+# dataset once (~15 min on a busy 2-core machine) in data/bench-zipf and reuses it.
 bench-deps:
 	@command -v wrk >/dev/null 2>&1 || { \
 		echo "installing wrk"; \
@@ -87,6 +88,7 @@ bench: install bench-deps
 	$(PY) -m bench.api_scaling $(BENCH_ARGS)
 	$(PY) -m bench.switch $(BENCH_ARGS)
 	$(PY) -m bench.load $(BENCH_ARGS)
+	$(PY) -m bench.zipf $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) data mutants .pytest_cache .mypy_cache .ruff_cache .hypothesis
