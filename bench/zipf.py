@@ -422,13 +422,17 @@ def _report(
         )
         for r in results
     ]
-    body = table(
-        [
-            *("case", "req/s", "of 1M/min", "p50 ms", "p99 ms", "errors", "edge hits"),
-            *("API memory", "Redis", "store", "API CPU µs/req", "API lookups per CPU s"),
-            *("nginx CPU µs/req", "wrk CPU µs/req"),
-        ],
-        rows,
+    body = (
+        "(no closed-loop case)"
+        if not rows
+        else table(
+            [
+                *("case", "req/s", "of 1M/min", "p50 ms", "p99 ms", "errors", "edge hits"),
+                *("API memory", "Redis", "store", "API CPU µs/req", "API lookups per CPU s"),
+                *("nginx CPU µs/req", "wrk CPU µs/req"),
+            ],
+            rows,
+        )
     )
     body += (
         f"\n\nZipf s = {args.s} over {args.distinct:,} ids of a {args.rows:,}-row dataset "
