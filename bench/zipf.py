@@ -42,6 +42,7 @@ from bench.open_loop import window, zipf_sequence
 from devstack.edge import edge_service
 from devstack.run import wait_until_listening
 from devstack.services import Service, api_command, free_port, mongo_command, redis_command
+from shared import datasets
 
 LUA = ROOT / "bench" / "zipf.lua"
 ROUTE = 'route="/promotions/{promotion_id}"'
@@ -56,6 +57,8 @@ def _slug(name: str) -> str:
 class Services:
     env: dict[str, str]
     tmp: Path
+    warm: bool = False  # Redis holds every drawn id's answer; kept between cases
+    edge_cache: Path | None = None  # where nginx keeps its cache (None: next to its config)
 
 
 def _cpu(pid: int) -> float:
@@ -103,7 +106,8 @@ def _api(sv: Services, workers: int) -> Iterator[tuple[str, Service]]:
         port=port,
         log_path=sv.tmp / f"api-{port}.log",
     )
-    redis.Redis.from_url(sv.env["REDIS_URL"]).flushdb()  # every case starts cold
+    if not sv.warm:
+        redis.Redis.from_url(sv.env["REDIS_URL"]).flushdb()  # every case starts cold
     api.start().wait_ready(120)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -211,7 +215,13 @@ def _case(
         nginx = None
         if edge:
             api_port = int(api_url.rsplit(":", 1)[1])
-            nginx = edge_service(sv.tmp / f"edge-{_slug(name)}", free_port(), [api_port], workers=2)
+            nginx = edge_service(
+                sv.tmp / f"edge-{_slug(name)}",
+                free_port(),
+                [api_port],
+                workers=2,
+                cache_dir=sv.edge_cache / _slug(name) if sv.edge_cache else None,
+            )
             nginx.start().wait_ready(20)
             url = f"http://127.0.0.1:{nginx.port}"
         try:
@@ -334,6 +344,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--open-rate", type=float, default=8000, help="open loop, per second")
     parser.add_argument("--open-seconds", type=float, default=10)
     parser.add_argument("--profile", action="store_true", help="hit and miss cases, py-spy")
+    parser.add_argument(
+        "--warm",
+        action="store_true",
+        help="Redis holds every drawn id's answer (a cache that saw them all within its TTL) "
+        "instead of every case starting with empty caches",
+    )
+    parser.add_argument(
+        "--edge-cache-dir", type=Path, help="nginx's cache directory (e.g. on /dev/shm)"
+    )
     parser.add_argument("--store-dir", type=Path, default=ROOT / "data" / "bench-zipf")
     parser.add_argument("--append-results", action="store_true")
     args = parser.parse_args(argv)
@@ -361,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
         "CONFIG_FILE": str(tmp / "no-config.json"),
         "LOG_LEVEL": "WARNING",
     }
-    sv = Services(env, tmp)
+    sv = Services(env, tmp, warm=args.warm, edge_cache=args.edge_cache_dir)
     results: list[dict[str, Any]] = []
     open_result: dict[str, Any] | None = None
     try:
@@ -372,7 +391,22 @@ def main(argv: list[str] | None = None) -> None:
         if not zipf_dataset.ready(store_dir, args.rows):
             print(f"building the dataset ({args.rows:,} rows) in {store_dir}", flush=True)
             zipf_dataset.build(client[env["MONGO_DB"]], store_dir, args.rows)
-        client.close()
+        if args.warm:
+            stride = args.rows // args.distinct
+            rows = [k * stride for k in range(args.distinct)]
+            # What goes into Redis must be what the store holds: a sample, compared.
+            db = client[env["MONGO_DB"]]
+            sample = rows[:: max(1, len(rows) // 100)]
+            stored = datasets.find_rows_sync(
+                db,
+                zipf_dataset.VERSION,
+                datasets.read_buckets_sync(db, zipf_dataset.VERSION),
+                [zipf_dataset.id_of(i) for i in sample],
+            )
+            for i in sample:
+                assert stored[zipf_dataset.id_of(i)] == zipf_dataset.promotion(i), i
+            print(f"filling Redis with the answers of {args.distinct:,} ids", flush=True)
+            zipf_dataset.fill_cache(env["REDIS_URL"], rows, 3600)
         cases = args.cases.split(",")
         plan = {
             "api1": ("API, 1 process", 1, False),
@@ -390,6 +424,7 @@ def main(argv: list[str] | None = None) -> None:
             # over the distinct ids, Redis flushed: nearly every lookup reads the store.
             results += _case(sv, args, "hit path (profiled)", 2, False, 0.0, 2000, True)
             results += _case(sv, args, "miss path (profiled)", 2, False, 0.0, args.distinct, True)
+        client.close()
     finally:
         rds.stop()
         store.stop()
@@ -438,7 +473,14 @@ def _report(
         f"\n\nZipf s = {args.s} over {args.distinct:,} ids of a {args.rows:,}-row dataset "
         f"(built by inserting bucket documents directly: bench/zipf_dataset.py); closed loop "
         f"wrk -t{args.threads} -c{args.connections}, {args.warmup} s warm-up then "
-        f"{args.seconds} s per case, caches emptied before each case. 'API memory', 'Redis' "
+        f"{args.seconds} s per case, "
+        + (
+            "Redis holding every drawn id's answer (--warm), process memory and edge empty "
+            "before each case. "
+            if args.warm
+            else "caches emptied before each case. "
+        )
+        + "'API memory', 'Redis' "
         "and 'store' are shares of the lookups that reached the API; CPU per request counts "
         "every request of the round (edge hits included). Load generator, nginx, API, Redis "
         "and the store share the 2 cores."

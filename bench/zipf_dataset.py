@@ -17,10 +17,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import redis
 from bson.raw_bson import RawBSONDocument
 
 from shared import datasets, lifecycle
 from shared.bucket_layout import bucket_document, buckets_of, encode_element
+from shared.cache import answer_body, cache_key
 
 VERSION = 1
 ROWS_PER_BUCKET = 100
@@ -36,10 +38,30 @@ def id_of(i: int) -> str:
     )
 
 
+def promotion(i: int) -> dict[str, Any]:
+    """Row ``i`` as the API answers it."""
+    return {
+        "id": id_of(i),
+        "price": (i % 100_000) / 100,
+        "expiration_date": f"20{27 + i % 3}-{1 + i % 12:02d}-{1 + i % 28:02d} 05:32:31 +0200 CEST",
+    }
+
+
 def _row(i: int) -> bytes:
-    key = id_of(i).encode()
-    date = f"20{27 + i % 3}-{1 + i % 12:02d}-{1 + i % 28:02d} 05:32:31 +0200 CEST".encode()
-    return encode_element(key, key, (i % 100_000) / 100, date)
+    p = promotion(i)
+    key = p["id"].encode()
+    return encode_element(key, key, p["price"], p["expiration_date"].encode())
+
+
+def fill_cache(redis_url: str, rows: list[int], ttl_s: int) -> None:
+    """Put the answers of ``rows`` in Redis as the API would (the state of a cache that has
+    seen every one of them within its TTL): the warm benchmark regime."""
+    r = redis.Redis.from_url(redis_url)
+    for start in range(0, len(rows), 10_000):
+        with r.pipeline(transaction=False) as pipe:
+            for i in rows[start : start + 10_000]:
+                pipe.set(cache_key(VERSION, id_of(i)), answer_body(promotion(i)), ex=ttl_s)
+            pipe.execute()
 
 
 def _marker(rows: int) -> dict[str, Any]:

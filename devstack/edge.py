@@ -33,16 +33,18 @@ def edge_config(
     stale_on_503: bool,
     workers: int = 1,
     access_log: bool = False,
+    cache_dir: Path | None = None,
 ) -> str:
-    """The nginx.conf of a local edge in ``prefix`` (directories made here)."""
+    """The nginx.conf of a local edge in ``prefix`` (directories made here); the cache in
+    ``cache_dir`` (default ``prefix/cache``)."""
     for sub in ("cache", "tmp", "logs"):
         (prefix / sub).mkdir(parents=True, exist_ok=True)
+    cache = cache_dir or prefix / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
     zone = (NGINX_DIR / "lookup-cache-zone.conf").read_text()
     if zone.count(PRODUCTION_CACHE_PATH) != 1:
         raise RuntimeError(f"lookup-cache-zone.conf no longer names {PRODUCTION_CACHE_PATH}")
-    (prefix / "lookup-cache-zone.conf").write_text(
-        zone.replace(PRODUCTION_CACHE_PATH, str(prefix / "cache"))
-    )
+    (prefix / "lookup-cache-zone.conf").write_text(zone.replace(PRODUCTION_CACHE_PATH, str(cache)))
     stale = f"include {NGINX_DIR / 'lookup-cache-stale.conf'};" if stale_on_503 else ""
     servers = "\n".join(f"        server 127.0.0.1:{p};" for p in api_ports)
     log = f"access_log {prefix / 'logs' / 'access.log'};" if access_log else "access_log off;"
@@ -94,6 +96,7 @@ def edge_service(
     stale_on_503: bool = False,
     workers: int = 1,
     access_log: bool = False,
+    cache_dir: Path | None = None,
 ) -> Service:
     """Not started; ``.start().wait_ready()`` as any other service."""
     binary = nginx_binary()
@@ -101,6 +104,8 @@ def edge_service(
         raise RuntimeError("nginx is not installed (make system-deps installs it)")
     conf = prefix / "nginx.conf"
     prefix.mkdir(parents=True, exist_ok=True)
-    conf.write_text(edge_config(prefix, port, api_ports, stale_on_503, workers, access_log))
+    conf.write_text(
+        edge_config(prefix, port, api_ports, stale_on_503, workers, access_log, cache_dir)
+    )
     argv = [binary, "-p", str(prefix), "-e", str(prefix / "logs" / "error.log"), "-c", str(conf)]
     return Service("edge", argv, port=port, log_path=prefix / "logs" / "stdout.log")
