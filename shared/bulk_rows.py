@@ -29,15 +29,14 @@ _YEAR_MONTH_DAY = (
     rb"|(?:0[13578]|1[02])-31)"
     rb"|(?:\d\d(?:0[48]|[2468][048]|[13579][26])|(?:[02468][048]|[13579][26])00)-02-29)"
 )
-_OFFSET = rb"[+-](?:0\d|1[0-4])"
+_OFFSET = rb"(?:Z|[+-](?:0\d|1[0-4])(?::?[0-5]\d)?)"
+# The grammar of ``promotion_rows._DATE_RE`` with the calendar, the clock and offset ranges.
 _DATE = (
     _YEAR_MONTH_DAY
-    + rb"[ T](?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,9})?"
-    + rb"(?: "
+    + rb"[ T](?:2[0-3]|[01]?\d):[0-5]\d:[0-5]\d(?:\.\d{1,9})?"
+    + rb"(?: ?"
     + _OFFSET
-    + rb"[0-5]\d(?: [A-Za-z0-9+_/-]{1,32})?|Z|"
-    + _OFFSET
-    + rb":?[0-5]\d)?"
+    + rb"(?: [A-Za-z0-9+_/-]{1,32})?| (?:UTC|GMT))?"
 )
 # No exponent and at most 20 integer digits: always finite, never out of range.
 _PRICE = rb"(?:\d{1,20}(?:\.\d{0,100})?|\.\d{1,100})"
