@@ -154,7 +154,10 @@ async def upload_promotions(
     return await accept_upload(request, services, source="upload", allow_shrink=allow_shrink)
 
 
-# One handler under the documented name and the older one the first partners used.
+# One handler under the documented name and the older one the first partners used, each
+# with and without the trailing slash: a redirect (307) would be an empty answer to clients
+# that do not follow it (curl without -L exits 0, nothing uploaded). The slashless paths
+# are left out of the document, which says they exist.
 for _path, _operation, _summary in (
     (
         "/add-promotions/",
@@ -163,14 +166,18 @@ for _path, _operation, _summary in (
     ),
     ("/uploadfile/", "upload_file", "Same as /add-promotions/ (older name)"),
 ):
-    router.add_api_route(
-        _path,
-        upload_promotions,
-        methods=["POST"],
-        status_code=202,
-        responses=UPLOAD_RESPONSES,
-        openapi_extra=UPLOAD_BODY,
-        dependencies=[Depends(require_writer)],
-        summary=_summary,
-        operation_id=_operation,
-    )
+    for _documented in (True, False):
+        router.add_api_route(
+            _path if _documented else _path.rstrip("/"),
+            upload_promotions,
+            methods=["POST"],
+            status_code=202,
+            responses=UPLOAD_RESPONSES,
+            openapi_extra=UPLOAD_BODY,
+            dependencies=[Depends(require_writer)],
+            summary=_summary,
+            description=f"Also answers at `{_path.rstrip('/')}` (no trailing slash), the "
+            "same way: never a redirect.",
+            operation_id=_operation if _documented else f"{_operation}_no_slash",
+            include_in_schema=_documented,
+        )

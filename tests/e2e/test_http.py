@@ -169,3 +169,19 @@ def test_health_and_docs(http: httpx.Client) -> None:
     assert {"rows_per_s", "eta_s", "phase_durations_s"} <= set(job_fields)
     promotion = spec["components"]["schemas"]["Promotion"]
     assert promotion["examples"][0]["price"] == 60.683466
+
+
+@pytest.mark.parametrize("path", ["/add-promotions", "/uploadfile"])
+def test_upload_paths_without_the_trailing_slash_answer_202_not_a_redirect(
+    http: httpx.Client, path: str
+) -> None:
+    """A client that does not follow redirects (curl without -L, a cron job) must not get an
+    empty 307 and believe the file was sent."""
+    body = b"a1,1.5,2027-12-01 07:38:51+00\n"
+    r = http.post(path, files={"file": ("p.csv", body)})  # httpx never follows redirects here
+    assert r.status_code == 202, (r.status_code, r.headers)
+    job = wait_job(http, r.json()["job_id"])
+    assert job["status"] == "succeeded" and job["rows_loaded"] == 1, job
+    paths = http.get("/openapi.json").json()["paths"]
+    assert path not in paths and f"{path}/" in paths  # documented once
+    assert f"`{path}`" in paths[f"{path}/"]["post"]["description"]
