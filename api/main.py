@@ -23,6 +23,7 @@ from api.fast_lookup import FastLookupMiddleware
 from api.job_queue import JobQueue
 from api.lookup_service import LookupService
 from api.metrics import MetricsExporter
+from api.openapi_doc import install as install_openapi_doc
 from api.request_context import RequestContextMiddleware
 from api.routes import datasets, health, jobs, metrics, promotions, ui, uploads
 from api.services import Services
@@ -174,6 +175,7 @@ def create_app(settings: Settings | None = None, fast_lookups: bool = True) -> F
     app.include_router(health.router)
     app.include_router(metrics.router)
     ui.mount(app)
+    install_openapi_doc(app)
     return app
 
 

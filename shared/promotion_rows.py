@@ -38,7 +38,18 @@ _DATE_RE = re.compile(
     r"(?: ?(?:Z|[+-](\d{2})(?::?(\d{2}))?)(?: [A-Za-z0-9+_/-]{1,32})?| (?:UTC|GMT))?",
     re.ASCII,
 )
-UNAMBIGUOUS_ZONE_NAMES = ("UTC", "GMT", "Z")
+# The grammar as users read it (ABNF), written once: docs/file-format.md shows this block (a
+# test checks it) and the OpenAPI description of the upload includes it.
+DATE_GRAMMAR = """\
+expiration_date = date ("T" / " ") time [fraction] [zone]
+date            = 4DIGIT "-" 2DIGIT "-" 2DIGIT          ; YYYY-MM-DD
+time            = 1*2DIGIT ":" 2DIGIT ":" 2DIGIT        ; H:MM:SS or HH:MM:SS
+fraction        = "." 1*9DIGIT                          ; up to nanoseconds
+zone            = [" "] offset [" " zone-name]          ; 'Z', '+00', ' +0200 CEST', ...
+                / " UTC" / " GMT"                       ; a name alone: only these two
+offset          = "Z" / ("+" / "-") 2DIGIT [[":"] 2DIGIT] ; Z, ±HH, ±HHMM, ±HH:MM
+zone-name       = 1*32(ALPHA / DIGIT / "+" / "_" / "/" / "-")
+"""
 # A date that would be valid but for a zone name with no offset before it ('... 07:38:51 CET').
 _BARE_NAME_RE = re.compile(
     r"\d{4}-\d{2}-\d{2}[ T]\d{1,2}:\d{2}:\d{2}(?:\.\d{1,9})? ([A-Za-z][A-Za-z0-9+_/-]{0,31})",

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from api.auth import require_writer
+from api.openapi_doc import UPLOAD_DESCRIPTION
 from api.responses import json_response
 from api.schemas import JobAccepted, Problem
 from api.services import Services, get_services
@@ -48,22 +49,45 @@ UPLOAD_BODY = {
         },
     }
 }
+
+
+def _problem(description: str, detail: str) -> dict[str, object]:
+    return {
+        "model": Problem,
+        "description": description,
+        "content": {"application/json": {"example": {"detail": detail}}},
+    }
+
+
 UPLOAD_RESPONSES: dict[int | str, dict[str, object]] = {
     202: {"model": JobAccepted, "description": "Stored and queued; poll status_url"},
-    400: {"model": Problem, "description": "Empty file, corrupt gzip or malformed body"},
-    401: {"model": Problem},
-    403: {"model": Problem},
-    413: {
-        "model": Problem,
-        "description": "Larger than the configured limit (upload, decompressed size, parts)",
-    },
-    415: {"model": Problem, "description": "Not multipart/form-data nor a raw CSV body"},
-    422: {"model": Problem, "description": "No multipart field named 'file'"},
-    503: {"model": Problem, "description": "Queue or store unavailable; nothing was kept"},
-    507: {
-        "model": Problem,
-        "description": "Not enough free space on the shared volume; nothing was kept",
-    },
+    400: _problem("Empty file, corrupt gzip or malformed body", "the file is empty"),
+    401: _problem(
+        "No bearer token (a write token is configured)",
+        "this endpoint needs 'Authorization: Bearer <token>'",
+    ),
+    403: _problem("The bearer token is wrong", "the bearer token is not valid for writing"),
+    413: _problem(
+        "Larger than the configured limit (upload, decompressed size, parts)",
+        "the upload is larger than the limit of 214748364800 bytes",
+    ),
+    415: _problem(
+        "Not multipart/form-data nor a raw CSV body",
+        "send the CSV as multipart/form-data in a field named 'file' (curl -F "
+        "file=@promotions.csv), or as a raw text/csv or application/gzip body",
+    ),
+    422: _problem(
+        "No multipart field named 'file'",
+        "multipart field 'file' is required; the request had ['upload']",
+    ),
+    503: _problem(
+        "Queue or store unavailable; nothing was kept",
+        "the store is unavailable; the upload was not kept, retry shortly",
+    ),
+    507: _problem(
+        "Not enough free space on the shared volume; nothing was kept",
+        "not enough free space on the shared volume (...); nothing was kept, retry later",
+    ),
 }
 
 
@@ -176,8 +200,10 @@ for _path, _operation, _summary in (
             openapi_extra=UPLOAD_BODY,
             dependencies=[Depends(require_writer)],
             summary=_summary,
-            description=f"Also answers at `{_path.rstrip('/')}` (no trailing slash), the "
-            "same way: never a redirect.",
+            description=UPLOAD_DESCRIPTION.replace(
+                "Also answers at the same path without the trailing slash",
+                f"Also answers at `{_path.rstrip('/')}` (no trailing slash)",
+            ),
             operation_id=_operation if _documented else f"{_operation}_no_slash",
             include_in_schema=_documented,
         )

@@ -18,6 +18,7 @@ import pytest
 from cli.generate import generate
 from devstack.services import Service, api_command, free_port
 from tests.conftest import _LOGS
+from tests.helpers import wait_job
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # ReDoc's "API docs by Redocly" footer image: it hides itself when it cannot load (the only
@@ -155,3 +156,35 @@ def test_upload_watch_the_job_and_roll_back_in_the_browser(
     assert "serving" not in page.locator(f"tr[data-job-id='{second_job}']").inner_text()
     if SCREENSHOT:
         page.screenshot(path=SCREENSHOT, full_page=True)
+
+
+@pytest.mark.usefixtures("worker", "clean_state")
+def test_swagger_ui_authorize_and_try_it_out_uploads_a_file(
+    page: Any, token_api: str, tmp_path: Path
+) -> None:
+    """The document declares the bearer scheme: Authorize in /docs sends the token, and
+    "Try it out" on the upload stores the file (202)."""
+    path = tmp_path / "from-swagger.csv"
+    path.write_text('"id","price","expiration_date"\na1,1.5,2027-12-01 07:38:51.532085+00\n')
+    page.goto(f"{token_api}/docs")
+    page.click(".swagger-ui .auth-wrapper button.authorize")
+    page.fill(".swagger-ui .modal-ux input[type=text], .swagger-ui .modal-ux input", TOKEN)
+    page.click(".swagger-ui .modal-ux button.modal-btn.auth.authorize")
+    page.click(".swagger-ui .modal-ux button.btn-done")
+    operation = page.locator("#operations-ingestion-add_promotions")
+    operation.locator(".opblock-summary").click()
+    operation.locator("button.try-out__btn").click()
+    operation.locator("input[type=file]").set_input_files(str(path))
+    operation.locator("button.execute").click()
+    status = operation.locator(".live-responses-table tbody .response-col_status")
+    status.first.wait_for(timeout=30_000)
+    assert status.first.inner_text().strip() == "202", operation.inner_text()
+    body = operation.locator(".live-responses-table tbody .response-col_description").inner_text()
+    job_id = re.search(r'"job_id": "(\w+)"', body)
+    assert job_id is not None, body
+    with httpx.Client(base_url=token_api, timeout=30) as http:
+        job = wait_job(http, job_id.group(1))
+        assert job["status"] == "succeeded" and job["rows_loaded"] == 1, job
+        assert http.get("/promotions/a1").json()["expiration_date"] == (
+            "2027-12-01 07:38:51.532085+00"
+        )

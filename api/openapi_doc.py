@@ -1,0 +1,129 @@
+"""The OpenAPI document as a manual: the upload's file format and limits, and an example for
+every answer (a status without its own example gets the sentence this API sends for it)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI
+
+from shared.promotion_rows import DATE_GRAMMAR, MAX_ID_LENGTH, MAX_LINE_LENGTH
+from shared.settings import Settings
+
+
+def _DEFAULT(name: str) -> str:
+    return f"{Settings.model_fields[name].default:g}"
+
+
+def _GIB(name: str) -> str:
+    return f"{Settings.model_fields[name].default / 2**30:g} GiB"
+
+
+UPLOAD_DESCRIPTION = f"""\
+Store the file, record a job and answer **202** with the job's `status_url`; the file loads
+in the background and replaces the whole dataset only once it is complete and valid (the
+previous dataset serves until then). Also answers at the same path without the trailing slash,
+the same way: never a redirect.
+
+**Body**: `multipart/form-data` with the file in the field `file`, or the raw file as the body
+(`text/csv`, `application/octet-stream`, `application/gzip`).
+
+**File format** (docs/file-format.md): CSV rows `id,price,expiration_date`, UTF-8, LF or CRLF,
+optionally one gzip layer; a first line naming the three columns (any case, quoted or not) is
+a header; fields may be in RFC 4180 quotes.
+
+- `id`: 1-{MAX_ID_LENGTH} characters of `A-Z a-z 0-9 _ -`.
+- `price`: a finite decimal number >= 0 (`12`, `12.5`, `.5`, `1e3`).
+- `expiration_date`: a real calendar instant, returned exactly as written:
+
+```
+{DATE_GRAMMAR}```
+
+Examples: `2027-12-01 07:38:51.532085+00` (PostgreSQL, DuckDB), `2027-12-01 07:38:51 UTC`
+(Ruby), `2027-12-01 7:38:51` (LibreOffice), `2027-12-01T07:38:51.532Z`,
+`2018-08-04 05:32:31 +0200 CEST`. A zone name alone other than UTC/GMT is refused (ambiguous).
+
+**Limits** (settings, defaults): upload at most `MAX_UPLOAD_BYTES` ({_GIB("max_upload_bytes")});
+a gzip body inflates to at most `MAX_DECOMPRESSION_RATIO` x its size
+({_DEFAULT("max_decompression_ratio")}) and `MAX_DECOMPRESSED_BYTES`
+({_GIB("max_decompressed_bytes")}); at most `MAX_MULTIPART_PARTS`
+({_DEFAULT("max_multipart_parts")}) parts; lines at most {MAX_LINE_LENGTH} characters.
+Rows breaking a rule are rejected with their line number and reason (`GET /jobs/{{id}}/rejects`);
+the job fails, and the previous dataset keeps serving, when no row is valid or more than
+`REJECT_RATIO` ({Settings.model_fields["reject_ratio"].default:.0%}) are rejected.
+"""
+
+# What the API answers for each error status (api/, shared/), as examples.
+STATUS_EXAMPLES: dict[str, Any] = {
+    "400": {"detail": "the file is empty"},
+    "401": {"detail": "this endpoint needs 'Authorization: Bearer <token>'"},
+    "403": {"detail": "the bearer token is not valid for writing"},
+    "404": {"detail": "job 5f0c2a3e9b8d4c1f8e7a6b5c4d3e2f10 not found"},
+    "409": {"detail": "job 5f0c2a3e9b8d4c1f8e7a6b5c4d3e2f10 is still running; ..."},
+    "410": {"detail": "the reject report of job 5f0c2a3e9b8d4c1f8e7a6b5c4d3e2f10 was removed"},
+    "413": {"detail": "the upload is larger than MAX_UPLOAD_BYTES (200 GiB)"},
+    "415": {"detail": "send multipart/form-data with a 'file' field, or a raw text/csv body"},
+    "422": {
+        "detail": [
+            {
+                "type": "less_than_equal",
+                "loc": ["query", "limit"],
+                "msg": "Input should be less than or equal to 200",
+                "input": "500",
+            }
+        ]
+    },
+    "503": {"detail": "the promotions store is unavailable; retry shortly"},
+    "507": {"detail": "not enough free space on the shared volume; the upload was not kept"},
+}
+
+
+def _has_example(media: dict[str, Any], schemas: dict[str, Any]) -> bool:
+    if "example" in media or "examples" in media:
+        return True
+    schema = media.get("schema", {})
+    ref = schema.get("$ref") or schema.get("items", {}).get("$ref")
+    target = schemas.get(ref.rsplit("/", 1)[-1], {}) if ref else schema
+    return "example" in target or "examples" in target
+
+
+def _list_example(media: dict[str, Any], schemas: dict[str, Any]) -> Any:
+    """A list answer's example: one item, the item model's own example."""
+    ref = media.get("schema", {}).get("items", {}).get("$ref")
+    examples = schemas.get(ref.rsplit("/", 1)[-1], {}).get("examples") if ref else None
+    return [examples[0]] if examples else None
+
+
+def add_examples(doc: dict[str, Any]) -> None:
+    """Give every answer of the document an example."""
+    schemas = doc.get("components", {}).get("schemas", {})
+    for operations in doc["paths"].values():
+        for operation in operations.values():
+            for status, response in operation.get("responses", {}).items():
+                content = response.get("content", {})
+                media = content.get("application/json")
+                if status in STATUS_EXAMPLES and (
+                    media is None or ("example" not in media and "examples" not in media)
+                ):
+                    content.setdefault("application/json", {}).update(
+                        example=STATUS_EXAMPLES[status]
+                    )
+                    response["content"] = content
+                elif media is not None and not _has_example(media, schemas):
+                    example = _list_example(media, schemas)
+                    if example is not None:
+                        media["example"] = example
+
+
+def install(app: FastAPI) -> None:
+    """Post-process the generated document once, when it is first asked for."""
+    build: Callable[[], dict[str, Any]] = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            add_examples(build())
+        assert app.openapi_schema is not None
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
