@@ -27,7 +27,8 @@ previous dataset serves until then). Also answers at the same path without the t
 the same way: never a redirect.
 
 **Body**: `multipart/form-data` with the file in the field `file`, or the raw file as the body
-(`text/csv`, `application/octet-stream`, `application/gzip`).
+(`text/csv`, `application/octet-stream`, `application/gzip`). The job keeps the file's name
+(`?name=`, else the multipart file name or a raw body's `Content-Disposition` file name).
 
 **File format** (docs/file-format.md): CSV rows `id,price,expiration_date`, UTF-8, LF or CRLF,
 optionally one gzip layer; a first line naming the three columns (any case, quoted or not) is

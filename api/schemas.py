@@ -182,7 +182,11 @@ class JobStatus(BaseModel):
     created_at: str | None = None
     started_at: str | None = None
     finished_at: str | None = None
-    original_name: str | None = Field(None, description="The file's name in the drop folder")
+    original_name: str | None = Field(
+        None,
+        description="The file's name as sent (?name=, the multipart file name, a raw body's "
+        "Content-Disposition) or in the drop folder; its last path component only",
+    )
     rows_per_s: float | None = Field(
         None,
         description="Rows loaded per second of loading and writing: so far while they run, "

@@ -15,6 +15,7 @@ from pathlib import Path
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
+from api.upload_names import clean_name, header_file_name
 from shared.gunzip_file_writer import (
     FLUSH_BYTES,
     GunzipFileWriter,
@@ -52,6 +53,7 @@ class _MultipartFile:
     _header_value: bytes = b""
     _headers: dict[bytes, bytes] = field(default_factory=dict)
     _in_file: bool = False
+    file_name: str | None = None
 
     def __post_init__(self) -> None:
         self.parser = MultipartParser(
@@ -94,6 +96,7 @@ class _MultipartFile:
         self.fields_seen.append(name[:SHOWN_NAME_CHARS])
         self._in_file = name == FILE_FIELD
         if self._in_file:
+            self.file_name = header_file_name(self._headers.get(b"content-disposition", b""))
             self.file_parts += 1
             if self.file_parts > 1:
                 raise UploadError(422, "send exactly one file per upload (field 'file')")
@@ -146,6 +149,7 @@ class StoredUpload:
     bytes_received: int
     bytes_stored: int
     compressed: bool
+    name: str | None = None  # as sent (multipart file name or Content-Disposition), cleaned
 
 
 async def receive_upload(
@@ -191,4 +195,11 @@ async def receive_upload(
         if writer is not None:
             writer.abort()
         raise
-    return StoredUpload(final_path, received, stored, bool(writer.compressed))
+    sent_name = (
+        multipart.file_name
+        if multipart
+        else header_file_name(request.headers.get("content-disposition", "").encode("latin-1"))
+    )
+    return StoredUpload(
+        final_path, received, stored, bool(writer.compressed), clean_name(sent_name)
+    )

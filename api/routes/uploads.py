@@ -15,6 +15,7 @@ from api.openapi_doc import UPLOAD_DESCRIPTION
 from api.responses import json_response
 from api.schemas import JobAccepted, Problem
 from api.services import Services, get_services
+from api.upload_names import clean_name
 from api.upload_stream import RAW_CONTENT_TYPES, UploadError, receive_upload
 from shared import datasets, job_records
 from shared.errors import BrokerUnavailable, TransientError, store_errors
@@ -101,7 +102,11 @@ def _unavailable(what: str, job_id: str, exc: Exception) -> Response:
 
 
 async def accept_upload(
-    request: Request, services: Services, source: str, allow_shrink: bool = False
+    request: Request,
+    services: Services,
+    source: str,
+    allow_shrink: bool = False,
+    name: str | None = None,
 ) -> Response:
     settings = services.settings
     job_id = uuid.uuid4().hex
@@ -128,7 +133,13 @@ async def accept_upload(
     try:
         with store_errors():
             doc = job_records.new_job(
-                job_id, version, file_name, stored.bytes_stored, source, allow_shrink=allow_shrink
+                job_id,
+                version,
+                file_name,
+                stored.bytes_stored,
+                source,
+                original_name=clean_name(name) or stored.name,
+                allow_shrink=allow_shrink,
             )
             await job_records.create_job(services.db, doc)
             await asyncio.to_thread(services.queue.enqueue_plan, job_id)
@@ -173,9 +184,19 @@ async def upload_promotions(
         description="Go live even if the file has fewer rows than MIN_ROWS_RATIO of the "
         "active dataset (the shrink guard, off unless MIN_ROWS_RATIO is set)",
     ),
+    name: str | None = Query(
+        default=None,
+        max_length=1024,
+        description="The file's name, shown on the job (GET /jobs/{id}, the operator page, "
+        "the CLI); else the multipart file name or a raw body's Content-Disposition file "
+        "name. Only its last path component is kept: never used as a path",
+        examples=["promotions-2026-12-06.csv"],
+    ),
     services: Services = Depends(get_services),
 ) -> Response:
-    return await accept_upload(request, services, source="upload", allow_shrink=allow_shrink)
+    return await accept_upload(
+        request, services, source="upload", allow_shrink=allow_shrink, name=name
+    )
 
 
 # One handler under the documented name and the older one the first partners used, each

@@ -123,8 +123,10 @@ def test_cli_jobs_job_datasets_and_activate(api_url: str, tmp_path: Path) -> Non
     assert [j["status"] for j in jobs] == ["succeeded", "succeeded"]
     table = promotions("jobs").stdout
     assert all(j["job_id"] in table for j in jobs) and "1,000" in table
+    assert "32.csv" in table and "31.csv" in table  # the names the files were sent as
     shown = promotions("job", jobs[0]["job_id"])
     assert shown.returncode == 0 and "phase_durations_s" in shown.stdout
+    assert "32.csv" in shown.stdout
     assert json.loads(promotions("job", jobs[1]["job_id"], "--json").stdout) == {
         **jobs[1],
         "rejects": [],

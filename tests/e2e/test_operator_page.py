@@ -127,6 +127,7 @@ def test_upload_watch_the_job_and_roll_back_in_the_browser(
     job = httpx.get(f"{token_api}/jobs/{first_job}").json()
     assert job["rows_rejected"] > 0, job
     text = row.inner_text()
+    assert "first.csv" in text and job["original_name"] == "first.csv"  # the name it was sent as
     assert f"{job['rows_loaded']:,} rows" in text and "rows/s" in text and "rejected" in text
     assert f"loaded as version {job['dataset_version']}" in text and "serving" in text
     link = row.locator("a.rejects-link")
