@@ -18,7 +18,7 @@ import httpx
 from cli.client import EXIT_OK, CliError, api, check, job_path
 from cli.generate import generate
 from cli.ingest import follow, ingest, report
-from cli.progress import Reporter
+from cli.progress import Reporter, human_bytes
 from cli.tables import datasets_table, job_table, jobs_table, show
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -81,6 +81,10 @@ def generate_command(
         duplicate_ratio=duplicate_ratio,
         compress=compress,
         seed=seed,
+    )
+    click.echo(
+        f"wrote {rows:,} rows to {file} ({human_bytes(file.stat().st_size)}"
+        f"{', gzip' if compress else ''})"
     )
     return EXIT_OK
 

@@ -123,6 +123,8 @@ def test_upload_watch_the_job_and_roll_back_in_the_browser(
     page.dispatch_event("#token", "change")
 
     first_job = _upload(page, first)
+    # The line under the form follows the job to its end (it said "is queued" for good).
+    page.wait_for_selector(f"#upload-text >> text=/job {first_job} succeeded/", timeout=10_000)
     row = page.locator(f"tr[data-job-id='{first_job}']")
     job = httpx.get(f"{token_api}/jobs/{first_job}").json()
     assert job["rows_rejected"] > 0, job
@@ -189,3 +191,23 @@ def test_swagger_ui_authorize_and_try_it_out_uploads_a_file(
         assert http.get("/promotions/a1").json()["expiration_date"] == (
             "2027-12-01 07:38:51.532085+00"
         )
+
+
+def test_ages_read_like_a_clock_and_the_token_placeholder_fits(page: Any, api_url: str) -> None:
+    page.goto(f"{api_url}/ui/")
+    page.wait_for_selector("#jobs-empty:not([hidden]), #jobs tr")
+    said = page.evaluate("[59.4, 59.6, 119.6, 3599.7, 7199.9, 9.96].map(duration)")
+    assert said == ["59 s", "1 min 0 s", "2 min 0 s", "1 h 0 min", "2 h 0 min", "10 s"]
+    # The placeholder's text fits in the field (it was cut off).
+    room, needed = page.evaluate(
+        """() => {
+            const input = document.getElementById("token");
+            const style = getComputedStyle(input);
+            const ctx = document.createElement("canvas").getContext("2d");
+            ctx.font = `${style.fontSize} ${style.fontFamily}`;
+            const room = input.clientWidth - parseFloat(style.paddingLeft)
+                - parseFloat(style.paddingRight);
+            return [room, ctx.measureText(input.placeholder).width];
+        }"""
+    )
+    assert needed <= room, (needed, room)
