@@ -55,7 +55,8 @@ the job fails, and the previous dataset keeps serving, when no row is valid or m
 `REJECT_RATIO` ({Settings.model_fields["reject_ratio"].default:.0%}) are rejected.
 """
 
-# What the API answers for each error status (api/, shared/), as examples.
+# What the API answers for each error status (api/, shared/), as examples; an operation's own
+# sentence where the status means something else there.
 STATUS_EXAMPLES: dict[str, Any] = {
     "400": {"detail": "the file is empty"},
     "401": {"detail": "this endpoint needs 'Authorization: Bearer <token>'"},
@@ -63,21 +64,38 @@ STATUS_EXAMPLES: dict[str, Any] = {
     "404": {"detail": "job 5f0c2a3e9b8d4c1f8e7a6b5c4d3e2f10 not found"},
     "409": {"detail": "job 5f0c2a3e9b8d4c1f8e7a6b5c4d3e2f10 is still running; ..."},
     "410": {"detail": "the reject report of job 5f0c2a3e9b8d4c1f8e7a6b5c4d3e2f10 was removed"},
-    "413": {"detail": "the upload is larger than MAX_UPLOAD_BYTES (200 GiB)"},
-    "415": {"detail": "send multipart/form-data with a 'file' field, or a raw text/csv body"},
-    "422": {
-        "detail": [
-            {
-                "type": "less_than_equal",
-                "loc": ["query", "limit"],
-                "msg": "Input should be less than or equal to 200",
-                "input": "500",
-            }
-        ]
-    },
     "503": {"detail": "the promotions store is unavailable; retry shortly"},
-    "507": {"detail": "not enough free space on the shared volume; the upload was not kept"},
 }
+OPERATION_EXAMPLES: dict[tuple[str, str], Any] = {
+    ("/datasets/active", "404"): {"detail": "no dataset has been loaded yet"},
+    ("/promotions/{promotion_id}", "404"): {
+        "detail": "promotion 172FFC14-D229-4C93-B06B-F48B8C095512 not found"
+    },
+    ("/datasets/{version}/activate", "409"): {"detail": "dataset version 999 does not exist"},
+}
+
+
+def _validation_example(operation: dict[str, Any]) -> dict[str, Any]:
+    """FastAPI's 422 for the operation's first parameter given a wrong value."""
+    params = operation.get("parameters") or [{"in": "query", "name": "limit", "schema": {}}]
+    param = params[0]
+    schema = param.get("schema", {})
+    if schema.get("type") == "integer":
+        error = {
+            "type": "int_parsing",
+            "msg": "Input should be a valid integer, unable to parse string as an integer",
+            "input": "abc",
+        }
+    elif "maxLength" in schema:
+        limit = schema["maxLength"]
+        error = {
+            "type": "string_too_long",
+            "msg": f"String should have at most {limit} characters",
+            "input": "x" * (limit + 1),
+        }
+    else:
+        error = {"type": "bool_parsing", "msg": "Input should be a valid boolean", "input": "maybe"}
+    return {"detail": [{"loc": [param["in"], param["name"]], **error}]}
 
 
 def _has_example(media: dict[str, Any], schemas: dict[str, Any]) -> bool:
@@ -99,17 +117,18 @@ def _list_example(media: dict[str, Any], schemas: dict[str, Any]) -> Any:
 def add_examples(doc: dict[str, Any]) -> None:
     """Give every answer of the document an example."""
     schemas = doc.get("components", {}).get("schemas", {})
-    for operations in doc["paths"].values():
+    for path, operations in doc["paths"].items():
         for operation in operations.values():
             for status, response in operation.get("responses", {}).items():
                 content = response.get("content", {})
                 media = content.get("application/json")
-                if status in STATUS_EXAMPLES and (
+                example = OPERATION_EXAMPLES.get((path, status), STATUS_EXAMPLES.get(status))
+                if status == "422" and response.get("description") == "Validation Error":
+                    example = _validation_example(operation)
+                if example is not None and (
                     media is None or ("example" not in media and "examples" not in media)
                 ):
-                    content.setdefault("application/json", {}).update(
-                        example=STATUS_EXAMPLES[status]
-                    )
+                    content.setdefault("application/json", {}).update(example=example)
                     response["content"] = content
                 elif media is not None and not _has_example(media, schemas):
                     example = _list_example(media, schemas)

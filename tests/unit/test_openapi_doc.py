@@ -55,3 +55,22 @@ def test_every_answer_has_an_example(doc: dict[str, Any]) -> None:
             assert any(e for e in examples), (method, path, status)
     upload = doc["paths"]["/add-promotions/"]["post"]["responses"]
     assert "Bearer" in upload["401"]["content"]["application/json"]["example"]["detail"]
+
+
+def test_examples_say_what_each_operation_answers(doc: dict[str, Any]) -> None:
+    """A generic sentence where the operation means something else would mislead."""
+    for method, path, op in _operations(doc):
+        params = {(p["in"], p["name"]) for p in op.get("parameters", [])}
+        invalid = op["responses"].get("422", {})
+        if invalid.get("description") == "Validation Error":
+            example = invalid["content"]["application/json"]["example"]
+            assert tuple(example["detail"][0]["loc"]) in params, (method, path)
+    paths = doc["paths"]
+    assert (
+        "no dataset"
+        in paths["/datasets/active"]["get"]["responses"]["404"]["content"]["application/json"][
+            "example"
+        ]["detail"]
+    )
+    activate = paths["/datasets/{version}/activate"]["post"]["responses"]["409"]
+    assert "does not exist" in activate["content"]["application/json"]["example"]["detail"]
