@@ -5,6 +5,8 @@ the timestamp grammar). PostgreSQL runs as a server of its own, started here."""
 
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -63,10 +65,20 @@ def test_committed_samples_of_other_tools_load_exactly(
     _check_served(client, (SAMPLES / name).read_bytes(), name, digits)
 
 
+def _has_user(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[PostgresServer]:
     if not (PG_BIN / "initdb").exists():
-        pytest.skip("no PostgreSQL 15 server binaries: `make system-deps` installs postgresql")
+        pytest.skip("no PostgreSQL server binaries: `make system-deps` installs postgresql")
+    if os.geteuid() == 0 and not _has_user("postgres"):
+        pytest.skip("running as root with no 'postgres' user: initdb refuses to run as root")
     root = Path(tempfile.mkdtemp(prefix="promotions-pg-"))
     server = PostgresServer(root, free_port())
     try:
