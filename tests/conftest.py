@@ -128,6 +128,7 @@ def reset_state(mongo_db: Any, redis_client: redis.Redis, settings: Settings) ->
     shutil.rmtree(settings.inbox_dir, ignore_errors=True)
     shutil.rmtree(settings.rejects_dir, ignore_errors=True)
     shutil.rmtree(settings.runs_dir, ignore_errors=True)
+    shutil.rmtree(settings.quarantine_dir, ignore_errors=True)
     settings.uploads_dir.mkdir(parents=True, exist_ok=True)
 
 

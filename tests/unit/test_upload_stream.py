@@ -78,12 +78,13 @@ def test_store_file_inflates_a_gzip_file_from_disk(tmp_path: Path) -> None:
     source = tmp_path / "in.csv.gz"
     source.write_bytes(gzip.compress(CSV))
     (tmp_path / "out").mkdir()
-    assert store_file(source, tmp_path / "out" / "a.csv", _limits()) == (len(CSV), True)
+    with source.open("rb") as f:
+        assert store_file(f, tmp_path / "out" / "a.csv", _limits()) == (len(CSV), True)
     assert os.listdir(tmp_path / "out") == ["a.csv"]
     assert (tmp_path / "out" / "a.csv").read_bytes() == CSV
     source.write_bytes(gzip.compress(CSV)[:-20])
-    with pytest.raises(StoredFileError, match="truncated"):
-        store_file(source, tmp_path / "out" / "b.csv", _limits())
+    with source.open("rb") as f, pytest.raises(StoredFileError, match="truncated"):
+        store_file(f, tmp_path / "out" / "b.csv", _limits())
     assert os.listdir(tmp_path / "out") == ["a.csv"]
 
 
