@@ -24,6 +24,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # request either docs page makes off this machine; nothing depends on it).
 REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
 TOKEN = "operator-page-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}  # reads other than lookups need it too
 # Set to a path to refresh the README's screenshot: PROMOTIONS_UI_SCREENSHOT=docs/operator-page.png
 SCREENSHOT = os.environ.get("PROMOTIONS_UI_SCREENSHOT")
 
@@ -117,13 +118,15 @@ def test_upload_watch_the_job_and_roll_back_in_the_browser(
 
     page.goto(f"{token_api}/ui")
     assert page.url == f"{token_api}/ui/"
-    page.wait_for_selector("#jobs-empty:not([hidden])")
+    page.wait_for_selector("#error:not([hidden])")  # the jobs need a token to be read
+    assert "Authorization: Bearer" in page.inner_text("#error")
     page.fill("#token", TOKEN)
     page.dispatch_event("#token", "change")
+    page.wait_for_selector("#jobs-empty:not([hidden])")
 
     first_job = _upload(page, first)
     row = page.locator(f"tr[data-job-id='{first_job}']")
-    job = httpx.get(f"{token_api}/jobs/{first_job}").json()
+    job = httpx.get(f"{token_api}/jobs/{first_job}", headers=AUTH).json()
     assert job["rows_rejected"] > 0, job
     text = row.inner_text()
     assert f"{job['rows_loaded']:,} rows" in text and "rows/s" in text and "rejected" in text
@@ -131,10 +134,13 @@ def test_upload_watch_the_job_and_roll_back_in_the_browser(
     link = row.locator("a.rejects-link")
     assert link.get_attribute("href") == f"../jobs/{first_job}/rejects"
     assert f"rejects ({job['rows_rejected']})" in link.inner_text()
+    with page.expect_download() as download:
+        link.click()  # fetched with the token (a plain link could not send it)
+    assert Path(download.value.path()).read_text().startswith("line,reason,raw")
 
     second_job = _upload(page, second)
     old = job["dataset_version"]
-    new = httpx.get(f"{token_api}/jobs/{second_job}").json()["dataset_version"]
+    new = httpx.get(f"{token_api}/jobs/{second_job}", headers=AUTH).json()["dataset_version"]
     page.wait_for_selector(f"#datasets tr[data-version='{new}'][data-active='true']")
     assert "2,000 rows" in page.inner_text("#active")
 
@@ -149,7 +155,7 @@ def test_upload_watch_the_job_and_roll_back_in_the_browser(
     page.click("#activate-confirm")
     page.wait_for_selector(f"#datasets tr[data-version='{old}'][data-active='true']")
     assert not page.locator("#activate-dialog").is_visible()
-    assert httpx.get(f"{token_api}/datasets/active").json()["version"] == old
+    assert httpx.get(f"{token_api}/datasets/active", headers=AUTH).json()["version"] == old
     assert f"version {old}," in page.inner_text("#active")
     page.wait_for_selector(f"tr[data-job-id='{first_job}'] >> text=serving")
     assert "serving" not in page.locator(f"tr[data-job-id='{second_job}']").inner_text()
