@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-cluster install system-deps lint bench bench-deps mutation clean
+.PHONY: run test test-cluster install system-deps lint bench bench-deps mutation clean edge-cert audit
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,8 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 # - ip (iproute2): the cluster test builds its hosts from network namespaces with it;
 # - chromium (+ a font): the operator page test drives it headless through Playwright (never a
 #   browser download). If it cannot be installed, that one test skips and says why.
+# - nginx, openssl: the edge test runs deploy/nginx/ with Debian's nginx in front of the API,
+#   with a self-signed certificate made by openssl (as `make edge-cert` does).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_GET := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 system-deps:
@@ -28,6 +30,8 @@ system-deps:
 	command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 \
 		|| missing="$$missing docker-compose"; \
 	command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing="$$missing iproute2"; \
+	command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
+	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
 		$(APT_GET) update -q && $(APT_GET) install -y -q --no-install-recommends $$missing; \
@@ -84,6 +88,21 @@ bench: install bench-deps
 	$(PY) -m bench.api_scaling $(BENCH_ARGS)
 	$(PY) -m bench.switch $(BENCH_ARGS)
 	$(PY) -m bench.load $(BENCH_ARGS)
+
+# The edge's TLS certificate for docker-compose.yml (deploy/tls/, never committed): a
+# self-signed one for a first start and for tests; production puts its real pair there.
+EDGE_HOST ?= localhost
+edge-cert:
+	mkdir -p deploy/tls
+	openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj "/CN=$(EDGE_HOST)" \
+		-addext "subjectAltName=DNS:$(EDGE_HOST)" \
+		-keyout deploy/tls/tls.key -out deploy/tls/tls.crt
+	chmod 600 deploy/tls/tls.key
+
+# Known vulnerabilities in the pinned runtime dependencies (docs/security.md).
+audit: install
+	$(PY) -m pip install --quiet pip-audit
+	$(PY) -m pip_audit -r requirements.txt
 
 clean:
 	rm -rf $(VENV) data mutants .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     app_host: str = "127.0.0.1"
     app_port: int = 1321
     api_workers: int = Field(default=1, ge=1)
+    # A request's headers must arrive within this (api/http_protocol.py; the edge in front
+    # has its own, shorter or equal, client_header_timeout).
+    http_header_timeout_s: float = Field(default=15.0, gt=0)
 
     # MongoDB (or the wire-compatible dev server)
     mongo_url: SecretStr = SecretStr("mongodb://127.0.0.1:27017")

@@ -54,6 +54,8 @@ TEST_ENV = {
     "DROP_GRACE_S": "1",
     "CONFIG_FILE": str(_TMP / "no-config.json"),
     "INBOX_SETTLE_SECONDS": "0.5",
+    # Short, so that the API's own header timeout (api/http_protocol.py) is seen in seconds.
+    "HTTP_HEADER_TIMEOUT_S": "3",
     "LOG_LEVEL": "INFO",
 }
 os.environ.update(TEST_ENV)
