@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-cluster install system-deps lint bench bench-deps mutation clean edge-cert audit
+.PHONY: run test test-cluster install system-deps lint bench bench-deps mutation clean edge-cert audit lock base-digest
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -99,10 +99,23 @@ edge-cert:
 		-keyout deploy/tls/tls.key -out deploy/tls/tls.crt
 	chmod 600 deploy/tls/tls.key
 
+# The images install requirements.lock: every runtime package, indirect ones too, pinned
+# with hashes. Regenerate it after changing requirements.txt.
+lock: install
+	$(PY) -m pip install --quiet pip-tools
+	$(PY) -m piptools compile --quiet --generate-hashes --no-emit-find-links --no-emit-index-url \
+		--strip-extras --output-file=requirements.lock requirements.txt
+
+# The digest of the current base image, for the FROM lines of Dockerfile.api/.worker (needs a
+# Docker engine with access to Docker Hub).
+base-digest:
+	docker pull -q python:3.11-slim-bookworm >/dev/null
+	docker inspect --format '{{index .RepoDigests 0}}' python:3.11-slim-bookworm
+
 # Known vulnerabilities in the pinned runtime dependencies (docs/security.md).
 audit: install
 	$(PY) -m pip install --quiet pip-audit
-	$(PY) -m pip_audit -r requirements.txt
+	$(PY) -m pip_audit --require-hashes --disable-pip -r requirements.lock
 
 clean:
 	rm -rf $(VENV) data mutants .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -183,3 +183,22 @@ def test_compose_check_rejects_a_broken_file_and_missing_secrets(tmp_path: Path)
     without = {k: v for k, v in _COMPOSE_ENV.items() if k != "MONGO_ROOT_PASSWORD"}
     done = _compose_config(ROOT / "docker-compose.yml", without)
     assert done.returncode != 0 and "MONGO_ROOT_PASSWORD" in done.stderr, done.stderr
+
+
+def test_the_images_install_every_package_pinned_with_hashes() -> None:
+    """requirements.lock (``make lock``) holds every runtime package, indirect ones too, at
+    the version requirements.txt names, each with hashes; the images install only it."""
+    lock = (ROOT / "requirements.lock").read_text()
+    entries = re.findall(
+        r"^([A-Za-z0-9_.\-]+)==(\S+) \\\n((?:\s+--hash=sha256:[0-9a-f]{64}.*\n)+)", lock, re.M
+    )
+    pinned = {name.lower().replace("_", "-"): version for name, version, _ in entries}
+    assert len(entries) == len(re.findall(r"^\S+==", lock, re.M)), "an entry has no hash"
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = re.sub(r"\[.*\]", "", line).split("==")
+            assert pinned.get(name.lower().replace("_", "-")) == version, line
+    for dockerfile in ("Dockerfile.api", "Dockerfile.worker"):
+        text = (ROOT / dockerfile).read_text()
+        assert "pip install --require-hashes --no-deps -r requirements.lock" in text
+        assert "requirements.txt" not in text
