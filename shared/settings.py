@@ -120,6 +120,12 @@ class Settings(BaseSettings):
     # Free space kept on the shared volume: an upload that would not fit is refused (507)
     # before it is read when its size is known, else as soon as writing would eat into it.
     min_free_bytes: int = Field(default=1 * GiB, ge=0)
+    # Slow uploads (the edge streams bodies through, so the API sees a trickle as it is): an
+    # upload that sends nothing for upload_idle_timeout_s, or less than
+    # upload_min_bytes_per_s over any upload_rate_window_s, is cut with a 408 (0: no rate).
+    upload_idle_timeout_s: float = Field(default=60, gt=0)
+    upload_min_bytes_per_s: float = Field(default=1024, ge=0)
+    upload_rate_window_s: float = Field(default=30, gt=0)
     # Multipart uploads: at most this many parts (each part's headers are bounded by the
     # parser, 4 KiB per header, 8 headers).
     max_multipart_parts: int = Field(default=16, ge=1)

@@ -56,6 +56,8 @@ TEST_ENV = {
     "INBOX_SETTLE_SECONDS": "0.5",
     # Short, so that the API's own header timeout (api/http_protocol.py) is seen in seconds.
     "HTTP_HEADER_TIMEOUT_S": "3",
+    # ... and its cut of a trickling upload (api/upload_stream.py: UploadPace).
+    "UPLOAD_RATE_WINDOW_S": "2",
     "LOG_LEVEL": "INFO",
 }
 os.environ.update(TEST_ENV)

@@ -14,7 +14,7 @@ from api.auth import require_writer
 from api.responses import json_response
 from api.schemas import JobAccepted, Problem
 from api.services import Services, get_services
-from api.upload_stream import RAW_CONTENT_TYPES, UploadError, receive_upload
+from api.upload_stream import RAW_CONTENT_TYPES, UploadError, UploadPace, receive_upload
 from shared import datasets, job_records
 from shared.errors import BrokerUnavailable, TransientError, store_errors
 from shared.gunzip_file_writer import StoreLimits
@@ -57,6 +57,11 @@ UPLOAD_RESPONSES: dict[int | str, dict[str, object]] = {
         "model": Problem,
         "description": "Larger than the configured limit (upload, decompressed size, parts)",
     },
+    408: {
+        "model": Problem,
+        "description": "The upload paused or trickled too long (UPLOAD_IDLE_TIMEOUT_S, "
+        "UPLOAD_MIN_BYTES_PER_S)",
+    },
     415: {"model": Problem, "description": "Not multipart/form-data nor a raw CSV body"},
     422: {"model": Problem, "description": "No multipart field named 'file'"},
     503: {"model": Problem, "description": "Queue or store unavailable; nothing was kept"},
@@ -98,6 +103,7 @@ async def accept_upload(
             settings.max_upload_bytes,
             StoreLimits.from_settings(settings),
             settings.max_multipart_parts,
+            UploadPace.from_settings(settings),
         )
     except UploadError as exc:
         return json_response({"detail": exc.detail}, status_code=exc.status_code)

@@ -159,6 +159,33 @@ def test_a_stalled_upload_is_cut_off_and_leaves_no_partial_file(
     wait_for(lambda: not part_files(settings.uploads_dir, UPLOAD_ROLE), 10)
 
 
+def test_a_trickling_upload_is_cut_by_the_api_behind_the_edge(
+    edge: Edge, settings: Settings
+) -> None:
+    """A byte every half second never pauses long enough for the edge's body timeout; the API
+    cuts it once a rate window (UPLOAD_RATE_WINDOW_S, 2 s here) falls short of
+    UPLOAD_MIN_BYTES_PER_S, and the edge passes its 408 on."""
+    window_s = settings.upload_rate_window_s
+    answer = b""
+    with edge.connect() as sock:
+        sock.sendall(
+            b"POST /add-promotions/ HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/csv\r\n"
+            b"Content-Length: 1000000\r\n\r\nx"
+        )
+        started = time.monotonic()
+        sock.settimeout(0.5)
+        while time.monotonic() - started < window_s + MARGIN_S + 5:
+            try:
+                answer = sock.recv(65536)
+                break
+            except TimeoutError:
+                sock.sendall(b"x")
+        took = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
+    assert b"slower than" in answer and took < window_s + MARGIN_S
+    wait_for(lambda: not part_files(settings.uploads_dir, UPLOAD_ROLE), 10)
+
+
 def _send_oversized_header(sock: socket.socket, total: int) -> int:
     """Headers that never end: how many bytes went out before the server hung up."""
     sent = 0
