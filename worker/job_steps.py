@@ -26,6 +26,7 @@ from pymongo.database import Database
 from shared import datasets, job_records, lifecycle, reject_report
 from shared.bucket_layout import bucket_count, partition_count
 from shared.chunking import LineTooLong, chunk_size_for, plan_chunks, read_range
+from shared.errors import PermanentError
 from shared.file_checks import SNIFF_BYTES, sniff_problem
 from shared.promotion_rows import ChunkStats, parse_chunk_rows
 from shared.safe_files import UnsafeFile, open_regular
@@ -151,7 +152,11 @@ def load(
         return "last"  # a redelivery after every chunk was counted: the reduce may need sending
     if stop_if_superseded(db, job):
         return "ended"
-    with open_regular(settings.uploads_dir / job["file"], single_link=False) as f:
+    try:
+        f = open_regular(settings.uploads_dir / job["file"], single_link=False)
+    except UnsafeFile as exc:  # swapped on the shared volume since the plan: never read
+        raise PermanentError(f"the stored file is refused: {exc}") from None
+    with f:
         data = read_range(f, start, end)
     report = reject_report.ChunkReport(settings.rejects_dir, job_id, index)
     stats = ChunkStats(on_reject=report.add)

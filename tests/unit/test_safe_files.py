@@ -87,3 +87,18 @@ def _shown_as_is(c: str) -> bool:
 def test_text_without_controls_is_unchanged(text: str) -> None:
     if all(_shown_as_is(c) for c in text):
         assert escape_controls(text) == text
+
+
+def test_workers_never_read_a_stored_file_through_a_link(tmp_path: Path) -> None:
+    """uploads/ is on a shared volume: a stored file swapped for a link after the job was
+    recorded fails the job with the reason instead of loading what the link points to."""
+    from shared.settings import Settings
+    from worker.job_steps import PlanProblem, _plan_file
+
+    secret = tmp_path / "secret.csv"
+    secret.write_bytes(b"d018ef0b-dbd9-48f1-ac1a-eb4d90e57118,60.68,2018-08-04 05:32:31\n")
+    stored = tmp_path / "job.csv"
+    stored.symlink_to(secret)
+    settings = Settings(data_dir=tmp_path / "data")
+    with pytest.raises(PlanProblem, match="the stored file is refused: it is a symbolic link"):
+        _plan_file(stored, settings, "job", None)
