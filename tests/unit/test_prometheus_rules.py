@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from devstack.run import _prometheus_service
 from tests.unit.promql_series import ROOT, RULES_DIR, known_series, rule_groups, series_in
 
 TEST_FILE = RULES_DIR / "tests" / "alerts.test.yml"
@@ -114,3 +115,14 @@ def test_each_alert_is_tested_firing(broken_runs: dict[str, str], alert: str) ->
     report = broken_runs[alert]
     assert "FAILED" in report, f"no promtool test expects {alert} to fire:\n{report}"
     assert f"alertname: {alert}," in report, report
+
+
+def test_make_run_prometheus_config_is_valid(tmp_path: Path) -> None:
+    """DEVSTACK_PROMETHEUS=true make run: the config it writes loads the repository's rules."""
+    service = _prometheus_service(tmp_path)
+    config = next(a.split("=", 1)[1] for a in service.argv if a.startswith("--config.file="))
+    done = _promtool("check", "config", config)
+    assert done.returncode == 0, done.stdout
+    assert "alerts.rules.yml" in done.stdout
+    assert f"SUCCESS: {len(ALERTS)} rules found" in done.stdout
+    assert service.port == 9090
