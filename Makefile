@@ -55,7 +55,10 @@ lint: install
 
 # pytest exits 5 when it collected no tests: that must fail, never pass silently. Skips are
 # listed with their reason (-rs). The suite includes the multi-host cluster test
-# (tests/cluster, ~2 min, needs root); REQUIRE_NETNS=1 turns its skip into a failure.
+# (tests/cluster, ~2 min, needs root); REQUIRE_NETNS=1 turns its skip into a failure. It runs
+# `promtool check rules/config` and `promtool test rules` on deploy/prometheus
+# (tests/unit/test_prometheus_rules.py) and fires the alerts on a real Prometheus
+# (tests/e2e/test_alerts.py).
 test: lint
 	$(PY) -m pytest -q -rs -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
