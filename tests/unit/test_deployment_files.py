@@ -44,7 +44,13 @@ def test_store_and_broker_are_pinned_private_and_authenticated(compose: dict[str
         assert "ports" not in services[name], f"{name} must not be published"
     assert "MONGO_INITDB_ROOT_PASSWORD" in services["mongo"]["environment"]
     text = (ROOT / "docker-compose.yml").read_text()
-    for required in ("WRITE_TOKEN", "MONGO_PASSWORD", "MONGO_ROOT_PASSWORD", "FLOWER_BASIC_AUTH"):
+    for required in (
+        "WRITE_TOKEN",
+        "MONGO_PASSWORD",
+        "MONGO_ROOT_PASSWORD",
+        "FLOWER_BASIC_AUTH",
+        "GRAFANA_ADMIN_PASSWORD",
+    ):
         assert "${" + required + ":?" in text, f"{required} must be required"
     assert 'PRODUCTION: "true"' in text
     # The service connects as its own readWrite user, created at init, never as root.
@@ -83,6 +89,7 @@ _COMPOSE_ENV = {
     "MONGO_PASSWORD": "p",
     "MONGO_ROOT_PASSWORD": "r",
     "FLOWER_BASIC_AUTH": "a:b",
+    "GRAFANA_ADMIN_PASSWORD": "g",
 }
 
 
