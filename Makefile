@@ -18,6 +18,9 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 # - docker-compose: `make test` validates docker-compose.yml with a real compose client
 #   (`docker compose` v2 is used instead where it exists);
 # - ip (iproute2): the cluster test builds its hosts from network namespaces with it;
+# - prometheus (promtool and the server): `make test` checks and unit-tests the alert rules
+#   in deploy/prometheus with promtool, and one test fires alerts on a real server;
+#   `make run` starts one with DEVSTACK_PROMETHEUS=true;
 # - chromium (+ a font): the operator page test drives it headless through Playwright (never a
 #   browser download). If it cannot be installed, that one test skips and says why.
 # - nginx, openssl: the edge test runs deploy/nginx/ with Debian's nginx in front of the API,
@@ -32,6 +35,8 @@ system-deps:
 	command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing="$$missing iproute2"; \
 	command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
 	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	{ command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; } \
+		|| missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
 		$(APT_GET) update -q && $(APT_GET) install -y -q --no-install-recommends $$missing; \
@@ -54,7 +59,10 @@ lint: install
 
 # pytest exits 5 when it collected no tests: that must fail, never pass silently. Skips are
 # listed with their reason (-rs). The suite includes the multi-host cluster test
-# (tests/cluster, ~2 min, needs root); REQUIRE_NETNS=1 turns its skip into a failure.
+# (tests/cluster, ~2 min, needs root); REQUIRE_NETNS=1 turns its skip into a failure. It runs
+# `promtool check rules/config` and `promtool test rules` on deploy/prometheus
+# (tests/unit/test_prometheus_rules.py) and fires the alerts on a real Prometheus
+# (tests/e2e/test_alerts.py).
 test: lint
 	$(PY) -m pytest -q -rs -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc

@@ -86,7 +86,7 @@ def build_services(settings: Settings) -> Services:
         read_latency=read_latency,
         watcher=watcher,
         queue=JobQueue(settings),
-        metrics=MetricsExporter(db, watcher, cache.counters),
+        metrics=MetricsExporter(db, watcher, cache.counters, redis, settings),
     )
 
 

@@ -215,6 +215,21 @@ class Settings(BaseSettings):
     # `make run` only: where its dev store, Redis files and process record live (relative to
     # the repository unless absolute).
     devstack_dir: Path = Path("data")
+    # `make run` only: also start a local Prometheus with deploy/prometheus's rules, scraping
+    # this stack's API, on this port (docs/operations.md).
+    devstack_prometheus: bool = False
+    prometheus_port: int = 9090
+
+    # Operations (docs/operations.md). The partner's upload period: the freshness objective
+    # and its alert are "the live dataset is younger than two periods". Exported as a gauge
+    # so the alert rules need no copy of it.
+    upload_period_s: float = Field(default=1800, gt=0)
+    # Each worker node writes a heartbeat to the broker this often; the API counts the nodes
+    # heard from within three periods as online (promotions_workers_online).
+    worker_heartbeat_s: float = Field(default=5, gt=0)
+    # Scrape-time operations series (jobs, broker, volume, store/cache pings) are read at
+    # most this often per API process.
+    ops_metrics_ttl_s: float = Field(default=5, ge=0)
 
     # Flower
     flower_port: int = 5555

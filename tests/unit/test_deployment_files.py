@@ -90,6 +90,7 @@ _COMPOSE_ENV = {
     "REDIS_PASSWORD": "bp",
     "CACHE_PASSWORD": "cp",
     "FLOWER_BASIC_AUTH": "a:b",
+    "GRAFANA_ADMIN_PASSWORD": "g",
 }
 
 # What each application container may receive: the secrets its role uses, no more.
@@ -160,11 +161,15 @@ def test_only_the_edge_is_published_and_each_container_gets_only_its_secrets() -
     assert done.returncode == 0, done.stderr
     services = yaml.safe_load(done.stdout)["services"]
     published = {name for name, service in services.items() if service.get("ports")}
-    assert published == {"edge", "flower"}
+    assert published == {"edge", "flower", "prometheus", "grafana"}
     [edge] = services["edge"]["ports"]
     assert str(edge.get("target", edge)).endswith("8443")
-    # Flower answers /metrics without its login: this host's loopback only.
-    assert all(str(port).startswith("127.0.0.1:") for port in services["flower"]["ports"])
+    # Flower answers /metrics without its login, Prometheus has no login and Grafana's is
+    # plain HTTP: this host's loopback only.
+    for name in published - {"edge"}:
+        for port in services[name]["ports"]:
+            host = port.get("host_ip") if isinstance(port, dict) else str(port)
+            assert str(host).startswith("127.0.0.1"), (name, port)
     for role, wanted in _ROLE_SECRETS.items():
         env = services[role]["environment"]
         assert env["SERVICE_ROLE"] == role and env["PRODUCTION"] == "true"
