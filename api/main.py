@@ -8,7 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi_offline import FastAPIOffline
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -18,6 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.active_version import ActiveVersionWatcher
+from api.auth import READ_REFUSALS, ReadGuard, require_reader
 from api.errors import install_error_handlers
 from api.fast_lookup import FastLookupMiddleware
 from api.job_queue import JobQueue
@@ -26,6 +27,7 @@ from api.metrics import MetricsExporter
 from api.openapi_doc import install as install_openapi_doc
 from api.request_context import RequestContextMiddleware
 from api.routes import datasets, health, jobs, metrics, promotions, ui, uploads
+from api.security_headers import SecurityHeaders
 from api.services import Services
 from api.upload_stream import UPLOAD_ROLE
 from shared.cache import PromotionCache
@@ -85,7 +87,7 @@ def build_services(settings: Settings) -> Services:
         read_latency=read_latency,
         watcher=watcher,
         queue=JobQueue(settings),
-        metrics=MetricsExporter(db, watcher, cache.counters),
+        metrics=MetricsExporter(db, watcher, cache.counters, redis, settings),
     )
 
 
@@ -168,12 +170,15 @@ def create_app(settings: Settings | None = None, fast_lookups: bool = True) -> F
     if fast_lookups:
         inner = FastLookupMiddleware(inner)  # innermost: the context layer sees every request
     app.front = RequestContextMiddleware(inner)  # outermost: limits, request id, metrics
+    app.add_middleware(ReadGuard, settings=settings)  # the docs FastAPI serves itself
+    app.add_middleware(SecurityHeaders)
+    readers = [Depends(require_reader)]  # lookups and health stay open (api/auth.py)
     app.include_router(promotions.router)
     app.include_router(uploads.router)
-    app.include_router(jobs.router)
-    app.include_router(datasets.router)
+    app.include_router(jobs.router, dependencies=readers, responses=READ_REFUSALS)
+    app.include_router(datasets.router, dependencies=readers, responses=READ_REFUSALS)
     app.include_router(health.router)
-    app.include_router(metrics.router)
+    app.include_router(metrics.router, dependencies=readers, responses=READ_REFUSALS)
     ui.mount(app)
     install_openapi_doc(app)
     return app

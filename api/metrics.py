@@ -21,11 +21,14 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from pymongo.asynchronous.database import AsyncDatabase
+from redis.asyncio import Redis
 
 from api.active_version import ActiveVersionWatcher
+from api.ops_metrics import OpsCollector, OpsReader
 from shared import job_records
 from shared.cache import CacheCounters
 from shared.errors import TransientError, store_errors
+from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -151,16 +154,30 @@ class MetricsExporter:
     """What one API process needs to answer a scrape."""
 
     def __init__(
-        self, db: AsyncDatabase[Any], watcher: ActiveVersionWatcher, cache: CacheCounters
+        self,
+        db: AsyncDatabase[Any],
+        watcher: ActiveVersionWatcher,
+        cache: CacheCounters,
+        cache_redis: Redis,
+        settings: Settings,
     ) -> None:
         self.job_counts = JobCounts(db)
         self.cache_mirror = CacheCounterMirror(cache)
+        # Its own small client: the broker may be another Redis than the cache.
+        self.broker = Redis.from_url(
+            settings.broker_url.get_secret_value(),
+            socket_timeout=2,
+            socket_connect_timeout=2,
+            max_connections=4,
+        )
+        self.ops = OpsReader(db, cache_redis, self.broker, settings)
         self.registry = CollectorRegistry()
         if multiprocess_mode():
             MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
         else:
             self.registry.register(_ProcessRegistry())
         self.registry.register(ScrapeTimeCollector(watcher, self.job_counts))
+        self.registry.register(OpsCollector(self.ops, watcher, settings))
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -172,6 +189,7 @@ class MetricsExporter:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await self.broker.aclose()
 
     async def _mirror_loop(self) -> None:
         while True:

@@ -9,6 +9,8 @@ nothing the client sends becomes part of a path.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from shared.gunzip_file_writer import (
     StoredFileError,
     StoreLimits,
 )
+from shared.settings import Settings
 
 FILE_FIELD = "file"
 RAW_CONTENT_TYPES = {"text/csv", "text/plain", "application/octet-stream", "application/gzip"}
@@ -144,6 +147,49 @@ def _body_reader(request: Request, max_parts: int) -> _MultipartFile | None:
 
 
 @dataclass(frozen=True)
+class UploadPace:
+    """How slow an upload may be: a trickle holds a connection, a process slot and a
+    partial file for as long as the client likes (the edge's body timeout only bounds a
+    pause between two reads)."""
+
+    idle_s: float = 60.0
+    min_bytes_per_s: float = 0.0  # 0: no rate check
+    window_s: float = 30.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> UploadPace:
+        return cls(
+            settings.upload_idle_timeout_s,
+            settings.upload_min_bytes_per_s,
+            settings.upload_rate_window_s,
+        )
+
+
+async def paced(chunks: AsyncIterator[bytes], pace: UploadPace) -> AsyncIterator[bytes]:
+    """``chunks`` as they come, ended with a 408 when the client pauses longer than
+    ``idle_s`` or sends less than ``min_bytes_per_s`` over a window of ``window_s``."""
+    window_start, window_bytes = time.monotonic(), 0
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(chunks), pace.idle_s)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise UploadError(408, f"the upload sent nothing for {pace.idle_s:g} s") from None
+        window_bytes += len(chunk)
+        elapsed = time.monotonic() - window_start
+        if pace.min_bytes_per_s and elapsed >= pace.window_s:
+            if window_bytes < pace.min_bytes_per_s * elapsed:
+                raise UploadError(
+                    408,
+                    f"the upload was slower than {pace.min_bytes_per_s:g} bytes/s over "
+                    f"{elapsed:.0f} s (UPLOAD_MIN_BYTES_PER_S)",
+                )
+            window_start, window_bytes = time.monotonic(), 0
+        yield chunk
+
+
+@dataclass(frozen=True)
 class StoredUpload:
     path: Path
     bytes_received: int
@@ -159,6 +205,7 @@ async def receive_upload(
     max_upload: int,
     limits: StoreLimits,
     max_parts: int = 16,
+    pace: UploadPace | None = None,
 ) -> StoredUpload:
     multipart = _body_reader(request, max_parts)
     declared_text = request.headers.get("content-length")
@@ -172,7 +219,7 @@ async def receive_upload(
     try:
         # Refused before reading when it cannot fit (its size is known), else while writing.
         writer = await asyncio.to_thread(GunzipFileWriter, directory, limits, UPLOAD_ROLE, declared)
-        async for chunk in request.stream():
+        async for chunk in paced(aiter(request.stream()), pace or UploadPace()):
             received += len(chunk)
             if received > max_upload:
                 raise UploadError(413, f"the upload is larger than the limit of {max_upload} bytes")

@@ -36,9 +36,11 @@ def api_options(command: F) -> F:
     )(command)
     return click.option(
         "--token",
-        envvar=["PROMOTIONS_TOKEN", "WRITE_TOKEN"],
+        envvar=["PROMOTIONS_TOKEN", "WRITE_TOKEN", "READ_TOKEN"],
         default=None,
-        help="write token for uploads and activation [env PROMOTIONS_TOKEN or WRITE_TOKEN]",
+        help="token: the write token for uploads and activation, the read token (or the "
+        "write token) for jobs, rejects and datasets when the API asks for one "
+        "[env PROMOTIONS_TOKEN, WRITE_TOKEN or READ_TOKEN]",
     )(command)
 
 

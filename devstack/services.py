@@ -100,6 +100,23 @@ def flower_command(port: int, address: str = "127.0.0.1") -> list[str]:
     return _celery("flower", f"--port={port}", f"--address={address}")
 
 
+# Defence in depth behind the edge (the image uses the same, Dockerfile.api): headers within
+# HTTP_HEADER_TIMEOUT_S and bounded while they arrive (api/http_protocol.py), idle keep-alive
+# connections closed after 5 s, at most this many connections and requests per process
+# (503 beyond).
+API_CONCURRENCY = 1000
+UVICORN_BOUNDS = (
+    "--http",
+    "api.http_protocol:BoundedHttpToolsProtocol",
+    "--timeout-keep-alive",
+    "5",
+    "--limit-concurrency",
+    str(API_CONCURRENCY),
+    "--backlog",
+    "2048",
+)
+
+
 def api_command(host: str, port: int, workers: int = 1) -> list[str]:
     return [
         sys.executable,
@@ -114,8 +131,7 @@ def api_command(host: str, port: int, workers: int = 1) -> list[str]:
         str(workers),
         "--loop",
         "uvloop",
-        "--http",
-        "httptools",
+        *UVICORN_BOUNDS,
         "--no-access-log",
     ]
 

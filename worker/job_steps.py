@@ -15,6 +15,7 @@ finds its buckets already inserted (same run files, same documents). Each is cou
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,8 +26,10 @@ from pymongo.database import Database
 from shared import datasets, job_records, lifecycle, reject_report
 from shared.bucket_layout import bucket_count, partition_count
 from shared.chunking import LineTooLong, chunk_size_for, plan_chunks, read_range
+from shared.errors import PermanentError
 from shared.file_checks import SNIFF_BYTES, sniff_problem
 from shared.promotion_rows import MAX_REJECTS_KEPT, ChunkStats, parse_chunk_rows
+from shared.safe_files import UnsafeFile, open_regular
 from shared.settings import Settings
 from worker import shuffle_files
 from worker.bucket_writer import insert_batches, merge, write_buckets
@@ -117,10 +120,15 @@ def _refused_start(
 def _plan_file(
     path: Path, settings: Settings, job_id: str, recorded_chunk_size: int | None
 ) -> tuple[lifecycle.Plan, list[tuple[int, int]]]:
-    if not path.exists():
-        raise PlanProblem("the uploaded file is missing from the shared volume")
-    size = path.stat().st_size
-    with path.open("rb") as f:
+    try:
+        # Never through a link: the shared volume is written by others too.
+        f = open_regular(path, single_link=False)
+    except FileNotFoundError:
+        raise PlanProblem("the uploaded file is missing from the shared volume") from None
+    except UnsafeFile as exc:
+        raise PlanProblem(f"the stored file is refused: {exc}") from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
         sample = f.read(SNIFF_BYTES)
         judged: list[tuple[int, str, str]] = []
         stats = ChunkStats(on_reject=lambda *reject: judged.append(reject))
@@ -166,7 +174,11 @@ def load(
         return "last"  # a redelivery after every chunk was counted: the reduce may need sending
     if stop_if_superseded(db, job):
         return "ended"
-    with (settings.uploads_dir / job["file"]).open("rb") as f:
+    try:
+        f = open_regular(settings.uploads_dir / job["file"], single_link=False)
+    except UnsafeFile as exc:  # swapped on the shared volume since the plan: never read
+        raise PermanentError(f"the stored file is refused: {exc}") from None
+    with f:
         data = read_range(f, start, end)
     report = reject_report.ChunkReport(settings.rejects_dir, job_id, index)
     stats = ChunkStats(on_reject=report.add)

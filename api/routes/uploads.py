@@ -16,7 +16,7 @@ from api.responses import json_response
 from api.schemas import JobAccepted, Problem
 from api.services import Services, get_services
 from api.upload_names import clean_name
-from api.upload_stream import RAW_CONTENT_TYPES, UploadError, receive_upload
+from api.upload_stream import RAW_CONTENT_TYPES, UploadError, UploadPace, receive_upload
 from shared import datasets, job_records
 from shared.errors import BrokerUnavailable, TransientError, store_errors
 from shared.gunzip_file_writer import StoreLimits
@@ -68,6 +68,10 @@ UPLOAD_RESPONSES: dict[int | str, dict[str, object]] = {
         "this endpoint needs 'Authorization: Bearer <token>'",
     ),
     403: _problem("The bearer token is wrong", "the bearer token is not valid for writing"),
+    408: _problem(
+        "The upload paused or trickled too long (UPLOAD_IDLE_TIMEOUT_S, UPLOAD_MIN_BYTES_PER_S)",
+        "the upload sent nothing for 60 s; nothing was kept",
+    ),
     413: _problem(
         "Larger than the configured limit (upload, decompressed size, parts)",
         "the upload is larger than the limit of 214748364800 bytes",
@@ -127,6 +131,7 @@ async def accept_upload(
             settings.max_upload_bytes,
             StoreLimits.from_settings(settings),
             settings.max_multipart_parts,
+            UploadPace.from_settings(settings),
         )
     except UploadError as exc:
         return json_response({"detail": exc.detail}, status_code=exc.status_code)

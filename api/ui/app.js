@@ -76,8 +76,26 @@ async function problem(response) {
   }
 }
 
+// Links to reads that may need the token (a plain link cannot send it): fetched with the
+// token, then saved (download) or opened from memory.
+async function openWithToken(event, path, download) {
+  event.preventDefault();
+  const response = await fetch(path, { headers: authHeaders(token()) });
+  if (!response.ok) {
+    $("error").textContent = `${path}: ${await problem(response)}`;
+    $("error").hidden = false;
+    return;
+  }
+  const url = URL.createObjectURL(await response.blob());
+  const link = el("a", { href: url, download: download || undefined, target: download ? undefined : "_blank" });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+}
+
 async function getJson(path, allow404 = false) {
-  const response = await fetch(path, { headers: { Accept: "application/json" } });
+  const response = await fetch(path, { headers: { Accept: "application/json", ...authHeaders(token()) } });
   if (allow404 && response.status === 404) return null;
   if (!response.ok) throw new Error(`${path}: ${await problem(response)}`);
   return response.json();
@@ -128,13 +146,18 @@ function outcomeCell(job, activeVersion) {
 function jobRow(job, activeVersion) {
   const id = job.job_id;
   const reports = el("td", {},
-    el("a", { href: `../jobs/${encodeURIComponent(id)}`, text: "status" }));
+    el("a", {
+      href: `../jobs/${encodeURIComponent(id)}`,
+      text: "status",
+      onclick: (e) => openWithToken(e, `../jobs/${encodeURIComponent(id)}`),
+    }));
   if (job.rows_rejected > 0) {
     reports.append(" · ", el("a", {
       href: `../jobs/${encodeURIComponent(id)}/rejects`,
       class: "rejects-link",
       download: `rejects-${id}.csv`,
       text: `rejects (${num(job.rows_rejected)})`,
+      onclick: (e) => openWithToken(e, `../jobs/${encodeURIComponent(id)}/rejects`, `rejects-${id}.csv`),
     }));
   }
   const status = job.status === "running" || job.status === "finalizing"

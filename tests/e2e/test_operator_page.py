@@ -25,6 +25,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # request either docs page makes off this machine; nothing depends on it).
 REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
 TOKEN = "operator-page-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}  # reads other than lookups need it too
 # Set to a path to refresh the README's screenshot: PROMOTIONS_UI_SCREENSHOT=docs/operator-page.png
 SCREENSHOT = os.environ.get("PROMOTIONS_UI_SCREENSHOT")
 
@@ -118,15 +119,17 @@ def test_upload_watch_the_job_and_roll_back_in_the_browser(
 
     page.goto(f"{token_api}/ui")
     assert page.url == f"{token_api}/ui/"
-    page.wait_for_selector("#jobs-empty:not([hidden])")
+    page.wait_for_selector("#error:not([hidden])")  # the jobs need a token to be read
+    assert "Authorization: Bearer" in page.inner_text("#error")
     page.fill("#token", TOKEN)
     page.dispatch_event("#token", "change")
+    page.wait_for_selector("#jobs-empty:not([hidden])")
 
     first_job = _upload(page, first)
     # The line under the form follows the job to its end (it said "is queued" for good).
     page.wait_for_selector(f"#upload-text >> text=/job {first_job} succeeded/", timeout=10_000)
     row = page.locator(f"tr[data-job-id='{first_job}']")
-    job = httpx.get(f"{token_api}/jobs/{first_job}").json()
+    job = httpx.get(f"{token_api}/jobs/{first_job}", headers=AUTH).json()
     assert job["rows_rejected"] > 0, job
     text = row.inner_text()
     assert "first.csv" in text and job["original_name"] == "first.csv"  # the name it was sent as
@@ -135,10 +138,13 @@ def test_upload_watch_the_job_and_roll_back_in_the_browser(
     link = row.locator("a.rejects-link")
     assert link.get_attribute("href") == f"../jobs/{first_job}/rejects"
     assert f"rejects ({job['rows_rejected']})" in link.inner_text()
+    with page.expect_download() as download:
+        link.click()  # fetched with the token (a plain link could not send it)
+    assert Path(download.value.path()).read_text().startswith("line,reason,raw")
 
     second_job = _upload(page, second)
     old = job["dataset_version"]
-    new = httpx.get(f"{token_api}/jobs/{second_job}").json()["dataset_version"]
+    new = httpx.get(f"{token_api}/jobs/{second_job}", headers=AUTH).json()["dataset_version"]
     page.wait_for_selector(f"#datasets tr[data-version='{new}'][data-active='true']")
     assert "2,000 rows" in page.inner_text("#active")
 
@@ -153,7 +159,7 @@ def test_upload_watch_the_job_and_roll_back_in_the_browser(
     page.click("#activate-confirm")
     page.wait_for_selector(f"#datasets tr[data-version='{old}'][data-active='true']")
     assert not page.locator("#activate-dialog").is_visible()
-    assert httpx.get(f"{token_api}/datasets/active").json()["version"] == old
+    assert httpx.get(f"{token_api}/datasets/active", headers=AUTH).json()["version"] == old
     assert f"version {old}," in page.inner_text("#active")
     page.wait_for_selector(f"tr[data-job-id='{first_job}'] >> text=serving")
     assert "serving" not in page.locator(f"tr[data-job-id='{second_job}']").inner_text()
@@ -185,7 +191,8 @@ def test_swagger_ui_authorize_and_try_it_out_uploads_a_file(
     body = operation.locator(".live-responses-table tbody .response-col_description").inner_text()
     job_id = re.search(r'"job_id": "(\w+)"', body)
     assert job_id is not None, body
-    with httpx.Client(base_url=token_api, timeout=30) as http:
+    auth = {"Authorization": f"Bearer {TOKEN}"}  # reading jobs needs it too
+    with httpx.Client(base_url=token_api, timeout=30, headers=auth) as http:
         job = wait_job(http, job_id.group(1))
         assert job["status"] == "succeeded" and job["rows_loaded"] == 1, job
         assert http.get("/promotions/a1").json()["expiration_date"] == (

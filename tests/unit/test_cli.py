@@ -28,7 +28,7 @@ def test_every_api_command_takes_url_and_token_from_options_or_the_environment()
     for command in API_COMMANDS:
         text = runner.invoke(cli, [command, "--help"], terminal_width=200).output
         assert "--url" in text and "PROMOTIONS_URL" in text, command
-        assert "--token" in text and "WRITE_TOKEN" in text, command
+        assert "--token" in text and "WRITE_TOKEN" in text and "READ_TOKEN" in text, command
 
 
 def test_usage_errors_exit_2_with_a_sentence(capsys: pytest.CaptureFixture[str]) -> None:
@@ -172,6 +172,37 @@ def test_partner_text_in_tables_is_shown_as_sent_never_as_markup() -> None:
     text = console.export_text()
     assert "promos[/b] [final].csv" in text
     assert "'price [/] not a number'" in text and "bad price '[red]x'" in text
+
+
+def test_control_characters_in_partner_text_never_reach_the_terminal() -> None:
+    """A file name or rejected line holding a terminal escape sequence (clear the screen,
+    set the window title) is shown escaped; the table's own newlines stay."""
+    import io
+
+    from rich.console import Console
+
+    from cli.tables import job_table, jobs_table
+
+    job = {
+        "job_id": "j1",
+        "status": "failed",
+        "phase": "loading",
+        "original_name": "a\x1b[2J\x1b]0;pwned\x07.csv",
+        "source": "inbox",
+        "bytes_total": 10,
+        "error": "line 2: bad price '\x1b[31mx'",
+        "rows_rejected": 2,
+        "rejects": [{"line": 2, "reason": "bad\rprice"}, {"line": 3, "reason": "x\x9bq"}],
+    }
+    out = io.StringIO()
+    console = Console(file=out, width=400, force_terminal=True, color_system=None)
+    console.print(jobs_table([job]))
+    console.print(job_table(job))
+    text = out.getvalue()
+    for control in ("\x1b[2J", "\x1b]0", "\x07", "\x1b[31m", "\r", "\x9b"):
+        assert control not in text
+    assert "a\\x1b[2J\\x1b]0;pwned\\x07.csv" in text
+    assert "line 2: bad\\x0dprice" in text and "line 3: x\\x9bq" in text
 
 
 def test_a_job_id_as_typed_stays_one_path_segment() -> None:

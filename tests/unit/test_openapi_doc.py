@@ -25,11 +25,19 @@ def _operations(doc: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     return [(m, p, op) for p, ops in doc["paths"].items() for m, op in ops.items()]
 
 
-def test_write_operations_declare_the_bearer_scheme_and_reads_do_not(doc: dict[str, Any]) -> None:
+# Open to anyone (docs/security.md): the lookup and the probes.
+PUBLIC = {("get", "/promotions/{promotion_id}"), ("get", "/healthz"), ("get", "/readyz")}
+
+
+def test_guarded_operations_declare_the_bearer_scheme_and_public_ones_do_not(
+    doc: dict[str, Any],
+) -> None:
     scheme = doc["components"]["securitySchemes"]["bearer"]
     assert scheme["type"] == "http" and scheme["scheme"] == "bearer"
+    operations = {(m, p) for m, p, _ in _operations(doc)}
+    assert operations >= WRITES and operations >= PUBLIC
     for method, path, op in _operations(doc):
-        expected = [{"bearer": []}] if (method, path) in WRITES else None
+        expected = None if (method, path) in PUBLIC else [{"bearer": []}]
         assert op.get("security") == expected, (method, path)
 
 
