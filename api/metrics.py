@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from pymongo.asynchronous.database import AsyncDatabase
@@ -55,6 +55,14 @@ CACHE_LOOKUPS = Counter(
     "for the rest hit, negative_hit (a cached 'not found') or miss (Redis), and coalesced "
     "(joined a read of the same id already in flight)",
     ["result"],
+)
+# Per process; with several processes a scrape shows the highest of the living ones: 1 when
+# any of them refuses store-bound requests (alert rules use this name).
+STORE_BREAKER_OPEN = Gauge(
+    "promotions_store_breaker_open",
+    "1 while this process's circuit breaker in front of the store is open or half-open "
+    "(store-bound requests get 503 at once, cache hits still answer), 0 when closed",
+    multiprocess_mode="livemax",
 )
 CACHE_ERRORS = Counter(
     "promotions_cache_errors_total", "Cache operations that failed (Redis unreachable)"

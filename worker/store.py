@@ -1,4 +1,8 @@
-"""The worker process's MongoDB handle, made after fork (clients are not fork-safe)."""
+"""The worker process's MongoDB handle, made after fork (clients are not fork-safe).
+
+Every store call of a task finishes within ``TASK_STORE_TIMEOUT_S`` (the driver's
+client-side operation timeout) or raises a transient error: a stalled store costs a task
+one bounded wait, then its retry policy (``TASK_MAX_RETRIES``, backoff) decides."""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ _pid: int | None = None
 def database() -> Database[Any]:
     global _client, _pid
     if _client is None or _pid != os.getpid():
-        _client = sync_client(get_settings())
+        settings = get_settings()
+        _client = sync_client(settings, operation_timeout_s=settings.task_store_timeout_s)
         _pid = os.getpid()
     return _client[get_settings().mongo_db]
