@@ -58,6 +58,11 @@ KNOWN_LAYOUTS = 64  # versions whose bucket count a process keeps (a few are eve
 Key = tuple[int, str]
 
 
+def _retrieved(future: asyncio.Future[bytes]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class LookupService:
     def __init__(
         self,
@@ -124,6 +129,9 @@ class LookupService:
                 self.counters.coalesced += 1
             else:
                 future = asyncio.get_running_loop().create_future()
+                # Its callers may all have given up (deadline, disconnect): an error
+                # nobody awaits is no news for asyncio's log.
+                future.add_done_callback(_retrieved)
                 self._waiting[flight_key] = future
                 self._deadlines[flight_key] = deadline
                 self._schedule()

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import pymongo
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -69,6 +70,9 @@ CACHE_ERRORS = Counter(
 )
 
 JOB_COUNTS_TTL_S = 5.0
+# A scrape must answer while the store stalls: the job counts wait at most this long (the
+# previous counts are served meanwhile).
+JOB_COUNTS_READ_S = 1.0
 
 
 class CacheCounterMirror:
@@ -110,7 +114,7 @@ class JobCounts:
         if time.monotonic() - self._read_at < self.ttl_s:
             return
         try:
-            with store_errors():
+            with store_errors(), pymongo.timeout(JOB_COUNTS_READ_S):
                 self.counts = await job_records.count_by_status(self.db)
         except TransientError as exc:
             log.warning("job counts unavailable for /metrics: %s", exc)
