@@ -7,12 +7,13 @@
 3. The store.
 
 Misses of level 1 are read in batches: every id missed in one event-loop turn (while at
-most ``MAX_FLIGHTS`` batches are already out) joins one Redis ``MGET`` and, for what Redis
-lacks, one ``find({_id: {$in: [...]}})``. Concurrent misses of the same ``(version, id)``
-share one read (single flight). The Redis fill is written behind (``put_later``), never
-waited for. Batching is a measured choice: on the dev server a ``$in`` of 64 ids reads
-~5x more ids per second than 64 ``find_one``s, and one MGET costs the API far less CPU
-than one GET per id; an idle process still sends a batch of one at once.
+most ``MAX_FLIGHTS`` batches wait for Redis) joins one Redis ``MGET`` and, for what Redis
+lacks, one ``find({_id: {$in: [...]}})`` (at most ``MAX_FLIGHTS`` of them out at once).
+Concurrent misses of the same ``(version, id)`` share one read (single flight). The Redis
+fill is written behind (``put_later``), never waited for. Batching is a measured choice:
+on the dev server a ``$in`` of 64 ids reads ~5x more ids per second than 64
+``find_one``s, and one MGET costs the API far less CPU than one GET per id; an idle
+process still sends a batch of one at once.
 
 Every lookup has a deadline (``LOOKUP_TIMEOUT_MS``, from the request's start): the caller
 waits for its answer at most until then (``DeadlineExceeded``, a 503); a batch's Redis
@@ -52,10 +53,16 @@ log = logging.getLogger(__name__)
 PREFILL_SECONDS = 0.25
 PREFILL_BATCH = 500
 MAX_BATCH = 256  # ids per MGET / $in
-MAX_FLIGHTS = 4  # batches out at once; more misses wait for the next batch
+MAX_FLIGHTS = 4  # batches out at once (and store reads); more misses wait for the next batch
 KNOWN_LAYOUTS = 64  # versions whose bucket count a process keeps (a few are ever read)
 
 Key = tuple[int, str]
+
+
+def _fail(futures: list[asyncio.Future[bytes]], exc: Exception) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(exc)
 
 
 def _retrieved(future: asyncio.Future[bytes]) -> None:
@@ -87,7 +94,8 @@ class LookupService:
         self._waiting: dict[Key, asyncio.Future[bytes]] = {}  # for the next batch
         self._flying: dict[Key, asyncio.Future[bytes]] = {}  # in a batch being read
         self._deadlines: dict[Key, float] = {}  # the latest deadline of each waiting key
-        self._flights = 0
+        self._flights = 0  # batches between launch and Redis's answer
+        self._store_slots = asyncio.Semaphore(MAX_FLIGHTS)  # store reads out at once
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
         # Bucket count by version (None: one document per row); fixed for a version. The
@@ -165,39 +173,57 @@ class LookupService:
             task.add_done_callback(self._tasks.discard)
 
     async def _read(self, batch: dict[Key, asyncio.Future[bytes]], deadline: float) -> None:
+        """Redis for the whole batch, then the store for what it lacked. The batch gives
+        its flight back once Redis has answered: the next batch's cache hits must not wait
+        behind this one's store read (a stalled store would hold them for their whole
+        deadline). Store reads have slots of their own (``MAX_FLIGHTS``)."""
+        flying = True
         try:
             by_version: dict[int, list[str]] = {}
             for version, key in batch:
                 by_version.setdefault(version, []).append(key)
+            misses: list[tuple[int, list[tuple[str, asyncio.Future[bytes]]]]] = []
             # Right after a switch a batch holds ids of both versions: a failed read of
             # one (the old one's layout, say) answers only its own callers with the error.
             for version, keys in by_version.items():
                 futures = [batch[(version, key)] for key in keys]
                 try:
-                    await self._answer(version, keys, futures, deadline)
+                    missing = await self._from_cache(version, keys, futures, deadline)
+                except Exception as exc:  # deadline spent: these callers get it (503)
+                    _fail(futures, exc)
+                    continue
+                if missing:
+                    misses.append((version, missing))
+            flying = False
+            self._land()
+            for version, missing in misses:
+                try:
+                    await self._from_store(version, missing, deadline)
                 except Exception as exc:  # store unavailable: these callers get it (503)
-                    for future in futures:
-                        if not future.done():
-                            future.set_exception(exc)
+                    _fail([future for _, future in missing], exc)
         finally:
             for future in batch.values():
                 if not future.done():  # cancelled (shutdown)
                     future.cancel()
             for flight_key in batch:
                 self._flying.pop(flight_key, None)
-            self._flights -= 1
-            if self._waiting:
-                self._schedule()
+            if flying:
+                self._land()
 
-    async def _answer(
+    def _land(self) -> None:
+        self._flights -= 1
+        if self._waiting:
+            self._schedule()
+
+    async def _from_cache(
         self,
         version: int,
         keys: list[str],
         futures: list[asyncio.Future[bytes]],
         deadline: float,
-    ) -> None:
-        """Redis's answers go out before the store is asked: cache hits answer 200 while
-        the store stalls or the breaker is open. Raises for the rest."""
+    ) -> list[tuple[str, asyncio.Future[bytes]]]:
+        """Answers what Redis has (cache hits answer 200 while the store stalls or the
+        breaker is open); returns the rest."""
         try:
             async with asyncio.timeout(left(deadline)):
                 bodies = await self.cache.get_many(version, keys)
@@ -213,10 +239,21 @@ class LookupService:
             self.local.put(version, key, body)
             if not future.done():
                 future.set_result(body)
-        if not missing:
-            return
-        with self.gate.call(deadline):
-            stored = await self._read_store(version, [key for key, _ in missing])
+        return missing
+
+    async def _from_store(
+        self, version: int, missing: list[tuple[str, asyncio.Future[bytes]]], deadline: float
+    ) -> None:
+        try:
+            async with asyncio.timeout(left(deadline)):
+                await self._store_slots.acquire()
+        except TimeoutError:
+            raise DeadlineExceeded("no store read could start within the deadline") from None
+        try:
+            with self.gate.call(deadline):
+                stored = await self._read_store(version, [key for key, _ in missing])
+        finally:
+            self._store_slots.release()
         for key, future in missing:
             body = answer_body(stored.get(key))
             self.cache.put_later(version, key, body)
