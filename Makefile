@@ -84,6 +84,7 @@ bench: install bench-deps
 	$(PY) -m bench.api_scaling $(BENCH_ARGS)
 	$(PY) -m bench.switch $(BENCH_ARGS)
 	$(PY) -m bench.load $(BENCH_ARGS)
+	$(PY) -m bench.stall $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) data mutants .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -25,6 +25,7 @@ def test_parse_bench_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str]) -> 
         "bench.load",
         "bench.batch_reads",
         "bench.run_files",
+        "bench.stall",
     ],
 )
 def test_bench_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:
