@@ -25,23 +25,11 @@ def _client_options(settings: Settings, socket_timeout_ms: int | None) -> dict[s
 
 
 def sync_client(
-    settings: Settings,
-    socket_timeout_ms: int | None = 120_000,
-    connect: bool = True,
-    operation_timeout_s: float | None = None,
+    settings: Settings, socket_timeout_ms: int | None = 120_000, connect: bool = True
 ) -> MongoClient[Any]:
-    """``operation_timeout_s``: the driver's client-side operation timeout (``timeoutMS``)
-    for every call made outside a ``pymongo.timeout`` block. It bounds the whole call,
-    server selection, connection, the command and the driver's retry together (a socket
-    timeout bounds each socket read alone, twice with the retry), and replaces the
-    socket timeout."""
-    timeout: dict[str, Any] = {}
-    if operation_timeout_s is not None:
-        timeout["timeoutMS"] = int(operation_timeout_s * 1000)
     return MongoClient(
         settings.mongo_url.get_secret_value(),
         **_client_options(settings, socket_timeout_ms),
-        **timeout,
         connect=connect,
     )
 

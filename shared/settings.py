@@ -58,8 +58,9 @@ class Settings(BaseSettings):
     store_breaker: bool = True
     breaker_failures: int = Field(default=5, ge=1)
     breaker_open_ms: int = Field(default=500, ge=10)
-    # Workers and the finalizer: no single store call (including the driver's own retry)
-    # takes longer than this; the task's retry policy (TASK_MAX_RETRIES) takes it from there.
+    # Workers and the finalizer: no socket read waits longer than this, so a store call
+    # (with the driver's one retry) ends within about twice it; the task's retry policy
+    # (TASK_MAX_RETRIES) takes it from there. Was 120 s.
     task_store_timeout_s: float = Field(default=30.0, gt=0)
     # Sharded cluster (through mongos): shard each new version collection on hashed _id.
     shard_version_collections: bool = False

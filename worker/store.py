@@ -1,8 +1,14 @@
 """The worker process's MongoDB handle, made after fork (clients are not fork-safe).
 
-Every store call of a task finishes within ``TASK_STORE_TIMEOUT_S`` (the driver's
-client-side operation timeout) or raises a transient error: a stalled store costs a task
-one bounded wait, then its retry policy (``TASK_MAX_RETRIES``, backoff) decides."""
+No socket read of a task waits longer than ``TASK_STORE_TIMEOUT_S``, so a store call (with
+the driver's one retry) returns or raises a transient error within about twice that: a
+stalled store costs a task a bounded wait, then its retry policy (``TASK_MAX_RETRIES``,
+backoff) decides.
+
+Not the client-side operation timeout (``timeoutMS``) the API's requests use: under it,
+server selection waits for the whole remaining budget, so a store that is down (refusing
+connections) would cost every task attempt the full budget instead of
+``MONGO_TIMEOUT_MS``."""
 
 from __future__ import annotations
 
@@ -23,6 +29,6 @@ def database() -> Database[Any]:
     global _client, _pid
     if _client is None or _pid != os.getpid():
         settings = get_settings()
-        _client = sync_client(settings, operation_timeout_s=settings.task_store_timeout_s)
+        _client = sync_client(settings, socket_timeout_ms=int(settings.task_store_timeout_s * 1000))
         _pid = os.getpid()
     return _client[get_settings().mongo_db]
