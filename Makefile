@@ -101,6 +101,7 @@ bench: install bench-deps
 	$(PY) -m bench.switch $(BENCH_ARGS)
 	$(PY) -m bench.load $(BENCH_ARGS)
 	$(PY) -m bench.http_protocol $(BENCH_ARGS)
+	$(PY) -m bench.stall $(BENCH_ARGS)
 
 # The edge's TLS certificate for docker-compose.yml (deploy/tls/, never committed): a
 # self-signed one for a first start and for tests; production puts its real pair there.

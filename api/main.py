@@ -23,12 +23,14 @@ from api.errors import install_error_handlers
 from api.fast_lookup import FastLookupMiddleware
 from api.job_queue import JobQueue
 from api.lookup_service import LookupService
-from api.metrics import MetricsExporter
+from api.metrics import STORE_BREAKER_OPEN, MetricsExporter
 from api.openapi_doc import install as install_openapi_doc
 from api.request_context import RequestContextMiddleware
 from api.routes import datasets, health, jobs, metrics, promotions, ui, uploads
 from api.security_headers import SecurityHeaders
 from api.services import Services
+from api.store_breaker import StoreBreaker
+from api.store_gate import StoreGate
 from api.upload_stream import UPLOAD_ROLE
 from shared.cache import PromotionCache
 from shared.gunzip_file_writer import sweep_orphan_parts
@@ -63,12 +65,24 @@ def build_services(settings: Settings) -> Services:
         redis, settings.hot_id_sample_every, settings.hot_id_flush_seconds, settings.hot_id_max
     )
     read_latency = ReadLatencyPublisher(redis, settings.read_latency_publish_s)
+    STORE_BREAKER_OPEN.set(0)
+    breaker = StoreBreaker(
+        settings.breaker_failures,
+        settings.breaker_open_ms / 1000,
+        # A probe whose caller vanished frees its slot once its deadline is surely over.
+        probe_timeout_s=max(settings.lookup_timeout_ms, settings.upload_record_timeout_ms) / 1000,
+        on_change=lambda is_open: STORE_BREAKER_OPEN.set(1 if is_open else 0),
+        enabled=settings.store_breaker,
+    )
+    gate = StoreGate(breaker)
     lookups = LookupService(
         db,
         cache,
         LocalCache(settings.local_cache_max_bytes),
         sampler,
         settings.warmup_max_ids,
+        gate,
+        settings.lookup_timeout_ms / 1000,
         read_latency,
     )
     watcher = ActiveVersionWatcher(
@@ -82,6 +96,7 @@ def build_services(settings: Settings) -> Services:
         lifecycle_db=lifecycle_db,
         redis=redis,
         cache=cache,
+        gate=gate,
         lookups=lookups,
         sampler=sampler,
         read_latency=read_latency,

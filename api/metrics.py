@@ -17,7 +17,8 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+import pymongo
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from pymongo.asynchronous.database import AsyncDatabase
@@ -59,11 +60,22 @@ CACHE_LOOKUPS = Counter(
     "(joined a read of the same id already in flight)",
     ["result"],
 )
+# Per process; with several processes a scrape shows the highest of the living ones: 1 when
+# any of them refuses store-bound requests (alert rules use this name).
+STORE_BREAKER_OPEN = Gauge(
+    "promotions_store_breaker_open",
+    "1 while this process's circuit breaker in front of the store is open or half-open "
+    "(store-bound requests get 503 at once, cache hits still answer), 0 when closed",
+    multiprocess_mode="livemax",
+)
 CACHE_ERRORS = Counter(
     "promotions_cache_errors_total", "Cache operations that failed (Redis unreachable)"
 )
 
 JOB_COUNTS_TTL_S = 5.0
+# A scrape must answer while the store stalls: the job counts wait at most this long (the
+# previous counts are served meanwhile).
+JOB_COUNTS_READ_S = 1.0
 
 
 class CacheCounterMirror:
@@ -105,7 +117,7 @@ class JobCounts:
         if time.monotonic() - self._read_at < self.ttl_s:
             return
         try:
-            with store_errors():
+            with store_errors(), pymongo.timeout(JOB_COUNTS_READ_S):
                 self.counts = await job_records.count_by_status(self.db)
         except TransientError as exc:
             log.warning("job counts unavailable for /metrics: %s", exc)

@@ -89,7 +89,12 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"status": "ready", "checks": {"store": "ok", "cache": "ok"}}]
+            "examples": [
+                {
+                    "status": "ready",
+                    "checks": {"store": "ok", "cache": "ok", "breaker": "closed"},
+                }
+            ]
         }
     )
     status: str

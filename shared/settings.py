@@ -84,6 +84,24 @@ class Settings(BaseSettings):
     mongo_url: SecretStr = SecretStr("mongodb://127.0.0.1:27017")
     mongo_db: str = "vervedb"
     mongo_timeout_ms: int = Field(default=2000, ge=100)
+    # Deadlines of API requests that touch the store (shared/deadlines.py, through the
+    # driver's client-side operation timeout): the whole request (cache, single-flight wait,
+    # store read, the driver's retry) answers within it, or 503 with Retry-After.
+    lookup_timeout_ms: int = Field(default=300, ge=10)
+    job_status_timeout_ms: int = Field(default=2000, ge=10)
+    datasets_timeout_ms: int = Field(default=2000, ge=10)
+    upload_record_timeout_ms: int = Field(default=5000, ge=10)
+    # Circuit breaker in front of the store, per API process (api/store_breaker.py): opens
+    # after this many store calls in a row failed or ran out of time; store-bound requests
+    # then get 503 at once (cache hits still answer) and after breaker_open_ms one probe
+    # goes through: its success closes the breaker. False: every request tries the store.
+    store_breaker: bool = True
+    breaker_failures: int = Field(default=5, ge=1)
+    breaker_open_ms: int = Field(default=500, ge=10)
+    # Workers and the finalizer: no socket read waits longer than this, so a store call
+    # (with the driver's one retry) ends within about twice it; the task's retry policy
+    # (TASK_MAX_RETRIES) takes it from there. Was 120 s.
+    task_store_timeout_s: float = Field(default=30.0, gt=0)
     # Sharded cluster (through mongos): shard each new version collection on hashed _id.
     shard_version_collections: bool = False
 

@@ -15,10 +15,11 @@ from api.openapi_doc import UPLOAD_DESCRIPTION
 from api.responses import json_response
 from api.schemas import JobAccepted, Problem
 from api.services import Services, get_services
+from api.store_gate import deadline_in
 from api.upload_names import clean_name
 from api.upload_stream import RAW_CONTENT_TYPES, UploadError, UploadPace, receive_upload
 from shared import datasets, job_records
-from shared.errors import BrokerUnavailable, TransientError, store_errors
+from shared.errors import BrokerUnavailable, CircuitOpen, TransientError, store_errors
 from shared.gunzip_file_writer import StoreLimits
 
 log = logging.getLogger(__name__)
@@ -113,13 +114,14 @@ async def accept_upload(
     name: str | None = None,
 ) -> Response:
     settings = services.settings
+    record_s = settings.upload_record_timeout_ms / 1000  # each store step's budget
     job_id = uuid.uuid4().hex
     file_name = f"{job_id}.csv"
     final_path = settings.uploads_dir / file_name
     try:
         # Allocated as the upload starts: of two uploads, the one submitted later wins even
         # when an earlier, larger one finishes arriving after it. An unused number is harmless.
-        with store_errors():
+        with services.gate.call(deadline_in(record_s)):
             version = await datasets.allocate_version(services.db)
     except (TransientError, RuntimeError) as exc:  # RuntimeError: the counter kept racing
         return _unavailable("store", job_id, exc)
@@ -136,25 +138,26 @@ async def accept_upload(
     except UploadError as exc:
         return json_response({"detail": exc.detail}, status_code=exc.status_code)
     try:
-        with store_errors():
-            doc = job_records.new_job(
-                job_id,
-                version,
-                file_name,
-                stored.bytes_stored,
-                source,
-                original_name=clean_name(name) or stored.name,
-                allow_shrink=allow_shrink,
-            )
+        doc = job_records.new_job(
+            job_id,
+            version,
+            file_name,
+            stored.bytes_stored,
+            source,
+            original_name=clean_name(name) or stored.name,
+            allow_shrink=allow_shrink,
+        )
+        with services.gate.call(deadline_in(record_s)):
             await job_records.create_job(services.db, doc)
-            await asyncio.to_thread(services.queue.enqueue_plan, job_id)
+        await asyncio.to_thread(services.queue.enqueue_plan, job_id)
     except Exception as exc:  # the store, the broker (BrokerUnavailable), or a bug
         # The client hears "not kept": neither the file nor a job may stay. The record goes
         # even when its insert raised: an insert can reach the store and its answer be lost.
         final_path.unlink(missing_ok=True)
         try:  # briefly: with the store down, the 503 must not wait for a second timeout
-            with store_errors(), pymongo.timeout(FORGET_JOB_S):
-                await job_records.delete_job(services.db, job_id)
+            if not isinstance(exc, CircuitOpen):  # else the insert was never sent
+                with store_errors(), pymongo.timeout(FORGET_JOB_S):
+                    await job_records.delete_job(services.db, job_id)
         except TransientError:
             log.error("could not remove job record %s of an upload not kept", job_id)
         if isinstance(exc, TransientError):
@@ -163,7 +166,7 @@ async def accept_upload(
             )
         raise
     try:
-        with store_errors():
+        with services.gate.call(deadline_in(record_s)):
             await job_records.mark_enqueued(services.db, job_id)
     except TransientError as exc:  # queued all the same: at worst the watchdog sends it again
         log.warning("job %s queued but not marked so (%s)", job_id, exc)

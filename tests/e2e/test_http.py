@@ -154,7 +154,11 @@ def http_get(api_url: str, path: str) -> Any:
 def test_health_and_docs(http: httpx.Client) -> None:
     assert http.get("/healthz").json() == {"status": "ok"}
     ready = http.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["checks"] == {"store": "ok", "cache": "ok"}
+    assert ready.status_code == 200 and ready.json()["checks"] == {
+        "store": "ok",
+        "cache": "ok",
+        "breaker": "closed",
+    }
     for page in ("/docs", "/redoc"):
         html = http.get(page)
         assert html.status_code == 200
