@@ -103,11 +103,19 @@ def test_last_job_outcome_phases_rejects_and_stalled_progress(
     assert value(samples, "promotions_last_job_status", status="succeeded") == 1
 
 
-def test_reachability_queue_and_volume(fresh: TestClient, settings: Settings) -> None:
-    queue = redis.Redis.from_url(settings.broker_url.get_secret_value())
-    queue.rpush("celery", b"{}", b"{}")  # two tasks waiting (nobody consumes this db's list)
+# A broker database no worker of the session consumes (its worker took one of the two
+# messages from the session's broker database in a full run).
+IDLE_BROKER_DB = 10
+
+
+def test_reachability_queue_and_volume(clean_state: None, settings: Settings) -> None:
+    url = settings.broker_url.get_secret_value().rsplit("/", 1)[0] + f"/{IDLE_BROKER_DB}"
+    cfg = settings.model_copy(update={"ops_metrics_ttl_s": 0, "broker_url": SecretStr(url)})
+    queue = redis.Redis.from_url(url)
+    queue.rpush("celery", b"{}", b"{}")  # two tasks waiting
     try:
-        samples = scrape(fresh)
+        with TestClient(create_app(cfg)) as fresh:
+            samples = scrape(fresh)
     finally:
         queue.delete("celery")
         queue.close()
