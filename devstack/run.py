@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from devstack.prometheus import prometheus_binary, prometheus_command, write_config
 from devstack.run_state import AnotherRunActive, RunState
 from devstack.services import (
     ROOT,
@@ -112,6 +113,8 @@ def plan_services() -> list[Service]:
             die_with_parent=True,
         ),
     ]
+    if settings.devstack_prometheus:
+        services.append(_prometheus_service(data))
     return services
 
 
@@ -130,6 +133,26 @@ def wait_until_listening(service: Service, timeout_s: float, every_s: float = 10
         )
 
     service.wait_ready(timeout_s or None, progress=report, progress_every=every_s)
+
+
+def _prometheus_service(data: Path) -> Service:
+    """Opt-in (DEVSTACK_PROMETHEUS=true): the repository's rules over this stack's API, so
+    the alerts page shows what production would (docs/operations.md)."""
+    settings = get_settings()
+    binary = prometheus_binary()
+    if binary is None:
+        raise RuntimeError("DEVSTACK_PROMETHEUS needs prometheus: run `make system-deps`")
+    host = "127.0.0.1" if settings.app_host in ("0.0.0.0", "::") else settings.app_host
+    directory = data / "prometheus-server"
+    secret = settings.read_token or settings.write_token
+    token = secret.get_secret_value() if secret is not None else None
+    config = write_config(directory, [f"{host}:{settings.app_port}"], token=token)
+    return Service(
+        "prometheus",
+        prometheus_command(binary, config, settings.prometheus_port, directory / "tsdb"),
+        port=settings.prometheus_port,
+        die_with_parent=True,
+    )
 
 
 class _StopRequested(Exception):
@@ -185,9 +208,14 @@ def main() -> int:
         url = f"http://{settings.app_host}:{settings.app_port}"
         flower = f"http://127.0.0.1:{settings.flower_port}"
         login = "FLOWER_BASIC_AUTH" if settings.flower_basic_auth else DEV_FLOWER_LOGIN
+        alerts = (
+            f", Prometheus http://127.0.0.1:{settings.prometheus_port}/alerts"
+            if settings.devstack_prometheus
+            else ""
+        )
         print(
             f"\nStack is up: API {url} (operator page {url}/ui, docs {url}/docs), "
-            f"Flower {flower} (login {login})\n",
+            f"Flower {flower} (login {login}){alerts}\n",
             flush=True,
         )
         buffers: dict[int, bytes] = {}

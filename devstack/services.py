@@ -100,9 +100,22 @@ def flower_command(port: int, address: str = "127.0.0.1") -> list[str]:
     return _celery("flower", f"--port={port}", f"--address={address}")
 
 
-# uvicorn's httptools protocol, with a response's headers and body in one socket write
-# (api/http_protocol.py: +11 % lookups per CPU second, measured).
-HTTP_PROTOCOL = "api.http_protocol:CoalescingHttpToolsProtocol"
+# Defence in depth behind the edge (the image uses the same, Dockerfile.api): headers within
+# HTTP_HEADER_TIMEOUT_S and bounded while they arrive, and a response's headers and body in
+# one socket write (+11 % lookups per CPU second, measured; api/http_protocol.py), idle keep-alive
+# connections closed after 5 s, at most this many connections and requests per process
+# (503 beyond).
+API_CONCURRENCY = 1000
+UVICORN_BOUNDS = (
+    "--http",
+    "api.http_protocol:ServiceHttpToolsProtocol",
+    "--timeout-keep-alive",
+    "5",
+    "--limit-concurrency",
+    str(API_CONCURRENCY),
+    "--backlog",
+    "2048",
+)
 
 
 def api_command(host: str, port: int, workers: int = 1) -> list[str]:
@@ -119,8 +132,7 @@ def api_command(host: str, port: int, workers: int = 1) -> list[str]:
         str(workers),
         "--loop",
         "uvloop",
-        "--http",
-        HTTP_PROTOCOL,
+        *UVICORN_BOUNDS,
         "--no-access-log",
     ]
 

@@ -26,6 +26,8 @@ def test_parse_bench_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str]) -> 
         "bench.batch_reads",
         "bench.run_files",
         "bench.zipf",
+        "bench.http_protocol",
+        "bench.stall",
     ],
 )
 def test_bench_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -73,7 +73,7 @@ def server(tmp_path: Any) -> Any:
     (tmp_path / "tiny_app.py").write_text(APP)
     port = free_port()
     argv = [sys.executable, "-m", "uvicorn", "tiny_app:app", "--port", str(port)]
-    argv += ["--http", "api.http_protocol:CoalescingHttpToolsProtocol", "--app-dir", str(tmp_path)]
+    argv += ["--http", "api.http_protocol:ServiceHttpToolsProtocol", "--app-dir", str(tmp_path)]
     svc = Service("tiny", argv, port=port, log_path=tmp_path / "log").start().wait_ready(30)
     yield f"http://127.0.0.1:{port}"
     svc.stop()
