@@ -27,7 +27,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 #   browser download). If it cannot be installed, that one test skips and says why.
 # - nginx, openssl: the edge test runs deploy/nginx/ with Debian's nginx in front of the API,
 #   with a self-signed certificate made by openssl (as `make edge-cert` does);
-#   the edge-cache test and benchmarks start their own with deploy/nginx/lookup-cache*.conf.
+#   the edge-cache test and benchmarks start their own with deploy/nginx/edge/lookup-cache*.conf.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_GET := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 system-deps:

@@ -103,7 +103,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-
 class _HeadJoiningTransport:
     """Forwards everything to the real transport; holds a lone header block back."""
 

@@ -3,7 +3,7 @@
 Used by the end-to-end test of the edge cache and by the benchmarks: a private prefix
 (config, temp and cache directories, logs, pid) and a port of its own, so it never touches
 the machine's nginx. The server block is minimal on purpose (plain HTTP, one upstream):
-deploy/nginx/lookup-cache*.conf are what is under test, included as they are; only the
+deploy/nginx/edge/lookup-cache*.conf are what is under test, included as they are; only the
 zone file's cache path is replaced by the prefix's.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from devstack.services import ROOT, Service
 
-NGINX_DIR = ROOT / "deploy" / "nginx"
+NGINX_DIR = ROOT / "deploy" / "nginx" / "edge"
 PRODUCTION_CACHE_PATH = "/var/cache/nginx/promotions-lookups"
 
 

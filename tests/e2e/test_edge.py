@@ -5,6 +5,8 @@ configuration no longer has what it replaces)."""
 
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
 import socket
 import ssl
@@ -80,8 +82,16 @@ def edge(api_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edg
     limits = conf / "edge" / "limits.conf"
     _edit(limits, "client_header_timeout 10s;", f"client_header_timeout {HEADER_S}s;")
     _edit(limits, "client_body_timeout 30s;", f"client_body_timeout {BODY_S}s;")
+    _edit(
+        conf / "edge" / "lookup-cache-zone.conf",
+        "/var/cache/nginx/promotions-lookups",
+        str(root / "lookup-cache"),
+    )
     main = conf / "nginx.conf"
-    _edit(main, "worker_processes auto;", "worker_processes 1;")
+    # Workers as the user running the test: root would drop them to "nobody", which cannot
+    # write the lookup cache's directory here (compose gives it a tmpfs open to them).
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    _edit(main, "worker_processes auto;", f"worker_processes 1;\nuser {user};")
     temp = "".join(
         f"    {kind}_temp_path {root}/{kind};\n"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -132,6 +142,20 @@ def test_lookups_and_health_pass_through_tls(edge: Edge) -> None:
         r = client.get("/promotions/d018ef0b-dbd9-48f1-ac1a-eb4d90e57118")
         assert r.status_code in (200, 404) and r.headers["content-type"] == "application/json"
         assert r.headers["strict-transport-security"].startswith("max-age=")
+
+
+def test_the_edge_caches_lookups_as_the_api_says(edge: Edge) -> None:
+    """The committed edge includes the lookup cache (edge/lookup-cache*.conf): the second
+    lookup of an id within its max-age is the edge's, and still carries HSTS."""
+    with httpx.Client(base_url=edge.url, verify=edge.context()) as client:
+        path = f"/promotions/edge-cache-{time.monotonic_ns()}"
+        first, second = client.get(path), client.get(path)
+        assert first.status_code == second.status_code == 404
+        assert first.headers["x-cache-status"] == "MISS"
+        assert second.headers["x-cache-status"] == "HIT", second.headers
+        assert second.headers["strict-transport-security"].startswith("max-age=")
+        # Only lookups are cached.
+        assert "x-cache-status" not in client.get("/healthz").headers
 
 
 def test_a_slow_header_client_is_cut_off(edge: Edge, api_url: str) -> None:

@@ -1,4 +1,4 @@
-"""The nginx edge (deploy/nginx/lookup-cache*.conf) in front of a real API process.
+"""The nginx edge (deploy/nginx/edge/lookup-cache*.conf) in front of a real API process.
 
 Freshness contract (docs/http-caching.md): through a switch and a rollback no answer older
 than ``max-age`` + 1 s is served; with stale-if-error configured, a store outage serves the
