@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-cluster install system-deps lint bench bench-deps bench-scale mutation clean
+.PHONY: run test test-cluster install system-deps lint bench bench-deps bench-scale mutation clean edge-cert audit lock base-digest
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,16 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 # - docker-compose: `make test` validates docker-compose.yml with a real compose client
 #   (`docker compose` v2 is used instead where it exists);
 # - ip (iproute2): the cluster test builds its hosts from network namespaces with it;
+# - sqlite3 (the shell) and postgresql (server binaries: the test starts its own cluster on a
+#   free port, never the machine's): the real-writers test exports files with them;
+# - prometheus (promtool and the server): `make test` checks and unit-tests the alert rules
+#   in deploy/prometheus with promtool, and one test fires alerts on a real server;
+#   `make run` starts one with DEVSTACK_PROMETHEUS=true;
 # - chromium (+ a font): the operator page test drives it headless through Playwright (never a
 #   browser download). If it cannot be installed, that one test skips and says why.
+# - nginx, openssl: the edge test runs deploy/nginx/ with Debian's nginx in front of the API,
+#   with a self-signed certificate made by openssl (as `make edge-cert` does);
+#   the edge-cache test and benchmarks start their own with deploy/nginx/edge/lookup-cache*.conf.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_GET := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 system-deps:
@@ -28,6 +36,12 @@ system-deps:
 	command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 \
 		|| missing="$$missing docker-compose"; \
 	command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing="$$missing iproute2"; \
+	command -v sqlite3 >/dev/null 2>&1 || missing="$$missing sqlite3"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
+	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	{ command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; } \
+		|| missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
 		$(APT_GET) update -q && $(APT_GET) install -y -q --no-install-recommends $$missing; \
@@ -50,7 +64,10 @@ lint: install
 
 # pytest exits 5 when it collected no tests: that must fail, never pass silently. Skips are
 # listed with their reason (-rs). The suite includes the multi-host cluster test
-# (tests/cluster, ~2 min, needs root); REQUIRE_NETNS=1 turns its skip into a failure.
+# (tests/cluster, ~2 min, needs root); REQUIRE_NETNS=1 turns its skip into a failure. It runs
+# `promtool check rules/config` and `promtool test rules` on deploy/prometheus
+# (tests/unit/test_prometheus_rules.py) and fires the alerts on a real Prometheus
+# (tests/e2e/test_alerts.py).
 test: lint
 	$(PY) -m pytest -q -rs -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
@@ -69,7 +86,8 @@ mutation: install
 
 # Benchmarks (each starts its own services; MONGO_URL points them at a real MongoDB).
 # BENCH_ARGS='--append-results' records the blocks in bench/RESULTS.md.
-# The lookup benchmarks drive load with wrk (Debian's package).
+# The lookup benchmarks drive load with wrk (Debian's package). bench.zipf builds its 20M-row
+# dataset once (~15 min on a busy 2-core machine) in data/bench-zipf and reuses it.
 bench-deps:
 	@command -v wrk >/dev/null 2>&1 || { \
 		echo "installing wrk"; \
@@ -84,6 +102,37 @@ bench: install bench-deps
 	$(PY) -m bench.api_scaling $(BENCH_ARGS)
 	$(PY) -m bench.switch $(BENCH_ARGS)
 	$(PY) -m bench.load $(BENCH_ARGS)
+	$(PY) -m bench.zipf $(BENCH_ARGS)
+	$(PY) -m bench.http_protocol $(BENCH_ARGS)
+	$(PY) -m bench.stall $(BENCH_ARGS)
+
+# The edge's TLS certificate for docker-compose.yml (deploy/tls/, never committed): a
+# self-signed one for a first start and for tests; production puts its real pair there.
+EDGE_HOST ?= localhost
+edge-cert:
+	mkdir -p deploy/tls
+	openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj "/CN=$(EDGE_HOST)" \
+		-addext "subjectAltName=DNS:$(EDGE_HOST)" \
+		-keyout deploy/tls/tls.key -out deploy/tls/tls.crt
+	chmod 600 deploy/tls/tls.key
+
+# The images install requirements.lock: every runtime package, indirect ones too, pinned
+# with hashes. Regenerate it after changing requirements.txt.
+lock: install
+	$(PY) -m pip install --quiet pip-tools
+	$(PY) -m piptools compile --quiet --generate-hashes --no-emit-find-links --no-emit-index-url \
+		--strip-extras --output-file=requirements.lock requirements.txt
+
+# The digest of the current base image, for the FROM lines of Dockerfile.api/.worker (needs a
+# Docker engine with access to Docker Hub).
+base-digest:
+	docker pull -q python:3.11-slim-bookworm >/dev/null
+	docker inspect --format '{{index .RepoDigests 0}}' python:3.11-slim-bookworm
+
+# Known vulnerabilities in the pinned runtime dependencies (docs/security.md).
+audit: install
+	$(PY) -m pip install --quiet pip-audit
+	$(PY) -m pip_audit --require-hashes --disable-pip -r requirements.lock
 
 # A scale run: SCALE_ROWS rows through the HTTP upload, load and switch, then a second file
 # replacing the first, lookups alongside (docs/scaling.md). Long at large sizes: run it on a

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pymongo
 from pymongo.asynchronous.database import AsyncDatabase
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -21,6 +22,10 @@ from shared.errors import TransientError, store_errors
 from shared.pointer_channel import ACTIVE_VERSION_CHANNEL
 
 log = logging.getLogger(__name__)
+
+# A pointer read is a point read: one that takes longer is a store in trouble, and the next
+# poll asks again (a stalled read would otherwise hold the poll for the socket timeout).
+POINTER_READ_S = 1.0
 
 
 class ActiveVersionWatcher:
@@ -51,7 +56,7 @@ class ActiveVersionWatcher:
 
     async def _refresh(self) -> ActiveDataset | None:
         try:
-            with store_errors():
+            with store_errors(), pymongo.timeout(POINTER_READ_S):
                 active = await read_active(self.db)
         except TransientError as exc:
             log.warning("could not read the active dataset pointer: %s", exc)

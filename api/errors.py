@@ -12,17 +12,37 @@ from fastapi.responses import Response
 from pymongo.errors import PyMongoError
 
 from api.responses import json_response
-from shared.errors import TransientError, translate
+from shared.errors import CircuitOpen, DeadlineExceeded, TransientError, translate
 
 log = logging.getLogger(__name__)
 
 STORE_UNAVAILABLE = "the promotions store is unavailable; retry shortly"
+DEADLINE_EXCEEDED = (
+    "the promotions store is unavailable: it did not answer within the request's deadline; "
+    "retry shortly"
+)
+CIRCUIT_OPEN = (
+    "the promotions store is unavailable: it failed repeatedly and requests that need it are "
+    "refused for a moment; retry shortly"
+)
 
 
 def store_unavailable(method: str, path: str, exc: Exception) -> Response:
-    log.warning("store unavailable on %s %s: %s", method, path, exc)
+    """A 503 a client can retry after a second. Refusals of an open breaker are not logged
+    one by one (it logs opening and closing): during a stall they come thousands a second."""
+    if isinstance(exc, CircuitOpen):
+        detail = CIRCUIT_OPEN
+    elif isinstance(exc, DeadlineExceeded):
+        detail = DEADLINE_EXCEEDED
+        log.info("deadline exceeded on %s %s: %s", method, path, exc)
+    else:
+        detail = STORE_UNAVAILABLE
+        log.warning("store unavailable on %s %s: %s", method, path, exc)
     return json_response(
-        {"detail": STORE_UNAVAILABLE}, status_code=503, headers={"Retry-After": "1"}
+        {"detail": detail},
+        status_code=503,
+        # Never kept by an edge or browser: the next request must reach the API again.
+        headers={"Retry-After": "1", "Cache-Control": "no-store"},
     )
 
 

@@ -6,6 +6,7 @@ the service's own middlewares (metrics, request id, limits: they still see every
 and answers GETs whose id passes the route's own constraints with the same ``lookup`` code
 and the same responses; it sets ``scope["route"]`` to the documented route, so metrics are
 labelled as before, and turns store outages into the same 503 as the exception handler.
+Both send the caching headers of ``api.http_caching`` (ETag, Cache-Control, 304).
 Everything else, including ids that fail validation (the 422 body stays FastAPI's), goes on
 to FastAPI unchanged. These lookups skip FastAPI's native per-request telemetry spans.
 """
@@ -18,8 +19,14 @@ from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.errors import store_unavailable
-from api.responses import json_response
-from api.routes.promotions import NO_DATASET, active_version, answer_response, get_promotion, router
+from api.http_caching import etag, if_none_match_of, none_match
+from api.routes.promotions import (
+    active_version,
+    answer_response,
+    get_promotion,
+    no_dataset_response,
+    router,
+)
 from shared.errors import TransientError, store_errors
 from shared.promotion_rows import is_valid_id
 
@@ -49,19 +56,27 @@ class FastLookupMiddleware:
                 try:
                     version = active_version(services)
                     if version is None:
-                        response = json_response({"detail": NO_DATASET}, status_code=404)
+                        response = no_dataset_response(services.http_cache)
                     else:
                         key = promotion_id.lower()
+                        if_none_match = if_none_match_of(scope["headers"])
                         body = services.lookups.local_body(version, key)
                         if body:
                             # A hit in process memory: two messages, no Response object.
-                            # Same headers, in the same order, as Starlette's Response.
-                            length = (b"content-length", str(len(body)).encode())
+                            # Same headers, in the same order, as the route's Response.
+                            tag = etag(version, key)
+                            headers = services.http_cache.found_headers(tag)
+                            if if_none_match is not None and not none_match(if_none_match, tag):
+                                status, body = 304, b""
+                            else:
+                                status = 200
+                                headers.append((b"content-length", str(len(body)).encode()))
+                                headers.append(_JSON)
                             await send(
                                 {
                                     "type": "http.response.start",
-                                    "status": 200,
-                                    "headers": [length, _JSON],
+                                    "status": status,
+                                    "headers": headers,
                                 }
                             )
                             await send({"type": "http.response.body", "body": body})
@@ -69,7 +84,9 @@ class FastLookupMiddleware:
                         if body is None:
                             with store_errors():
                                 body = await services.lookups.body(version, key)
-                        response = answer_response(promotion_id, body)
+                        response = answer_response(
+                            services.http_cache, version, promotion_id, body, if_none_match
+                        )
                 except TransientError as exc:
                     response = store_unavailable("GET", path, exc)
                 await response(scope, receive, send)

@@ -8,7 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi_offline import FastAPIOffline
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -18,14 +18,20 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.active_version import ActiveVersionWatcher
+from api.auth import READ_REFUSALS, ReadGuard, require_reader
 from api.errors import install_error_handlers
 from api.fast_lookup import FastLookupMiddleware
+from api.http_caching import LookupCachePolicy
 from api.job_queue import JobQueue
 from api.lookup_service import LookupService
-from api.metrics import MetricsExporter
+from api.metrics import STORE_BREAKER_OPEN, MetricsExporter
+from api.openapi_doc import install as install_openapi_doc
 from api.request_context import RequestContextMiddleware
 from api.routes import datasets, health, jobs, metrics, promotions, ui, uploads
+from api.security_headers import SecurityHeaders
 from api.services import Services
+from api.store_breaker import StoreBreaker
+from api.store_gate import StoreGate
 from api.upload_stream import UPLOAD_ROLE
 from shared.cache import PromotionCache
 from shared.gunzip_file_writer import sweep_orphan_parts
@@ -60,12 +66,24 @@ def build_services(settings: Settings) -> Services:
         redis, settings.hot_id_sample_every, settings.hot_id_flush_seconds, settings.hot_id_max
     )
     read_latency = ReadLatencyPublisher(redis, settings.read_latency_publish_s)
+    STORE_BREAKER_OPEN.set(0)
+    breaker = StoreBreaker(
+        settings.breaker_failures,
+        settings.breaker_open_ms / 1000,
+        # A probe whose caller vanished frees its slot once its deadline is surely over.
+        probe_timeout_s=max(settings.lookup_timeout_ms, settings.upload_record_timeout_ms) / 1000,
+        on_change=lambda is_open: STORE_BREAKER_OPEN.set(1 if is_open else 0),
+        enabled=settings.store_breaker,
+    )
+    gate = StoreGate(breaker)
     lookups = LookupService(
         db,
         cache,
         LocalCache(settings.local_cache_max_bytes),
         sampler,
         settings.warmup_max_ids,
+        gate,
+        settings.lookup_timeout_ms / 1000,
         read_latency,
     )
     watcher = ActiveVersionWatcher(
@@ -79,12 +97,14 @@ def build_services(settings: Settings) -> Services:
         lifecycle_db=lifecycle_db,
         redis=redis,
         cache=cache,
+        gate=gate,
         lookups=lookups,
         sampler=sampler,
         read_latency=read_latency,
         watcher=watcher,
         queue=JobQueue(settings),
-        metrics=MetricsExporter(db, watcher, cache.counters),
+        metrics=MetricsExporter(db, watcher, cache.counters, redis, settings),
+        http_cache=LookupCachePolicy.from_settings(settings),
     )
 
 
@@ -167,13 +187,17 @@ def create_app(settings: Settings | None = None, fast_lookups: bool = True) -> F
     if fast_lookups:
         inner = FastLookupMiddleware(inner)  # innermost: the context layer sees every request
     app.front = RequestContextMiddleware(inner)  # outermost: limits, request id, metrics
+    app.add_middleware(ReadGuard, settings=settings)  # the docs FastAPI serves itself
+    app.add_middleware(SecurityHeaders)
+    readers = [Depends(require_reader)]  # lookups and health stay open (api/auth.py)
     app.include_router(promotions.router)
     app.include_router(uploads.router)
-    app.include_router(jobs.router)
-    app.include_router(datasets.router)
+    app.include_router(jobs.router, dependencies=readers, responses=READ_REFUSALS)
+    app.include_router(datasets.router, dependencies=readers, responses=READ_REFUSALS)
     app.include_router(health.router)
-    app.include_router(metrics.router)
+    app.include_router(metrics.router, dependencies=readers, responses=READ_REFUSALS)
     ui.mount(app)
+    install_openapi_doc(app)
     return app
 
 

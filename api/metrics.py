@@ -17,15 +17,19 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+import pymongo
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from pymongo.asynchronous.database import AsyncDatabase
+from redis.asyncio import Redis
 
 from api.active_version import ActiveVersionWatcher
+from api.ops_metrics import OpsCollector, OpsReader
 from shared import job_records
 from shared.cache import CacheCounters
 from shared.errors import TransientError, store_errors
+from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +60,22 @@ CACHE_LOOKUPS = Counter(
     "(joined a read of the same id already in flight)",
     ["result"],
 )
+# Per process; with several processes a scrape shows the highest of the living ones: 1 when
+# any of them refuses store-bound requests (alert rules use this name).
+STORE_BREAKER_OPEN = Gauge(
+    "promotions_store_breaker_open",
+    "1 while this process's circuit breaker in front of the store is open or half-open "
+    "(store-bound requests get 503 at once, cache hits still answer), 0 when closed",
+    multiprocess_mode="livemax",
+)
 CACHE_ERRORS = Counter(
     "promotions_cache_errors_total", "Cache operations that failed (Redis unreachable)"
 )
 
 JOB_COUNTS_TTL_S = 5.0
+# A scrape must answer while the store stalls: the job counts wait at most this long (the
+# previous counts are served meanwhile).
+JOB_COUNTS_READ_S = 1.0
 
 
 class CacheCounterMirror:
@@ -102,7 +117,7 @@ class JobCounts:
         if time.monotonic() - self._read_at < self.ttl_s:
             return
         try:
-            with store_errors():
+            with store_errors(), pymongo.timeout(JOB_COUNTS_READ_S):
                 self.counts = await job_records.count_by_status(self.db)
         except TransientError as exc:
             log.warning("job counts unavailable for /metrics: %s", exc)
@@ -151,16 +166,30 @@ class MetricsExporter:
     """What one API process needs to answer a scrape."""
 
     def __init__(
-        self, db: AsyncDatabase[Any], watcher: ActiveVersionWatcher, cache: CacheCounters
+        self,
+        db: AsyncDatabase[Any],
+        watcher: ActiveVersionWatcher,
+        cache: CacheCounters,
+        cache_redis: Redis,
+        settings: Settings,
     ) -> None:
         self.job_counts = JobCounts(db)
         self.cache_mirror = CacheCounterMirror(cache)
+        # Its own small client: the broker may be another Redis than the cache.
+        self.broker = Redis.from_url(
+            settings.broker_url.get_secret_value(),
+            socket_timeout=2,
+            socket_connect_timeout=2,
+            max_connections=4,
+        )
+        self.ops = OpsReader(db, cache_redis, self.broker, settings)
         self.registry = CollectorRegistry()
         if multiprocess_mode():
             MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
         else:
             self.registry.register(_ProcessRegistry())
         self.registry.register(ScrapeTimeCollector(watcher, self.job_counts))
+        self.registry.register(OpsCollector(self.ops, watcher, settings))
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -172,6 +201,7 @@ class MetricsExporter:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await self.broker.aclose()
 
     async def _mirror_loop(self) -> None:
         while True:

@@ -82,13 +82,19 @@ class DatasetVersionOut(BaseModel):
 
 
 class Health(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
     status: str
 
 
 class Readiness(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"status": "ready", "checks": {"store": "ok", "cache": "ok"}}]
+            "examples": [
+                {
+                    "status": "ready",
+                    "checks": {"store": "ok", "cache": "ok", "breaker": "closed"},
+                }
+            ]
         }
     )
     status: str
@@ -187,7 +193,11 @@ class JobStatus(BaseModel):
     created_at: str | None = None
     started_at: str | None = None
     finished_at: str | None = None
-    original_name: str | None = Field(None, description="The file's name in the drop folder")
+    original_name: str | None = Field(
+        None,
+        description="The file's name as sent (?name=, the multipart file name, a raw body's "
+        "Content-Disposition) or in the drop folder; its last path component only",
+    )
     rows_per_s: float | None = Field(
         None,
         description="Rows loaded per second of loading and writing: so far while they run, "

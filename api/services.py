@@ -12,9 +12,11 @@ from pymongo.database import Database
 from redis.asyncio import Redis
 
 from api.active_version import ActiveVersionWatcher
+from api.http_caching import LookupCachePolicy
 from api.job_queue import JobQueue
 from api.lookup_service import LookupService
 from api.metrics import MetricsExporter
+from api.store_gate import StoreGate
 from shared.cache import PromotionCache
 from shared.hot_ids import HotIdSampler
 from shared.read_latency import ReadLatencyPublisher
@@ -31,12 +33,15 @@ class Services:
     lifecycle_db: Database[Any]
     redis: Redis
     cache: PromotionCache
+    # Store calls of requests: past the circuit breaker, within the request's deadline.
+    gate: StoreGate
     lookups: LookupService
     sampler: HotIdSampler
     read_latency: ReadLatencyPublisher
     watcher: ActiveVersionWatcher
     queue: JobQueue
     metrics: MetricsExporter
+    http_cache: LookupCachePolicy  # lookups' Cache-Control (api.http_caching)
 
 
 def get_services(request: Request) -> Services:

@@ -9,18 +9,22 @@ nothing the client sends becomes part of a path.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
+from api.upload_names import clean_name, header_file_name
 from shared.gunzip_file_writer import (
     FLUSH_BYTES,
     GunzipFileWriter,
     StoredFileError,
     StoreLimits,
 )
+from shared.settings import Settings
 
 FILE_FIELD = "file"
 RAW_CONTENT_TYPES = {"text/csv", "text/plain", "application/octet-stream", "application/gzip"}
@@ -52,6 +56,7 @@ class _MultipartFile:
     _header_value: bytes = b""
     _headers: dict[bytes, bytes] = field(default_factory=dict)
     _in_file: bool = False
+    file_name: str | None = None
 
     def __post_init__(self) -> None:
         self.parser = MultipartParser(
@@ -94,6 +99,7 @@ class _MultipartFile:
         self.fields_seen.append(name[:SHOWN_NAME_CHARS])
         self._in_file = name == FILE_FIELD
         if self._in_file:
+            self.file_name = header_file_name(self._headers.get(b"content-disposition", b""))
             self.file_parts += 1
             if self.file_parts > 1:
                 raise UploadError(422, "send exactly one file per upload (field 'file')")
@@ -141,11 +147,55 @@ def _body_reader(request: Request, max_parts: int) -> _MultipartFile | None:
 
 
 @dataclass(frozen=True)
+class UploadPace:
+    """How slow an upload may be: a trickle holds a connection, a process slot and a
+    partial file for as long as the client likes (the edge's body timeout only bounds a
+    pause between two reads)."""
+
+    idle_s: float = 60.0
+    min_bytes_per_s: float = 0.0  # 0: no rate check
+    window_s: float = 30.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> UploadPace:
+        return cls(
+            settings.upload_idle_timeout_s,
+            settings.upload_min_bytes_per_s,
+            settings.upload_rate_window_s,
+        )
+
+
+async def paced(chunks: AsyncIterator[bytes], pace: UploadPace) -> AsyncIterator[bytes]:
+    """``chunks`` as they come, ended with a 408 when the client pauses longer than
+    ``idle_s`` or sends less than ``min_bytes_per_s`` over a window of ``window_s``."""
+    window_start, window_bytes = time.monotonic(), 0
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(chunks), pace.idle_s)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise UploadError(408, f"the upload sent nothing for {pace.idle_s:g} s") from None
+        window_bytes += len(chunk)
+        elapsed = time.monotonic() - window_start
+        if pace.min_bytes_per_s and elapsed >= pace.window_s:
+            if window_bytes < pace.min_bytes_per_s * elapsed:
+                raise UploadError(
+                    408,
+                    f"the upload was slower than {pace.min_bytes_per_s:g} bytes/s over "
+                    f"{elapsed:.0f} s (UPLOAD_MIN_BYTES_PER_S)",
+                )
+            window_start, window_bytes = time.monotonic(), 0
+        yield chunk
+
+
+@dataclass(frozen=True)
 class StoredUpload:
     path: Path
     bytes_received: int
     bytes_stored: int
     compressed: bool
+    name: str | None = None  # as sent (multipart file name or Content-Disposition), cleaned
 
 
 async def receive_upload(
@@ -155,6 +205,7 @@ async def receive_upload(
     max_upload: int,
     limits: StoreLimits,
     max_parts: int = 16,
+    pace: UploadPace | None = None,
 ) -> StoredUpload:
     multipart = _body_reader(request, max_parts)
     declared_text = request.headers.get("content-length")
@@ -168,7 +219,7 @@ async def receive_upload(
     try:
         # Refused before reading when it cannot fit (its size is known), else while writing.
         writer = await asyncio.to_thread(GunzipFileWriter, directory, limits, UPLOAD_ROLE, declared)
-        async for chunk in request.stream():
+        async for chunk in paced(aiter(request.stream()), pace or UploadPace()):
             received += len(chunk)
             if received > max_upload:
                 raise UploadError(413, f"the upload is larger than the limit of {max_upload} bytes")
@@ -191,4 +242,11 @@ async def receive_upload(
         if writer is not None:
             writer.abort()
         raise
-    return StoredUpload(final_path, received, stored, bool(writer.compressed))
+    sent_name = (
+        multipart.file_name
+        if multipart
+        else header_file_name(request.headers.get("content-disposition", "").encode("latin-1"))
+    )
+    return StoredUpload(
+        final_path, received, stored, bool(writer.compressed), clean_name(sent_name)
+    )

@@ -60,6 +60,31 @@ def quoted_file(plain: Path) -> Path:
     return path
 
 
+# The date forms export tools write (docs/file-format.md), from the date as generated
+# ('2020-02-09 15:09:31 -0500 EST'): each file has the generated rows with one form.
+TOOL_FORMS = {
+    "PostgreSQL/DuckDB '2020-02-09 15:09:31.532085+00'": lambda d: d[:19] + ".532085+00",
+    "Ruby '2020-02-09 15:09:31 UTC'": lambda d: d[:19] + " UTC",
+    "LibreOffice '2020-02-09 5:09:31'": lambda d: d[:11] + d[11:19].removeprefix("0"),
+}
+
+
+def tool_form_file(plain: Path, name: str) -> Path:
+    """The rows of ``plain`` with their dates in one export tool's form."""
+    form = TOOL_FORMS[name]
+    path = plain.with_name(f"{plain.stem}-{name.split()[0].replace('/', '-').lower()}.csv")
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        with plain.open() as src, tmp.open("w") as dst:
+            for line in src:
+                fields = line.rstrip("\n").split(",")
+                if len(fields) == 3 and len(fields[2]) >= 19:
+                    fields[2] = form(fields[2])
+                dst.write(",".join(fields) + "\n")
+        tmp.rename(path)
+    return path
+
+
 def _chunks(path: Path, chunk_size: int) -> list[tuple[int, int]]:
     with path.open("rb") as f:
         return plan_chunks(f, path.stat().st_size, chunk_size)
@@ -212,6 +237,14 @@ def main(argv: list[str] | None = None) -> None:
             lambda: run_service(quoted, args.chunk_size, args.batch_rows),
         ),
     ]
+    for name in TOOL_FORMS:
+        form_path = tool_form_file(path, name)
+        cases.append(
+            (
+                f"parse_chunk (service), {name}",
+                lambda p=form_path: run_service(p, args.chunk_size, args.batch_rows),
+            )
+        )
     if not args.no_strict:
         cases.append(
             (

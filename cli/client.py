@@ -39,12 +39,20 @@ def _detail(response: httpx.Response) -> str:
     return detail if isinstance(detail, str) else str(detail)
 
 
+# What to do about a refused token, said where it is refused.
+TOKEN_HINTS = {
+    401: "; pass the write token with --token or set PROMOTIONS_TOKEN",
+    403: "; check the token given with --token or PROMOTIONS_TOKEN (the API's WRITE_TOKEN)",
+}
+
+
 def check(response: httpx.Response, what: str) -> httpx.Response:
     """``response`` if it is a success, else a CliError saying what the server said."""
     if response.is_success:
         return response
     code = EXIT_UNAVAILABLE if response.status_code >= 500 else EXIT_REFUSED
-    raise CliError(f"{what}: {response.status_code} {_detail(response)}", code)
+    hint = TOKEN_HINTS.get(response.status_code, "")
+    raise CliError(f"{what}: {response.status_code} {_detail(response)}{hint}", code)
 
 
 class Api:

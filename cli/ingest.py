@@ -70,12 +70,12 @@ def report(job: dict[str, Any]) -> int:
     """The outcome on stdout (stderr for a failure) and the exit code."""
     job_id = job["job_id"]
     durations = job.get("phase_durations_s") or {}
-    took = ""
+    took = phases = ""
     if durations:
         phases = ", ".join(f"{k} {human_seconds(v)}" for k, v in durations.items() if k != "total")
         took = f" in {human_seconds(durations.get('total'))} ({phases})"
     if job["status"] in ("failed", "held"):
-        after = f" (after{took})" if took else ""
+        after = f" (after {human_seconds(durations.get('total'))}: {phases})" if took else ""
         print(f"job {job_id} {job['status']}: {job['error']}{after}", file=sys.stderr)
         return EXIT_JOB_FAILED
     note = " (superseded by a newer upload)" if job.get("superseded") else ""

@@ -18,7 +18,7 @@ import httpx
 from cli.client import EXIT_OK, CliError, api, check, job_path
 from cli.generate import generate
 from cli.ingest import follow, ingest, report
-from cli.progress import Reporter
+from cli.progress import Reporter, human_bytes
 from cli.tables import datasets_table, job_table, jobs_table, show
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -36,9 +36,11 @@ def api_options(command: F) -> F:
     )(command)
     return click.option(
         "--token",
-        envvar=["PROMOTIONS_TOKEN", "WRITE_TOKEN"],
+        envvar=["PROMOTIONS_TOKEN", "WRITE_TOKEN", "READ_TOKEN"],
         default=None,
-        help="write token for uploads and activation [env PROMOTIONS_TOKEN or WRITE_TOKEN]",
+        help="token: the write token for uploads and activation, the read token (or the "
+        "write token) for jobs, rejects and datasets when the API asks for one "
+        "[env PROMOTIONS_TOKEN, WRITE_TOKEN or READ_TOKEN]",
     )(command)
 
 
@@ -81,6 +83,10 @@ def generate_command(
         duplicate_ratio=duplicate_ratio,
         compress=compress,
         seed=seed,
+    )
+    click.echo(
+        f"wrote {rows:,} rows to {file} ({human_bytes(file.stat().st_size)}"
+        f"{', gzip' if compress else ''})"
     )
     return EXIT_OK
 

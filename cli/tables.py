@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cli.progress import human_bytes, human_seconds
+from shared.safe_text import escape_controls
 
 STATUS_STYLE = {
     "succeeded": "green",
@@ -34,11 +35,17 @@ def _status(job: dict[str, Any]) -> str:
     return f"[{style}]{status}[/]" if style else status
 
 
+def _as_sent(text: str) -> Text:
+    """Partner text as sent, but inert: brackets are not read as rich markup
+    (``promos[/b].csv`` raised a MarkupError) and control characters (a terminal escape
+    sequence in a file name or a rejected line) are shown as escapes, never sent to the
+    terminal (rich passes ESC through)."""
+    return Text(escape_controls(text))
+
+
 def _file(job: dict[str, Any]) -> Text:
-    """As sent: a partner's file name may hold brackets, which rich would read as markup
-    (``promos[/b].csv`` raised a MarkupError and the command exited 1, "job failed")."""
     name = job.get("original_name")
-    return Text(name or f"{job.get('source')} {human_bytes(job['bytes_total'] or 0)}")
+    return _as_sent(name or f"{job.get('source')} {human_bytes(job['bytes_total'] or 0)}")
 
 
 def jobs_table(jobs: list[dict[str, Any]]) -> Table:
@@ -57,7 +64,7 @@ def jobs_table(jobs: list[dict[str, Any]]) -> Table:
         table.add_row(
             job["job_id"],
             _status(job),
-            str(job.get("phase")),
+            _as_sent(str(job.get("phase"))),
             _file(job),
             _time(job.get("created_at")),
             _num(job.get("rows_loaded")),
@@ -83,11 +90,11 @@ def job_table(job: dict[str, Any]) -> Table:
         elif isinstance(value, int) and not isinstance(value, bool):
             shown = _num(value)
         else:  # as sent (an error quotes the partner's values): never read as markup
-            shown = Text("-" if value is None else str(value))
+            shown = _as_sent("-" if value is None else str(value))
         table.add_row(key, shown)
     rejects = job.get("rejects") or []
     if rejects:
-        listed = Text("\n".join(f"line {r['line']}: {r['reason']}" for r in rejects[:10]))
+        listed = Text("\n").join(_as_sent(f"line {r['line']}: {r['reason']}") for r in rejects[:10])
         more = len(rejects) - 10
         if more > 0 or (job.get("rows_rejected") or 0) > len(rejects):
             listed.append(f"\n… all of them: promotions rejects {job['job_id']}")

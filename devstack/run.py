@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from devstack.prometheus import prometheus_binary, prometheus_command, write_config
 from devstack.run_state import AnotherRunActive, RunState
 from devstack.services import (
     ROOT,
@@ -112,7 +113,46 @@ def plan_services() -> list[Service]:
             die_with_parent=True,
         ),
     ]
+    if settings.devstack_prometheus:
+        services.append(_prometheus_service(data))
     return services
+
+
+def wait_until_listening(service: Service, timeout_s: float, every_s: float = 10.0) -> None:
+    """``timeout_s=0``: as long as the process runs. A dev store holding 100M rows took
+    more than the old fixed 90 s to listen after a restart (47 s with a warm page cache);
+    a process that exits still ends the wait at once, and a line every ``every_s`` says
+    what is being waited for."""
+
+    def report(waited: float) -> None:
+        limit = f" of {timeout_s:.0f} s" if timeout_s else ""
+        print(
+            f"waiting for {service.name} to listen on port {service.port}: "
+            f"{waited:.0f} s{limit} (still starting; a big store takes a while)",
+            flush=True,
+        )
+
+    service.wait_ready(timeout_s or None, progress=report, progress_every=every_s)
+
+
+def _prometheus_service(data: Path) -> Service:
+    """Opt-in (DEVSTACK_PROMETHEUS=true): the repository's rules over this stack's API, so
+    the alerts page shows what production would (docs/operations.md)."""
+    settings = get_settings()
+    binary = prometheus_binary()
+    if binary is None:
+        raise RuntimeError("DEVSTACK_PROMETHEUS needs prometheus: run `make system-deps`")
+    host = "127.0.0.1" if settings.app_host in ("0.0.0.0", "::") else settings.app_host
+    directory = data / "prometheus-server"
+    secret = settings.read_token or settings.write_token
+    token = secret.get_secret_value() if secret is not None else None
+    config = write_config(directory, [f"{host}:{settings.app_port}"], token=token)
+    return Service(
+        "prometheus",
+        prometheus_command(binary, config, settings.prometheus_port, directory / "tsdb"),
+        port=settings.prometheus_port,
+        die_with_parent=True,
+    )
 
 
 class _StopRequested(Exception):
@@ -163,14 +203,19 @@ def main() -> int:
                 os.fdopen(read_fd, "rb", buffering=0), selectors.EVENT_READ, (i, service)
             )
             if service.port is not None:
-                service.wait_ready(90)
+                wait_until_listening(service, settings.devstack_start_timeout_s)
         interruptible = False
         url = f"http://{settings.app_host}:{settings.app_port}"
         flower = f"http://127.0.0.1:{settings.flower_port}"
         login = "FLOWER_BASIC_AUTH" if settings.flower_basic_auth else DEV_FLOWER_LOGIN
+        alerts = (
+            f", Prometheus http://127.0.0.1:{settings.prometheus_port}/alerts"
+            if settings.devstack_prometheus
+            else ""
+        )
         print(
             f"\nStack is up: API {url} (operator page {url}/ui, docs {url}/docs), "
-            f"Flower {flower} (login {login})\n",
+            f"Flower {flower} (login {login}){alerts}\n",
             flush=True,
         )
         buffers: dict[int, bytes] = {}

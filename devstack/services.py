@@ -100,6 +100,24 @@ def flower_command(port: int, address: str = "127.0.0.1") -> list[str]:
     return _celery("flower", f"--port={port}", f"--address={address}")
 
 
+# Defence in depth behind the edge (the image uses the same, Dockerfile.api): headers within
+# HTTP_HEADER_TIMEOUT_S and bounded while they arrive, and a response's headers and body in
+# one socket write (+11 % lookups per CPU second, measured; api/http_protocol.py), idle keep-alive
+# connections closed after 5 s, at most this many connections and requests per process
+# (503 beyond).
+API_CONCURRENCY = 1000
+UVICORN_BOUNDS = (
+    "--http",
+    "api.http_protocol:ServiceHttpToolsProtocol",
+    "--timeout-keep-alive",
+    "5",
+    "--limit-concurrency",
+    str(API_CONCURRENCY),
+    "--backlog",
+    "2048",
+)
+
+
 def api_command(host: str, port: int, workers: int = 1) -> list[str]:
     return [
         sys.executable,
@@ -114,8 +132,7 @@ def api_command(host: str, port: int, workers: int = 1) -> list[str]:
         str(workers),
         "--loop",
         "uvloop",
-        "--http",
-        "httptools",
+        *UVICORN_BOUNDS,
         "--no-access-log",
     ]
 
@@ -175,13 +192,27 @@ class Service:
         )
         return self
 
-    def wait_ready(self, timeout: float = 60.0) -> Service:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+    def wait_ready(
+        self,
+        timeout: float | None = 60.0,
+        progress: Callable[[float], None] | None = None,
+        progress_every: float = 10.0,
+    ) -> Service:
+        """Until the port listens. ``timeout=None``: as long as the process runs (a store
+        opening a big data directory can take minutes); a process that exits ends the wait
+        at once either way. ``progress`` gets the seconds waited, every ``progress_every``."""
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
+        next_report = started + progress_every
+        while deadline is None or time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}{self._tail()}")
             if self.port is None or port_open(self.host, self.port):
                 return self
+            now = time.monotonic()
+            if progress is not None and now >= next_report:
+                progress(now - started)
+                next_report = now + progress_every
             time.sleep(0.1)
         raise TimeoutError(f"{self.name} did not listen on {self.port} in {timeout}s{self._tail()}")
 

@@ -36,6 +36,14 @@ class StoreUnavailable(TransientError):
     """The store cannot be reached: readers answer 503, tasks retry."""
 
 
+class DeadlineExceeded(StoreUnavailable):
+    """The request's time budget ran out before the store answered (503, never a 404)."""
+
+
+class CircuitOpen(StoreUnavailable):
+    """The store failed repeatedly: this process refuses store-bound requests for a moment."""
+
+
 class StoreBusy(TransientError):
     """The store answered, but with a failover, migration or interruption in progress."""
 

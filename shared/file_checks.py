@@ -9,7 +9,11 @@ SNIFF_BYTES = 64 * 1024
 GZIP_MAGIC = b"\x1f\x8b"
 
 
-def sniff_problem(sample: bytes, is_whole_file: bool) -> str | None:
+def sniff_problem(
+    sample: bytes, is_whole_file: bool, stats: ChunkStats | None = None
+) -> str | None:
+    """The reason the file is plainly not a promotions CSV, or None. ``stats`` (the rows of
+    the sample as judged, their rejects included) lets a refused file's report list them."""
     if not sample:
         return "the file is empty"
     if sample.startswith(GZIP_MAGIC):
@@ -25,7 +29,7 @@ def sniff_problem(sample: bytes, is_whole_file: bool) -> str | None:
         if cut < 0:
             return None  # one very long first line: the loader reports it with its line number
         sample = sample[: cut + 1]
-    stats = ChunkStats()
+    stats = stats if stats is not None else ChunkStats()
     for _ in parse_chunk(sample, 0, 1 << 30, stats):
         pass
     if stats.rows_read == 0 and is_whole_file:

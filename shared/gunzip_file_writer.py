@@ -18,6 +18,7 @@ import uuid
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from shared.file_checks import GZIP_MAGIC
 from shared.settings import Settings
@@ -248,18 +249,24 @@ class GunzipFileWriter:
 TOUCH_EVERY_PIECES = 64
 
 
-def store_file(source: Path, final_path: Path, limits: StoreLimits) -> tuple[int, bool]:
-    """Copy ``source`` to ``final_path`` through the writer; (bytes stored, was gzip)."""
+def store_file(
+    source: BinaryIO, final_path: Path, limits: StoreLimits, touch: Path | None = None
+) -> tuple[int, bool]:
+    """Copy the open ``source`` to ``final_path`` through the writer; (bytes stored, was
+    gzip). Read through the handle, never a name that could be swapped meanwhile; ``touch``
+    is the name whose mtime says the copy is still in use."""
     writer = GunzipFileWriter(
-        final_path.parent, limits, role=STORE_FILE_ROLE, compressed_size=source.stat().st_size
+        final_path.parent,
+        limits,
+        role=STORE_FILE_ROLE,
+        compressed_size=os.fstat(source.fileno()).st_size,
     )
     try:
-        with source.open("rb") as f:
-            for count, piece in enumerate(iter(lambda: f.read(FLUSH_BYTES), b"")):
-                writer.write_many([piece])
-                if count % TOUCH_EVERY_PIECES == 0:
-                    # Still in use: sweeps of stale files in uploads/ go by mtime.
-                    os.utime(source)
+        for count, piece in enumerate(iter(lambda: source.read(FLUSH_BYTES), b"")):
+            writer.write_many([piece])
+            if touch is not None and count % TOUCH_EVERY_PIECES == 0:
+                # Still in use: sweeps of stale files in uploads/ go by mtime.
+                os.utime(touch)
         return writer.finish(final_path), bool(writer.compressed)
     except BaseException:
         writer.abort()

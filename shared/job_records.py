@@ -113,9 +113,11 @@ def public_job(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def ensure_indexes(db: Database[Any]) -> None:
-    """Idempotent; for the listing (newest first), the watchdog and per-job chunk reads."""
+    """Idempotent; for the listing (newest first), the watchdog, /metrics and per-job chunk
+    reads."""
     db[JOBS].create_index([("created_at", DESCENDING)])
     db[JOBS].create_index([("status", 1), ("updated_at", 1)])
+    db[JOBS].create_index([("finished_at", DESCENDING)])  # the last job, for /metrics
     db[CHUNKS].create_index([("job_id", 1), ("index", 1)])
     db[PARTITIONS].create_index([("job_id", 1)])
 

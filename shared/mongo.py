@@ -35,7 +35,9 @@ def sync_client(
 
 
 def async_client(settings: Settings) -> AsyncMongoClient[Any]:
-    """Reads are point lookups: a few seconds is already a failure."""
+    """Requests bound every store call by their own deadline (``api.store_gate``, through
+    ``pymongo.timeout``); the socket timeout only bounds the background reads (pointer poll,
+    metrics) made outside one."""
     return AsyncMongoClient(
         settings.mongo_url.get_secret_value(),
         **_client_options(settings, settings.mongo_timeout_ms * 2),

@@ -21,18 +21,43 @@ MAX_ID_LENGTH = 64
 MAX_LINE_LENGTH = 1024
 MAX_REJECTS_KEPT = 100
 HEADER = "id,price,expiration_date"
+_HEADER_NAMES = HEADER.split(",")
 _BOM = b"\xef\xbb\xbf"
 
 ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"
 _ID_RE = re.compile(ID_PATTERN)
 # ASCII only: ``\d`` would also take Arabic-Indic digits, which ``int``/``float`` accept.
 _PRICE_RE = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
-# Date, ' ' or 'T', time, optional fraction, then an optional zone: ' +0200 CEST' (name
-# optional), or ISO-8601 'Z' / '+02:00' / '+0200'. Without a zone the time is as written.
+# The grammar of docs/file-format.md: date, ' ' or 'T', a time with a one- or two-digit hour
+# (LibreOffice writes '7:38:51'), up to 9 fraction digits, then an optional zone: an offset
+# ('Z', '+HH', '+HHMM', '+HH:MM'), attached or after a space, optionally followed by ' NAME'
+# (Go's '+0000 UTC'); or a name alone where it is unambiguous (' UTC', ' GMT': Ruby). Without
+# a zone the time is as written.
 _DATE_RE = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.\d{1,9})?"
-    r"(?: ([+-])(\d{2})(\d{2})(?: [A-Za-z0-9+_/-]{1,32})?|Z|([+-])(\d{2}):?(\d{2}))?",
+    r"(\d{4})-(\d{2})-(\d{2})[ T](\d{1,2}):(\d{2}):(\d{2})(?:\.\d{1,9})?"
+    r"(?: ?(?:Z|[+-](\d{2})(?::?(\d{2}))?)(?: [A-Za-z0-9+_/-]{1,32})?| (?:UTC|GMT))?",
     re.ASCII,
+)
+# The grammar as users read it (ABNF), written once: docs/file-format.md shows this block (a
+# test checks it) and the OpenAPI description of the upload includes it.
+DATE_GRAMMAR = """\
+expiration_date = date ("T" / " ") time [fraction] [zone]
+date            = 4DIGIT "-" 2DIGIT "-" 2DIGIT          ; YYYY-MM-DD
+time            = 1*2DIGIT ":" 2DIGIT ":" 2DIGIT        ; H:MM:SS or HH:MM:SS
+fraction        = "." 1*9DIGIT                          ; up to nanoseconds
+zone            = [" "] offset [" " zone-name]          ; 'Z', '+00', ' +0200 CEST', ...
+                / " UTC" / " GMT"                       ; a name alone: only these two
+offset          = "Z" / ("+" / "-") 2DIGIT [[":"] 2DIGIT] ; Z, ±HH, ±HHMM, ±HH:MM
+zone-name       = 1*32(ALPHA / DIGIT / "+" / "_" / "/" / "-")
+"""
+# A date that would be valid but for a zone name with no offset before it ('... 07:38:51 CET').
+_BARE_NAME_RE = re.compile(
+    r"\d{4}-\d{2}-\d{2}[ T]\d{1,2}:\d{2}:\d{2}(?:\.\d{1,9})? ([A-Za-z][A-Za-z0-9+_/-]{0,31})",
+    re.ASCII,
+)
+DATE_FORMS = (
+    "'YYYY-MM-DD[ T]H:MM:SS[.fraction][zone]', zone being Z, +HH, +HHMM or +HH:MM "
+    "(attached or after a space, optionally followed by a zone name) or UTC/GMT alone"
 )
 # RFC 4180 quoted field: "..." with "" for a quote inside (unrolled: no nested quantifier).
 _QUOTED_FIELD_RE = re.compile(r'[ \t]*"([^"]*(?:""[^"]*)*)"[ \t]*')
@@ -86,14 +111,19 @@ def _is_leap(year: int) -> bool:
 def check_expiration_date(value: str) -> None:
     m = _DATE_RE.fullmatch(value)
     if m is None:
-        raise RowError(
-            f"expiration_date {_show(value)} is not 'YYYY-MM-DD HH:MM:SS [+HHMM ZONE]' "
-            "or ISO-8601 (YYYY-MM-DDTHH:MM:SS[.fff][Z|+HH:MM])"
-        )
+        bare = _BARE_NAME_RE.fullmatch(value)
+        if bare is not None:
+            raise RowError(
+                f"expiration_date {_show(value)} has the zone name {_show(bare.group(1))} "
+                "without an offset: a name alone is ambiguous (CST is UTC-6 in America and "
+                "UTC+8 in China) and only UTC, GMT and Z are accepted alone; write the offset "
+                "before the name, e.g. '2027-12-01 07:38:51 +0100 CET'"
+            )
+        raise RowError(f"expiration_date {_show(value)} is not {DATE_FORMS}")
     g = m.groups()
     year, month, day = int(g[0]), int(g[1]), int(g[2])
     hh, mi, ss = int(g[3]), int(g[4]), int(g[5])
-    off_h, off_m = (g[7], g[8]) if g[6] is not None else (g[10], g[11])
+    off_h, off_m = g[6], g[7]
     if not 1 <= month <= 12:
         raise RowError(f"expiration_date {_show(value)} has month {month}")
     days = 29 if month == 2 and _is_leap(year) else _DAYS_IN_MONTH[month - 1]
@@ -101,7 +131,7 @@ def check_expiration_date(value: str) -> None:
         raise RowError(f"expiration_date {_show(value)} is not a calendar date")
     if hh > 23 or mi > 59 or ss > 59:
         raise RowError(f"expiration_date {_show(value)} is not a valid time of day")
-    if off_h is not None and (int(off_h) > 14 or int(off_m) > 59):
+    if off_h is not None and (int(off_h) > 14 or int(off_m or 0) > 59):
         raise RowError(f"expiration_date {_show(value)} has an invalid offset")
 
 
@@ -223,6 +253,32 @@ def _lines(data: bytes, chunk_start: int) -> Iterator[tuple[int, str]]:
         pos = stop + 1
 
 
+def header_names(line: str) -> list[str] | None:
+    """The column names of a line that names exactly the three columns, in any case and
+    any quoting (R's ``write.csv``, ``QUOTE_ALL`` and LibreOffice quote them), in any order;
+    None for any other line."""
+    try:
+        fields = split_fields(line)
+    except RowError:
+        return None
+    names = [f.strip(" \t") for f in fields]
+    return names if sorted(n.lower() for n in names) == sorted(_HEADER_NAMES) else None
+
+
+def _header_problem(line: str) -> bool | str:
+    """True for the header (skipped), a reason for a header in another column order (its
+    rows would load with fields swapped), False for any other line."""
+    names = header_names(line)
+    if names is None:
+        return False
+    if [n.lower() for n in names] == _HEADER_NAMES:
+        return True
+    return (
+        f"the header names the columns {','.join(names)}; they must come in the order "
+        f"{HEADER} (a header is optional)"
+    )
+
+
 def _check_line(
     line: str, index: int, is_file_start: bool, stats: ChunkStats
 ) -> tuple[str, float, str] | None:
@@ -232,10 +288,13 @@ def _check_line(
     line = line.rstrip("\r")
     if not line.strip():
         return None
-    if is_file_start and index == 0 and line.strip().lower() == HEADER:
+    header = is_file_start and index == 0 and _header_problem(line)
+    if header is True:
         return None
     stats.rows_read += 1
     try:
+        if header:
+            raise RowError(header)
         row = parse_row(line)
     except RowError as exc:
         stats.reject(index + 1, str(exc), line)

@@ -200,13 +200,29 @@ def seal(db: Database[Any], directory: Path, job_id: str) -> None:
     wins (a hard link fails if the index exists): a late repeat, after the results are
     gone, must not replace a full index with an empty one."""
     chunks = list(db[CHUNKS].find({"job_id": job_id}, _CHUNK_FIELDS))
-    if not chunks:
-        return
+    if chunks:
+        _write_index(directory, job_id, _offsets_from_chunks(chunks))
+
+
+def keep_refused_start(
+    directory: Path, job_id: str, rejects: list[tuple[int, str, str]], lines: int
+) -> None:
+    """The report of a file refused from its first rows, before any chunk loaded: those
+    rows (``(line, reason, line as read)``, file line numbers) as chunk 0's file, and the
+    index sealed at once, so the endpoint serves them like any report."""
+    report = ChunkReport(directory, job_id, 0)
+    for line_no, reason, line in rejects:
+        report.add(line_no, reason, line)
+    report.save()
+    _write_index(directory, job_id, {"chunks": [[0, 0]], "lines": lines})
+
+
+def _write_index(directory: Path, job_id: str, data: dict[str, Any]) -> None:
     final = index_file(directory, job_id)
     tmp = _tmp_path(final)
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(_offsets_from_chunks(chunks)))
+        tmp.write_text(json.dumps(data))
         with contextlib.suppress(FileExistsError):
             os.link(tmp, final)
     except OSError as exc:  # a full or failing volume must not stop the job's clean-up

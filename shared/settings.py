@@ -23,8 +23,43 @@ from pydantic_settings import (
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 
-# Values that ship in the repository for development start with this; production refuses them.
+# Values that ship in the repository for development hold this; production refuses them
+# (in any case: "Change-Me-x" too).
 PLACEHOLDER_PREFIX = "change-me"
+# Production's floor for secrets: a token is a random string (`openssl rand -hex 32`), a
+# password at least a long passphrase.
+MIN_TOKEN_CHARS = 32
+MIN_PASSWORD_CHARS = 12
+
+# What each process of the stack talks to, hence which secrets production requires of it
+# (each compose container gets only the secrets its role uses).
+Role = Literal["all", "api", "worker", "beat", "flower"]
+_ROLE_NEEDS: dict[str, frozenset[str]] = {
+    "api": frozenset({"write_token", "mongo", "cache", "broker"}),
+    "worker": frozenset({"mongo", "cache", "broker"}),
+    "beat": frozenset({"broker"}),
+    "flower": frozenset({"broker", "flower"}),
+}
+_ROLE_NEEDS["all"] = frozenset().union(*_ROLE_NEEDS.values())
+
+
+def _is_placeholder(value: str) -> bool:
+    return PLACEHOLDER_PREFIX in value.lower()
+
+
+def _secret_problem(label: str, value: str, min_chars: int) -> str | None:
+    if _is_placeholder(value):
+        return f"{label} is a '{PLACEHOLDER_PREFIX}...' placeholder"
+    if len(value) < min_chars:
+        return f"{label} is shorter than {min_chars} characters"
+    return None
+
+
+def _url_password_problem(label: str, url: str) -> str | None:
+    parts = urlsplit(url)
+    if not parts.password:
+        return f"{label} has no password (the URL needs user:password@ or :password@)"
+    return _secret_problem(f"the password in {label}", parts.password, MIN_PASSWORD_CHARS)
 
 
 class Settings(BaseSettings):
@@ -33,17 +68,40 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         case_sensitive=False,
+        # A refused value (a secret, in a production check) never appears in the error.
+        hide_input_in_errors=True,
     )
 
     # HTTP API
     app_host: str = "127.0.0.1"
     app_port: int = 1321
     api_workers: int = Field(default=1, ge=1)
+    # A request's headers must arrive within this (api/http_protocol.py; the edge in front
+    # has its own, shorter or equal, client_header_timeout).
+    http_header_timeout_s: float = Field(default=15.0, gt=0)
 
     # MongoDB (or the wire-compatible dev server)
     mongo_url: SecretStr = SecretStr("mongodb://127.0.0.1:27017")
     mongo_db: str = "vervedb"
     mongo_timeout_ms: int = Field(default=2000, ge=100)
+    # Deadlines of API requests that touch the store (shared/deadlines.py, through the
+    # driver's client-side operation timeout): the whole request (cache, single-flight wait,
+    # store read, the driver's retry) answers within it, or 503 with Retry-After.
+    lookup_timeout_ms: int = Field(default=300, ge=10)
+    job_status_timeout_ms: int = Field(default=2000, ge=10)
+    datasets_timeout_ms: int = Field(default=2000, ge=10)
+    upload_record_timeout_ms: int = Field(default=5000, ge=10)
+    # Circuit breaker in front of the store, per API process (api/store_breaker.py): opens
+    # after this many store calls in a row failed or ran out of time; store-bound requests
+    # then get 503 at once (cache hits still answer) and after breaker_open_ms one probe
+    # goes through: its success closes the breaker. False: every request tries the store.
+    store_breaker: bool = True
+    breaker_failures: int = Field(default=5, ge=1)
+    breaker_open_ms: int = Field(default=500, ge=10)
+    # Workers and the finalizer: no socket read waits longer than this, so a store call
+    # (with the driver's one retry) ends within about twice it; the task's retry policy
+    # (TASK_MAX_RETRIES) takes it from there. Was 120 s.
+    task_store_timeout_s: float = Field(default=30.0, gt=0)
     # Sharded cluster (through mongos): shard each new version collection on hashed _id.
     shard_version_collections: bool = False
 
@@ -85,6 +143,12 @@ class Settings(BaseSettings):
     # Free space kept on the shared volume: an upload that would not fit is refused (507)
     # before it is read when its size is known, else as soon as writing would eat into it.
     min_free_bytes: int = Field(default=1 * GiB, ge=0)
+    # Slow uploads (the edge streams bodies through, so the API sees a trickle as it is): an
+    # upload that sends nothing for upload_idle_timeout_s, or less than
+    # upload_min_bytes_per_s over any upload_rate_window_s, is cut with a 408 (0: no rate).
+    upload_idle_timeout_s: float = Field(default=60, gt=0)
+    upload_min_bytes_per_s: float = Field(default=1024, ge=0)
+    upload_rate_window_s: float = Field(default=30, gt=0)
     # Multipart uploads: at most this many parts (each part's headers are bounded by the
     # parser, 4 KiB per header, 8 headers).
     max_multipart_parts: int = Field(default=16, ge=1)
@@ -126,6 +190,13 @@ class Settings(BaseSettings):
     cache_ttl_seconds: int = Field(default=3600, ge=1)
     negative_cache_ttl_seconds: int = Field(default=60, ge=1)
     pointer_poll_seconds: float = Field(default=0.5, gt=0, le=1)
+    # HTTP caching of lookups (docs/http-caching.md): how long an edge, CDN or browser may
+    # reuse an answer, i.e. the staleness it may add after a switch or rollback; a shorter
+    # lifetime for 404s; stale-if-error (0 = not sent): how long past max-age an edge may
+    # serve its last good answer while the API answers errors (store outage) or is down.
+    lookup_max_age_s: int = Field(default=5, ge=0)
+    lookup_negative_max_age_s: int = Field(default=2, ge=0)
+    lookup_stale_if_error_s: int = Field(default=0, ge=0)
     # First cache level, in each API process: answers by (version, id), bounded in bytes
     # (body + id + ~440 bytes of bookkeeping per entry); 0 turns it off.
     local_cache_max_bytes: int = Field(default=64 * MiB, ge=0)
@@ -165,13 +236,38 @@ class Settings(BaseSettings):
     ingest_read_slowdown: float = Field(default=4.0, gt=1)
     ingest_read_floor_ms: float = Field(default=2.0, ge=0)
 
-    # Security. ``production`` (set by docker-compose.yml) refuses development placeholders.
+    # Security. ``production`` (set by docker-compose.yml) requires real secrets: those the
+    # process's ``service_role`` uses (docs/security.md).
     production: bool = False
+    service_role: Role = "all"
+    # Writes (uploads, rollback) need the write token when it is set. Reads other than lookups
+    # and health (jobs, rejects, datasets, metrics, docs, the operator page) need the read
+    # token or the write token when either is set.
     write_token: SecretStr | None = None
+    read_token: SecretStr | None = None
 
     # `make run` only: where its dev store, Redis files and process record live (relative to
     # the repository unless absolute).
     devstack_dir: Path = Path("data")
+    # How long `make run` waits for each service to listen (0: as long as it runs; a store
+    # opening a big data directory can take minutes). Progress is printed every 10 s.
+    devstack_start_timeout_s: float = Field(default=0, ge=0)
+
+    # `make run` only: also start a local Prometheus with deploy/prometheus's rules, scraping
+    # this stack's API, on this port (docs/operations.md).
+    devstack_prometheus: bool = False
+    prometheus_port: int = 9090
+
+    # Operations (docs/operations.md). The partner's upload period: the freshness objective
+    # and its alert are "the live dataset is younger than two periods". Exported as a gauge
+    # so the alert rules need no copy of it.
+    upload_period_s: float = Field(default=1800, gt=0)
+    # Each worker node writes a heartbeat to the broker this often; the API counts the nodes
+    # heard from within three periods as online (promotions_workers_online).
+    worker_heartbeat_s: float = Field(default=5, gt=0)
+    # Scrape-time operations series (jobs, broker, volume, store/cache pings) are read at
+    # most this often per API process.
+    ops_metrics_ttl_s: float = Field(default=5, ge=0)
 
     # Flower
     flower_port: int = 5555
@@ -205,19 +301,73 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _no_placeholders_in_production(self) -> Settings:
+    def _negative_answers_expire_first(self) -> Settings:
+        if self.lookup_negative_max_age_s > self.lookup_max_age_s:
+            raise ValueError(
+                "LOOKUP_NEGATIVE_MAX_AGE_S must not exceed LOOKUP_MAX_AGE_S: a 404 may turn "
+                "into an answer at the next switch, so it is the one to expire first"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _tokens_not_empty(self) -> Settings:
+        """An empty WRITE_TOKEN= used to mean "open" to the start-up line but accepted a
+        whitespace bearer: a set token must be a token."""
+        for name in ("write_token", "read_token"):
+            token: SecretStr | None = getattr(self, name)
+            if token is not None and not token.get_secret_value().strip():
+                raise ValueError(
+                    f"{name.upper()} is set but empty: unset it (development only) or set "
+                    "a real token"
+                )
+            if token is not None and token.get_secret_value() != token.get_secret_value().strip():
+                raise ValueError(f"{name.upper()} has leading or trailing whitespace")
+        return self
+
+    @model_validator(mode="after")
+    def _real_secrets_in_production(self) -> Settings:
         if not self.production:
             return self
-        token = self.write_token.get_secret_value() if self.write_token else ""
-        if not token or token.startswith(PLACEHOLDER_PREFIX):
-            raise ValueError(
-                "production needs WRITE_TOKEN set to a real secret, not empty or a "
-                f"'{PLACEHOLDER_PREFIX}...' placeholder"
-            )
-        password = urlsplit(self.mongo_url.get_secret_value()).password or ""
-        if password.startswith(PLACEHOLDER_PREFIX):
-            raise ValueError("production needs a real MongoDB password, not a placeholder")
+        problems = self.production_problems()
+        if problems:
+            raise ValueError("production needs real secrets: " + "; ".join(problems))
         return self
+
+    def production_problems(self) -> list[str]:
+        """What keeps these settings from running in production (never a secret's value)."""
+        needs = _ROLE_NEEDS[self.service_role]
+        problems = []
+        if "write_token" in needs and self.write_token is None:
+            problems.append("WRITE_TOKEN is not set")
+        for name in ("write_token", "read_token"):
+            token: SecretStr | None = getattr(self, name)
+            if token is not None:
+                problems.append(
+                    _secret_problem(name.upper(), token.get_secret_value(), MIN_TOKEN_CHARS) or ""
+                )
+        if "mongo" in needs:
+            problems.append(
+                _url_password_problem("MONGO_URL", self.mongo_url.get_secret_value()) or ""
+            )
+        if "cache" in needs:
+            problems.append(
+                _url_password_problem("REDIS_URL", self.redis_url.get_secret_value()) or ""
+            )
+        if "broker" in needs:
+            problems.append(
+                _url_password_problem("BROKER_URL", self.broker_url.get_secret_value()) or ""
+            )
+        if "flower" in needs:
+            login = self.flower_basic_auth.get_secret_value() if self.flower_basic_auth else ""
+            user, _, password = login.partition(":")
+            if not user or not password:
+                problems.append("FLOWER_BASIC_AUTH is not set as user:password")
+            else:
+                problems.append(
+                    _secret_problem("the FLOWER_BASIC_AUTH password", password, MIN_PASSWORD_CHARS)
+                    or ""
+                )
+        return [problem for problem in problems if problem]
 
     @property
     def uploads_dir(self) -> Path:
@@ -226,6 +376,11 @@ class Settings(BaseSettings):
     @property
     def inbox_dir(self) -> Path:
         return self.data_dir / "inbox"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        """Drop-folder names that were no plain file of their own, each with a reason."""
+        return self.data_dir / "quarantine"
 
     @property
     def rejects_dir(self) -> Path:
@@ -247,6 +402,7 @@ class Settings(BaseSettings):
             "data_dir": str(self.data_dir),
             "chunk_size_bytes": self.chunk_size_bytes,
             "write_token": "set" if self.write_token else "unset",
+            "read_token": "set" if self.read_token else "unset",
         }
 
 

@@ -44,6 +44,9 @@ TEST_ENV = {
     "MONGO_URL": _EXTERNAL_MONGO or f"mongodb://127.0.0.1:{_MONGO_PORT}",
     "MONGO_DB": f"test_{uuid.uuid4().hex[:8]}",
     "MONGO_TIMEOUT_MS": "3000",
+    # Tests of other behaviour must not fail on a slow shared machine: a generous lookup
+    # deadline (the deadline tests set their own).
+    "LOOKUP_TIMEOUT_MS": "2000",
     "REDIS_URL": f"redis://127.0.0.1:{_REDIS_PORT}/0",
     "BROKER_URL": f"redis://127.0.0.1:{_REDIS_PORT}/1",
     "DATA_DIR": str(_TMP / "shared"),
@@ -54,6 +57,10 @@ TEST_ENV = {
     "DROP_GRACE_S": "1",
     "CONFIG_FILE": str(_TMP / "no-config.json"),
     "INBOX_SETTLE_SECONDS": "0.5",
+    # Short, so that the API's own header timeout (api/http_protocol.py) is seen in seconds.
+    "HTTP_HEADER_TIMEOUT_S": "3",
+    # ... and its cut of a trickling upload (api/upload_stream.py: UploadPace).
+    "UPLOAD_RATE_WINDOW_S": "2",
     "LOG_LEVEL": "INFO",
 }
 os.environ.update(TEST_ENV)
@@ -128,6 +135,7 @@ def reset_state(mongo_db: Any, redis_client: redis.Redis, settings: Settings) ->
     shutil.rmtree(settings.inbox_dir, ignore_errors=True)
     shutil.rmtree(settings.rejects_dir, ignore_errors=True)
     shutil.rmtree(settings.runs_dir, ignore_errors=True)
+    shutil.rmtree(settings.quarantine_dir, ignore_errors=True)
     settings.uploads_dir.mkdir(parents=True, exist_ok=True)
 
 

@@ -13,6 +13,7 @@ from celery import Celery
 from shared.logging_setup import configure_logging
 from shared.settings import get_settings
 from shared.task_names import CLEANUP_DATASETS, FAIL_STALLED_JOBS, SCAN_INBOX
+from worker import heartbeat  # noqa: F401  (the node's presence: started with the worker)
 
 
 def redelivery_options(visibility_timeout_s: int) -> dict[str, int]:

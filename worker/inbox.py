@@ -13,12 +13,13 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from kombu.exceptions import OperationalError
 from pymongo.database import Database
 
 from shared import datasets, job_records, lifecycle
+from shared.errors import TransientError, store_errors
 from shared.file_checks import GZIP_MAGIC
 from shared.gunzip_file_writer import (
     STORE_FILE_ROLE,
@@ -28,6 +29,8 @@ from shared.gunzip_file_writer import (
     store_file,
 )
 from shared.log_context import job_id_var
+from shared.safe_files import UnsafeFile, open_regular
+from shared.safe_text import escape_name
 from shared.settings import get_settings
 from shared.task_names import SCAN_INBOX
 from worker import inbox_files
@@ -46,34 +49,30 @@ SOURCE = "inbox"
 CLAIM_STALE_S = 300.0
 
 
-def _is_gzip(path: Path) -> bool:
-    with path.open("rb") as f:
-        return f.read(len(GZIP_MAGIC)) == GZIP_MAGIC
-
-
-def _store_claimed(claimed: Path, final: Path) -> int:
+def _store_claimed(source: BinaryIO, claimed: Path, final: Path) -> int:
     """Plain files are renamed into place; gzip files are inflated. The limits of uploads
     apply: MAX_UPLOAD_BYTES to the file, the decompression bounds and the free-space
-    margin to what is inflated."""
-    size = claimed.stat().st_size
+    margin to what is inflated. Size and content come from the checked handle ``source``."""
+    size = os.fstat(source.fileno()).st_size
     if size > settings.max_upload_bytes:
         raise StoredFileError(
             f"the file is larger than the limit of {settings.max_upload_bytes} bytes",
             too_large=True,
         )
-    if not _is_gzip(claimed):
-        os.rename(claimed, final)
+    if os.pread(source.fileno(), len(GZIP_MAGIC), 0) != GZIP_MAGIC:
+        os.rename(claimed, final)  # uploads/ is the service's own: the name is the handle's
         return size
-    stored, _ = store_file(claimed, final, StoreLimits.from_settings(settings))
+    stored, _ = store_file(source, final, StoreLimits.from_settings(settings))
     return stored
 
 
 def _create_job(
     db: Database[Any], job_id: str, version: int, file_name: str, size: int, name: str
 ) -> None:
-    doc = job_records.new_job(job_id, version, file_name, size, SOURCE, original_name=name)
+    shown = escape_name(name)  # stored and shown: valid UTF-8, no control characters
+    doc = job_records.new_job(job_id, version, file_name, size, SOURCE, original_name=shown)
     job_records.insert_job(db, doc)
-    log.info("inbox file %r is job %s (%d bytes, version %d)", name, job_id, size, version)
+    log.info("inbox file %r is job %s (%d bytes, version %d)", shown, job_id, size, version)
 
 
 def _give_back(claimed: Path, final: Path, path: Path) -> bool:
@@ -101,7 +100,23 @@ def ingest_file(db: Database[Any], path: Path) -> str | None:
     if not claim(path, claimed):
         marker.unlink(missing_ok=True)
         return None
-    os.utime(claimed)  # claimed now: sweeps of old files in uploads/ must not take it
+    try:
+        # The scan looked at the name; what was renamed may have been swapped since.
+        source = open_regular(claimed)
+    except UnsafeFile as exc:
+        inbox_files.quarantine(claimed, settings.quarantine_dir, job_id, path.name, str(exc))
+        marker.unlink(missing_ok=True)
+        log.warning("inbox file %r quarantined as %s: %s", escape_name(path.name), job_id, exc)
+        return None
+    with source:
+        return _ingest_claimed(db, path, job_id, claimed, marker, source)
+
+
+def _ingest_claimed(
+    db: Database[Any], path: Path, job_id: str, claimed: Path, marker: Path, source: BinaryIO
+) -> str:
+    uploads = settings.uploads_dir
+    os.utime(source.fileno())  # claimed now: sweeps of old files in uploads/ must not take it
     final = inbox_files.stored_path(uploads, job_id)
     file_name = final.name
     token = job_id_var.set(job_id)
@@ -112,7 +127,7 @@ def ingest_file(db: Database[Any], path: Path) -> str | None:
             # an upload submitted after it was dropped.
             version = datasets.allocate_version_sync(db)
             try:
-                size = _store_claimed(claimed, final)
+                size = _store_claimed(source, claimed, final)
             except StoredFileError as exc:
                 if exc.no_space:  # the volume is full: the file waits in the inbox
                     raise
@@ -129,7 +144,7 @@ def ingest_file(db: Database[Any], path: Path) -> str | None:
         marker.unlink(missing_ok=True)  # the job holds the file now
         if error:
             lifecycle.fail_job(db, job_id, error)
-            log.warning("inbox file %r failed: %s", path.name, error)
+            log.warning("inbox file %r failed: %s", escape_name(path.name), error)
         else:
             try:
                 send_plan(job_id)
@@ -162,7 +177,7 @@ def recover_dead_claims(db: Database[Any], now_ts: float, stale_s: float = CLAIM
         if inbox_files.last_touched(files) > cutoff or inflating > cutoff:
             continue  # a claim under way
         try:
-            name = Path(marker.read_text()).name or f"{job_id}.csv"
+            name = Path(inbox_files.marked_name(marker)).name or f"{job_id}.csv"
         except FileNotFoundError:
             continue  # finished by a racing scan
         try:
@@ -174,7 +189,7 @@ def recover_dead_claims(db: Database[Any], now_ts: float, stale_s: float = CLAIM
             given_back += 1
             log.warning(
                 "inbox file %r given back: its claim %s ended without a job (worker killed?)",
-                name,
+                escape_name(name),
                 job_id,
             )
     return given_back
@@ -182,7 +197,9 @@ def recover_dead_claims(db: Database[Any], now_ts: float, stale_s: float = CLAIM
 
 @app.task(name=SCAN_INBOX, acks_late=True)
 def scan_inbox() -> list[str]:
-    """Safe to run any number of times, concurrently too: each file is claimed once."""
+    """Safe to run any number of times, concurrently too: each file is claimed once. A
+    problem with one file (a name, a permission, a broken gzip) never stops the scan; only
+    the store or broker being unreachable does (every other file would fail the same way)."""
     settings.inbox_dir.mkdir(parents=True, exist_ok=True)
     settings.uploads_dir.mkdir(parents=True, exist_ok=True)
     db = database()
@@ -190,9 +207,15 @@ def scan_inbox() -> list[str]:
     job_ids = []
     for path in ready_files(settings.inbox_dir, settings.inbox_settle_seconds):
         try:
-            job_id = ingest_file(db, path)
+            with store_errors():
+                job_id = ingest_file(db, path)
         except StoredFileError as exc:  # no room to inflate it: given back, tried next scan
-            log.warning("inbox file %r left in the inbox: %s", path.name, exc.detail)
+            log.warning("inbox file %r left in the inbox: %s", escape_name(path.name), exc.detail)
+            continue
+        except TransientError:
+            raise
+        except Exception:
+            log.exception("inbox file %r skipped by this scan", escape_name(path.name))
             continue
         if job_id:
             job_ids.append(job_id)

@@ -10,6 +10,12 @@ A claim leaves a marker in uploads/ (``.inbox-<job id>.name``, holding the file'
 inbox) until its job is recorded: a worker killed mid-claim (out of memory, a deploy's kill)
 leaves the partner's only copy under a server-generated name, and the marker is how a later
 scan finds it and gives it back instead of letting the sweep of old uploads delete it.
+
+Names are whatever the partner's system wrote: bytes that need not be UTF-8 and may hold
+control characters. The marker keeps them as bytes (the file goes back under exactly its
+name); what is shown or stored in a job record is the escaped form (``shared.safe_text``).
+A claimed name that turns out to be no plain file of its own (a symbolic link, a hard link,
+a FIFO swapped in after the scan looked) goes to ``<data_dir>/quarantine/`` with a reason.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+
+from shared.safe_text import escape_name
 
 IGNORED_SUFFIXES = (".part", ".tmp")
 SECOND_LOOK_MAX_S = 1.0
@@ -36,8 +44,8 @@ def _look(inbox: Path) -> dict[str, tuple[int, int]]:
                 continue
             try:
                 st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue  # claimed by a racing scan since it was listed
+            except OSError:
+                continue  # claimed by a racing scan since it was listed, or unreadable
             seen[entry.name] = (st.st_size, st.st_mtime_ns)
     return seen
 
@@ -83,9 +91,25 @@ def mark_claim(uploads: Path, job_id: str, name: str) -> Path:
     """Written before the claim's rename, so no moment leaves the file unaccounted for."""
     marker = marker_path(uploads, job_id)
     tmp = marker.with_name(f"{marker.name}.tmp")
-    tmp.write_text(name)
+    tmp.write_bytes(os.fsencode(name))  # any name, UTF-8 or not, round-trips
     tmp.replace(marker)
     return marker
+
+
+def marked_name(marker: Path) -> str:
+    """The inbox name a marker holds (the file system's str form of its bytes)."""
+    return os.fsdecode(marker.read_bytes())
+
+
+def quarantine(claimed: Path, directory: Path, job_id: str, name: str, reason: str) -> Path:
+    """Move a claimed name that is no plain file aside, with a note saying why. ``rename``
+    moves a link or FIFO itself, never what it points to; nothing is opened or followed."""
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / job_id
+    os.rename(claimed, target)
+    note = directory / f"{job_id}.reason.txt"
+    note.write_text(f"name: {escape_name(name)}\nreason: {reason}\n", encoding="utf-8")
+    return target
 
 
 def marked_claims(uploads: Path) -> list[str]:

@@ -21,6 +21,7 @@ finds its buckets already inserted (same run files, same documents). Each is cou
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -32,8 +33,10 @@ from pymongo.database import Database
 from shared import datasets, job_records, lifecycle, reject_report
 from shared.bucket_layout import buckets_for, coalesce, group_slices
 from shared.chunking import LineTooLong, chunk_size_for, plan_chunks, read_range
+from shared.errors import PermanentError
 from shared.file_checks import SNIFF_BYTES, sniff_problem
-from shared.promotion_rows import ChunkStats, parse_chunk_rows
+from shared.promotion_rows import MAX_REJECTS_KEPT, ChunkStats, parse_chunk_rows
+from shared.safe_files import UnsafeFile, open_regular
 from shared.settings import Settings
 from worker import shuffle_files
 from worker.bucket_writer import insert_batches, merge, write_buckets
@@ -80,7 +83,7 @@ def plan(db: Database[Any], settings: Settings, job_id: str, enqueue: EnqueueChu
     try:
         chosen, chunks = _plan_file(path, settings, job_id, job.get("chunk_size"))
     except PlanProblem as exc:
-        return lifecycle.fail_job(db, job_id, str(exc))
+        return lifecycle.fail_job(db, job_id, str(exc), **exc.fields)
     datasets.create_version_collection(db, version, settings.shard_version_collections)
     file_bytes = (settings.uploads_dir / job["file"]).stat().st_size
     recorded = lifecycle.record_plan(db, job_id, version, len(chunks), chosen, file_bytes)
@@ -102,20 +105,47 @@ def plan(db: Database[Any], settings: Settings, job_id: str, enqueue: EnqueueChu
 
 
 class PlanProblem(Exception):
-    """The file cannot be split; the message is for the user."""
+    """The file cannot be split; the message is for the user, ``fields`` go on the job."""
+
+    def __init__(self, message: str, **fields: Any) -> None:
+        super().__init__(message)
+        self.fields = fields
+
+
+def _refused_start(
+    settings: Settings, job_id: str, problem: str, judged: list[tuple[int, str, str]]
+) -> PlanProblem:
+    """A file refused from its first rows: the rows judged go in its reject report, so the
+    refusal explains itself line by line like any other."""
+    if not judged:
+        return PlanProblem(problem)
+    with shuffle_files.volume_full_is_permanent("the reject report"):
+        reject_report.keep_refused_start(settings.rejects_dir, job_id, judged, judged[-1][0])
+    return PlanProblem(
+        problem,
+        rows_rejected=len(judged),
+        rejects=[{"line": line, "reason": reason} for line, reason, _ in judged[:MAX_REJECTS_KEPT]],
+    )
 
 
 def _plan_file(
     path: Path, settings: Settings, job_id: str, recorded_chunk_size: int | None
 ) -> tuple[lifecycle.Plan, list[tuple[int, int]]]:
-    if not path.exists():
-        raise PlanProblem("the uploaded file is missing from the shared volume")
-    size = path.stat().st_size
-    with path.open("rb") as f:
+    try:
+        # Never through a link: the shared volume is written by others too.
+        f = open_regular(path, single_link=False)
+    except FileNotFoundError:
+        raise PlanProblem("the uploaded file is missing from the shared volume") from None
+    except UnsafeFile as exc:
+        raise PlanProblem(f"the stored file is refused: {exc}") from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
         sample = f.read(SNIFF_BYTES)
-        problem = sniff_problem(sample, is_whole_file=size <= SNIFF_BYTES)
+        judged: list[tuple[int, str, str]] = []
+        stats = ChunkStats(on_reject=lambda *reject: judged.append(reject))
+        problem = sniff_problem(sample, size <= SNIFF_BYTES, stats)
         if problem:
-            raise PlanProblem(problem)
+            raise _refused_start(settings, job_id, problem, judged)
         chunk_size = recorded_chunk_size or chunk_size_for(size, settings.chunk_size_bytes)
         try:
             chunks = plan_chunks(f, size, chunk_size)
@@ -152,7 +182,11 @@ def load(
         return "last"  # a redelivery after every chunk was counted: the reduce may need sending
     if stop_if_superseded(db, job):
         return "ended"
-    with (settings.uploads_dir / job["file"]).open("rb") as f:
+    try:
+        f = open_regular(settings.uploads_dir / job["file"], single_link=False)
+    except UnsafeFile as exc:  # swapped on the shared volume since the plan: never read
+        raise PermanentError(f"the stored file is refused: {exc}") from None
+    with f:
         data = read_range(f, start, end)
     report = reject_report.ChunkReport(
         settings.rejects_dir,

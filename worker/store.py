@@ -1,4 +1,14 @@
-"""The worker process's MongoDB handle, made after fork (clients are not fork-safe)."""
+"""The worker process's MongoDB handle, made after fork (clients are not fork-safe).
+
+No socket read of a task waits longer than ``TASK_STORE_TIMEOUT_S``, so a store call (with
+the driver's one retry) returns or raises a transient error within about twice that: a
+stalled store costs a task a bounded wait, then its retry policy (``TASK_MAX_RETRIES``,
+backoff) decides.
+
+Not the client-side operation timeout (``timeoutMS``) the API's requests use: under it,
+server selection waits for the whole remaining budget, so a store that is down (refusing
+connections) would cost every task attempt the full budget instead of
+``MONGO_TIMEOUT_MS``."""
 
 from __future__ import annotations
 
@@ -18,6 +28,7 @@ _pid: int | None = None
 def database() -> Database[Any]:
     global _client, _pid
     if _client is None or _pid != os.getpid():
-        _client = sync_client(get_settings())
+        settings = get_settings()
+        _client = sync_client(settings, socket_timeout_ms=int(settings.task_store_timeout_s * 1000))
         _pid = os.getpid()
     return _client[get_settings().mongo_db]

@@ -159,8 +159,8 @@ class IngestTask(Task):  # type: ignore[misc]
         if not job_id:
             return
         reason = failure_reason(self.name.split(".")[-1], exc, self.max_retries)
-        if not isinstance(exc, TransientError):
-            log.error("job %s: %s: %s", job_id, reason, exc)
+        # The full text (hosts, addresses) goes to the log only; the job says what happened.
+        log.error("job %s: %s: %s", job_id, reason, exc)
         try:
             with own_errors():
                 end_job(job_id, reason, finalizer=self.name == FINALIZE_JOB)
@@ -190,7 +190,20 @@ def failure_reason(step: str, exc: Exception, retries: int) -> str:
         what = "the store was unavailable"
     else:
         what = "the store was busy (failover, migration or interruption)"
-    return f"{what} during {step} and stayed so after {retries} retries ({str(exc)[:200]})"
+    kind = _error_kind(str(exc))
+    return f"{what} during {step} and stayed so after {retries} retries" + (
+        f" ({kind})" if kind else ""
+    )
+
+
+# What of a driver's message may be shown to clients: its error code or class name, never
+# the rest (server addresses, host names, replica set members). The full text is logged.
+_ERROR_KIND = re.compile(r"(error \d+|[A-Za-z]+(?:Error|Timeout|Failure|Exception))\b")
+
+
+def _error_kind(message: str) -> str | None:
+    found = _ERROR_KIND.match(message)
+    return found.group(1) if found else None
 
 
 def end_job(job_id: str, reason: str, finalizer: bool) -> None:

@@ -13,6 +13,7 @@ from api.auth import require_writer
 from api.responses import json_response
 from api.schemas import ActiveDatasetOut, DatasetVersionOut, Problem
 from api.services import Services, get_services
+from api.store_gate import deadline_in
 from shared.datasets import ActiveDataset, list_versions_async, read_active
 from shared.lifecycle import ActivationRefused, VersionRecord, activate_by_hand
 from shared.pointer_channel import announce_active_async
@@ -21,6 +22,10 @@ from shared.warmup import warm_version_async
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["datasets"])
+
+
+def _deadline(services: Services) -> float:
+    return deadline_in(services.settings.datasets_timeout_ms / 1000)
 
 
 def _active_out(active: ActiveDataset) -> dict[str, Any]:
@@ -40,7 +45,8 @@ def _active_out(active: ActiveDataset) -> dict[str, Any]:
     summary="The dataset version lookups are served from",
 )
 async def active_dataset(services: Services = Depends(get_services)) -> Response:
-    active = await read_active(services.db)
+    with services.gate.call(_deadline(services)):
+        active = await read_active(services.db)
     if active is None:
         return json_response({"detail": "no dataset has been loaded yet"}, status_code=404)
     return json_response(_active_out(active))
@@ -55,8 +61,9 @@ async def active_dataset(services: Services = Depends(get_services)) -> Response
 async def list_datasets(
     limit: int = Query(default=20, ge=1, le=200), services: Services = Depends(get_services)
 ) -> Response:
-    active = await read_active(services.db)
-    docs = await list_versions_async(services.db, limit)
+    with services.gate.call(_deadline(services)):
+        active = await read_active(services.db)
+        docs = await list_versions_async(services.db, limit)
     return json_response(
         [
             {

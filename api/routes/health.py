@@ -11,7 +11,10 @@ from redis.exceptions import RedisError
 from api.responses import json_response
 from api.schemas import Health, Readiness
 from api.services import Services, get_services
-from shared.errors import TransientError, store_errors
+from api.store_gate import deadline_in
+from shared.errors import TransientError
+
+READY_STORE_S = 2.0
 
 router = APIRouter(tags=["health"])
 
@@ -22,10 +25,12 @@ async def healthz() -> dict[str, str]:
 
 
 async def _check_store(services: Services) -> str:
+    """Through the breaker, as a request would: refused while it is open, its probe when
+    half-open (so readiness polls close it once the store answers, traffic or not)."""
     try:
-        with store_errors():
-            await asyncio.wait_for(services.db.command("ping"), timeout=2)
-    except (TimeoutError, TransientError) as exc:
+        with services.gate.call(deadline_in(READY_STORE_S)):
+            await services.db.command("ping")
+    except TransientError as exc:
         return f"unavailable: {type(exc).__name__}"
     return "ok"
 
@@ -46,7 +51,7 @@ async def _check_cache(services: Services) -> str:
 )
 async def readyz(services: Services = Depends(get_services)) -> Response:
     store, cache = await asyncio.gather(_check_store(services), _check_cache(services))
-    checks = {"store": store, "cache": cache}
+    checks = {"store": store, "cache": cache, "breaker": services.gate.breaker.state}
     if store != "ok":
         status = "unavailable"
     elif cache != "ok":

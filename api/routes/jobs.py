@@ -10,9 +10,14 @@ from fastapi.responses import Response, StreamingResponse
 from api.responses import json_response
 from api.schemas import JobStatus, Problem
 from api.services import Services, get_services
+from api.store_gate import deadline_in
 from shared import job_records, lifecycle, reject_report
 
 router = APIRouter(tags=["ingestion"])
+
+
+def _deadline(services: Services) -> float:
+    return deadline_in(services.settings.job_status_timeout_ms / 1000)
 
 
 @router.get(
@@ -24,7 +29,8 @@ router = APIRouter(tags=["ingestion"])
 async def get_job(
     job_id: str = Path(max_length=64), services: Services = Depends(get_services)
 ) -> Response:
-    doc = await job_records.get_job(services.db, job_id)
+    with services.gate.call(_deadline(services)):
+        doc = await job_records.get_job(services.db, job_id)
     if doc is None:
         return json_response({"detail": f"job {job_id} not found"}, status_code=404)
     return json_response(job_records.public_job(doc))
@@ -38,7 +44,8 @@ async def get_job(
 async def list_jobs(
     limit: int = Query(default=20, ge=1, le=200), services: Services = Depends(get_services)
 ) -> Response:
-    docs = await job_records.list_jobs(services.db, limit)
+    with services.gate.call(_deadline(services)):
+        docs = await job_records.list_jobs(services.db, limit)
     return json_response([job_records.public_job(doc) for doc in docs])
 
 
@@ -67,7 +74,8 @@ REJECTS_CSV_EXAMPLE = (
 async def get_rejects(
     job_id: str = Path(max_length=64), services: Services = Depends(get_services)
 ) -> Response:
-    doc = await job_records.get_job(services.db, job_id)
+    with services.gate.call(_deadline(services)):
+        doc = await job_records.get_job(services.db, job_id)
     if doc is None:
         return json_response({"detail": f"job {job_id} not found"}, status_code=404)
     if doc["status"] not in lifecycle.FINISHED:

@@ -16,7 +16,7 @@ router = APIRouter(tags=["operations"])
 @router.get("/metrics", include_in_schema=False)
 async def metrics(services: Services = Depends(get_services)) -> Response:
     exporter = services.metrics
-    await exporter.job_counts.refresh()
+    await asyncio.gather(exporter.job_counts.refresh(), exporter.ops.refresh())
     exporter.cache_mirror.sync()
     # Multi-process mode reads every worker's files: keep that off the event loop.
     body = await asyncio.to_thread(generate_latest, exporter.registry)

@@ -11,12 +11,15 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from api.auth import require_writer
+from api.openapi_doc import UPLOAD_DESCRIPTION
 from api.responses import json_response
 from api.schemas import JobAccepted, Problem
 from api.services import Services, get_services
-from api.upload_stream import RAW_CONTENT_TYPES, UploadError, receive_upload
+from api.store_gate import deadline_in
+from api.upload_names import clean_name
+from api.upload_stream import RAW_CONTENT_TYPES, UploadError, UploadPace, receive_upload
 from shared import datasets, job_records
-from shared.errors import BrokerUnavailable, TransientError, store_errors
+from shared.errors import BrokerUnavailable, CircuitOpen, TransientError, store_errors
 from shared.gunzip_file_writer import StoreLimits
 
 log = logging.getLogger(__name__)
@@ -48,22 +51,49 @@ UPLOAD_BODY = {
         },
     }
 }
+
+
+def _problem(description: str, detail: str) -> dict[str, object]:
+    return {
+        "model": Problem,
+        "description": description,
+        "content": {"application/json": {"example": {"detail": detail}}},
+    }
+
+
 UPLOAD_RESPONSES: dict[int | str, dict[str, object]] = {
     202: {"model": JobAccepted, "description": "Stored and queued; poll status_url"},
-    400: {"model": Problem, "description": "Empty file, corrupt gzip or malformed body"},
-    401: {"model": Problem},
-    403: {"model": Problem},
-    413: {
-        "model": Problem,
-        "description": "Larger than the configured limit (upload, decompressed size, parts)",
-    },
-    415: {"model": Problem, "description": "Not multipart/form-data nor a raw CSV body"},
-    422: {"model": Problem, "description": "No multipart field named 'file'"},
-    503: {"model": Problem, "description": "Queue or store unavailable; nothing was kept"},
-    507: {
-        "model": Problem,
-        "description": "Not enough free space on the shared volume; nothing was kept",
-    },
+    400: _problem("Empty file, corrupt gzip or malformed body", "the file is empty"),
+    401: _problem(
+        "No bearer token (a write token is configured)",
+        "this endpoint needs 'Authorization: Bearer <token>'",
+    ),
+    403: _problem("The bearer token is wrong", "the bearer token is not valid for writing"),
+    408: _problem(
+        "The upload paused or trickled too long (UPLOAD_IDLE_TIMEOUT_S, UPLOAD_MIN_BYTES_PER_S)",
+        "the upload sent nothing for 60 s; nothing was kept",
+    ),
+    413: _problem(
+        "Larger than the configured limit (upload, decompressed size, parts)",
+        "the upload is larger than the limit of 214748364800 bytes",
+    ),
+    415: _problem(
+        "Not multipart/form-data nor a raw CSV body",
+        "send the CSV as multipart/form-data in a field named 'file' (curl -F "
+        "file=@promotions.csv), or as a raw text/csv or application/gzip body",
+    ),
+    422: _problem(
+        "No multipart field named 'file'",
+        "multipart field 'file' is required; the request had ['upload']",
+    ),
+    503: _problem(
+        "Queue or store unavailable; nothing was kept",
+        "the store is unavailable; the upload was not kept, retry shortly",
+    ),
+    507: _problem(
+        "Not enough free space on the shared volume; nothing was kept",
+        "not enough free space on the shared volume (...); nothing was kept, retry later",
+    ),
 }
 
 
@@ -77,16 +107,21 @@ def _unavailable(what: str, job_id: str, exc: Exception) -> Response:
 
 
 async def accept_upload(
-    request: Request, services: Services, source: str, allow_shrink: bool = False
+    request: Request,
+    services: Services,
+    source: str,
+    allow_shrink: bool = False,
+    name: str | None = None,
 ) -> Response:
     settings = services.settings
+    record_s = settings.upload_record_timeout_ms / 1000  # each store step's budget
     job_id = uuid.uuid4().hex
     file_name = f"{job_id}.csv"
     final_path = settings.uploads_dir / file_name
     try:
         # Allocated as the upload starts: of two uploads, the one submitted later wins even
         # when an earlier, larger one finishes arriving after it. An unused number is harmless.
-        with store_errors():
+        with services.gate.call(deadline_in(record_s)):
             version = await datasets.allocate_version(services.db)
     except (TransientError, RuntimeError) as exc:  # RuntimeError: the counter kept racing
         return _unavailable("store", job_id, exc)
@@ -98,23 +133,31 @@ async def accept_upload(
             settings.max_upload_bytes,
             StoreLimits.from_settings(settings),
             settings.max_multipart_parts,
+            UploadPace.from_settings(settings),
         )
     except UploadError as exc:
         return json_response({"detail": exc.detail}, status_code=exc.status_code)
     try:
-        with store_errors():
-            doc = job_records.new_job(
-                job_id, version, file_name, stored.bytes_stored, source, allow_shrink=allow_shrink
-            )
+        doc = job_records.new_job(
+            job_id,
+            version,
+            file_name,
+            stored.bytes_stored,
+            source,
+            original_name=clean_name(name) or stored.name,
+            allow_shrink=allow_shrink,
+        )
+        with services.gate.call(deadline_in(record_s)):
             await job_records.create_job(services.db, doc)
-            await asyncio.to_thread(services.queue.enqueue_plan, job_id)
+        await asyncio.to_thread(services.queue.enqueue_plan, job_id)
     except Exception as exc:  # the store, the broker (BrokerUnavailable), or a bug
         # The client hears "not kept": neither the file nor a job may stay. The record goes
         # even when its insert raised: an insert can reach the store and its answer be lost.
         final_path.unlink(missing_ok=True)
         try:  # briefly: with the store down, the 503 must not wait for a second timeout
-            with store_errors(), pymongo.timeout(FORGET_JOB_S):
-                await job_records.delete_job(services.db, job_id)
+            if not isinstance(exc, CircuitOpen):  # else the insert was never sent
+                with store_errors(), pymongo.timeout(FORGET_JOB_S):
+                    await job_records.delete_job(services.db, job_id)
         except TransientError:
             log.error("could not remove job record %s of an upload not kept", job_id)
         if isinstance(exc, TransientError):
@@ -123,7 +166,7 @@ async def accept_upload(
             )
         raise
     try:
-        with store_errors():
+        with services.gate.call(deadline_in(record_s)):
             await job_records.mark_enqueued(services.db, job_id)
     except TransientError as exc:  # queued all the same: at worst the watchdog sends it again
         log.warning("job %s queued but not marked so (%s)", job_id, exc)
@@ -149,12 +192,25 @@ async def upload_promotions(
         description="Go live even if the file has fewer rows than MIN_ROWS_RATIO of the "
         "active dataset (the shrink guard, off unless MIN_ROWS_RATIO is set)",
     ),
+    name: str | None = Query(
+        default=None,
+        max_length=1024,
+        description="The file's name, shown on the job (GET /jobs/{id}, the operator page, "
+        "the CLI); else the multipart file name or a raw body's Content-Disposition file "
+        "name. Only its last path component is kept: never used as a path",
+        examples=["promotions-2026-12-06.csv"],
+    ),
     services: Services = Depends(get_services),
 ) -> Response:
-    return await accept_upload(request, services, source="upload", allow_shrink=allow_shrink)
+    return await accept_upload(
+        request, services, source="upload", allow_shrink=allow_shrink, name=name
+    )
 
 
-# One handler under the documented name and the older one the first partners used.
+# One handler under the documented name and the older one the first partners used, each
+# with and without the trailing slash: a redirect (307) would be an empty answer to clients
+# that do not follow it (curl without -L exits 0, nothing uploaded). The slashless paths
+# are left out of the document, which says they exist.
 for _path, _operation, _summary in (
     (
         "/add-promotions/",
@@ -163,14 +219,20 @@ for _path, _operation, _summary in (
     ),
     ("/uploadfile/", "upload_file", "Same as /add-promotions/ (older name)"),
 ):
-    router.add_api_route(
-        _path,
-        upload_promotions,
-        methods=["POST"],
-        status_code=202,
-        responses=UPLOAD_RESPONSES,
-        openapi_extra=UPLOAD_BODY,
-        dependencies=[Depends(require_writer)],
-        summary=_summary,
-        operation_id=_operation,
-    )
+    for _documented in (True, False):
+        router.add_api_route(
+            _path if _documented else _path.rstrip("/"),
+            upload_promotions,
+            methods=["POST"],
+            status_code=202,
+            responses=UPLOAD_RESPONSES,
+            openapi_extra=UPLOAD_BODY,
+            dependencies=[Depends(require_writer)],
+            summary=_summary,
+            description=UPLOAD_DESCRIPTION.replace(
+                "Also answers at the same path without the trailing slash",
+                f"Also answers at `{_path.rstrip('/')}` (no trailing slash)",
+            ),
+            operation_id=_operation if _documented else f"{_operation}_no_slash",
+            include_in_schema=_documented,
+        )

@@ -7,6 +7,7 @@ const POLL_BUSY_MS = 1000; // while a job runs: live progress
 const POLL_IDLE_MS = 3000;
 const $ = (id) => document.getElementById(id);
 let pollTimer = null;
+let uploadedJob = null; // the job of the last upload from this page, followed under the form
 
 // ---- formatting -------------------------------------------------------------------------
 const nf = new Intl.NumberFormat("en-US");
@@ -22,10 +23,13 @@ function bytes(n) {
 
 function duration(s) {
   if (s === null || s === undefined) return "–";
-  if (s < 60) return `${s.toFixed(s < 10 ? 1 : 0)} s`;
-  const m = Math.floor(s / 60);
-  if (m < 60) return `${m} min ${Math.round(s % 60)} s`;
-  return `${Math.floor(m / 60)} h ${m % 60} min`;
+  if (s < 59.5) return `${s.toFixed(s < 9.95 ? 1 : 0)} s`;
+  // Rounded once, then split: 119.6 s is "2 min 0 s", never "1 min 60 s".
+  const total = Math.round(s);
+  const m = Math.floor(total / 60);
+  if (total < 3600) return `${m} min ${total % 60} s`;
+  const minutes = Math.round(s / 60);
+  return `${Math.floor(minutes / 60)} h ${minutes % 60} min`;
 }
 
 function when(iso) {
@@ -72,8 +76,26 @@ async function problem(response) {
   }
 }
 
+// Links to reads that may need the token (a plain link cannot send it): fetched with the
+// token, then saved (download) or opened from memory.
+async function openWithToken(event, path, download) {
+  event.preventDefault();
+  const response = await fetch(path, { headers: authHeaders(token()) });
+  if (!response.ok) {
+    $("error").textContent = `${path}: ${await problem(response)}`;
+    $("error").hidden = false;
+    return;
+  }
+  const url = URL.createObjectURL(await response.blob());
+  const link = el("a", { href: url, download: download || undefined, target: download ? undefined : "_blank" });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+}
+
 async function getJson(path, allow404 = false) {
-  const response = await fetch(path, { headers: { Accept: "application/json" } });
+  const response = await fetch(path, { headers: { Accept: "application/json", ...authHeaders(token()) } });
   if (allow404 && response.status === 404) return null;
   if (!response.ok) throw new Error(`${path}: ${await problem(response)}`);
   return response.json();
@@ -124,13 +146,18 @@ function outcomeCell(job, activeVersion) {
 function jobRow(job, activeVersion) {
   const id = job.job_id;
   const reports = el("td", {},
-    el("a", { href: `../jobs/${encodeURIComponent(id)}`, text: "status" }));
+    el("a", {
+      href: `../jobs/${encodeURIComponent(id)}`,
+      text: "status",
+      onclick: (e) => openWithToken(e, `../jobs/${encodeURIComponent(id)}`),
+    }));
   if (job.rows_rejected > 0) {
     reports.append(" · ", el("a", {
       href: `../jobs/${encodeURIComponent(id)}/rejects`,
       class: "rejects-link",
       download: `rejects-${id}.csv`,
       text: `rejects (${num(job.rows_rejected)})`,
+      onclick: (e) => openWithToken(e, `../jobs/${encodeURIComponent(id)}/rejects`, `rejects-${id}.csv`),
     }));
   }
   const status = job.status === "running" || job.status === "finalizing"
@@ -244,6 +271,7 @@ function upload(event) {
     try { body = JSON.parse(xhr.responseText); } catch (e) { /* not JSON */ }
     if (xhr.status === 202) {
       bar.value = 1;
+      uploadedJob = body.job_id;
       text.textContent = `stored: job ${body.job_id} is ${body.status} (follow it below)`;
       poll();
     } else {
@@ -266,6 +294,22 @@ function upload(event) {
   xhr.send(form);
 }
 
+// The line under the upload form says where the uploaded job is now, not where it was.
+function followUpload(jobs) {
+  const job = jobs.find((j) => j.job_id === uploadedJob);
+  if (!job) return;
+  const text = $("upload-text");
+  if (job.status === "succeeded") {
+    text.textContent = `stored: job ${job.job_id} succeeded (version ${job.dataset_version})`;
+  } else if (job.status === "failed" || job.status === "held") {
+    text.textContent = `stored: job ${job.job_id} ${job.status}: ${job.error || ""}`;
+    text.className = "error";
+  } else {
+    text.textContent = `stored: job ${job.job_id} is ${job.status} (follow it below)`;
+  }
+  if (["succeeded", "failed", "held"].includes(job.status)) uploadedJob = null;
+}
+
 // ---- polling ------------------------------------------------------------------------------
 async function poll() {
   clearTimeout(pollTimer);
@@ -277,6 +321,7 @@ async function poll() {
       getJson("../datasets/active", true),
     ]);
     renderJobs(jobs, active ? active.version : null);
+    followUpload(jobs);
     renderDatasets(datasets, active);
     busy = jobs.some((j) => j.status === "queued" || j.status === "running" || j.status === "finalizing");
     $("error").hidden = true;

@@ -123,8 +123,10 @@ def test_cli_jobs_job_datasets_and_activate(api_url: str, tmp_path: Path) -> Non
     assert [j["status"] for j in jobs] == ["succeeded", "succeeded"]
     table = promotions("jobs").stdout
     assert all(j["job_id"] in table for j in jobs) and "1,000" in table
+    assert "32.csv" in table and "31.csv" in table  # the names the files were sent as
     shown = promotions("job", jobs[0]["job_id"])
     assert shown.returncode == 0 and "phase_durations_s" in shown.stdout
+    assert "32.csv" in shown.stdout
     assert json.loads(promotions("job", jobs[1]["job_id"], "--json").stdout) == {
         **jobs[1],
         "rejects": [],
@@ -152,7 +154,11 @@ def http_get(api_url: str, path: str) -> Any:
 def test_health_and_docs(http: httpx.Client) -> None:
     assert http.get("/healthz").json() == {"status": "ok"}
     ready = http.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["checks"] == {"store": "ok", "cache": "ok"}
+    assert ready.status_code == 200 and ready.json()["checks"] == {
+        "store": "ok",
+        "cache": "ok",
+        "breaker": "closed",
+    }
     for page in ("/docs", "/redoc"):
         html = http.get(page)
         assert html.status_code == 200
@@ -169,3 +175,19 @@ def test_health_and_docs(http: httpx.Client) -> None:
     assert {"rows_per_s", "eta_s", "phase_durations_s"} <= set(job_fields)
     promotion = spec["components"]["schemas"]["Promotion"]
     assert promotion["examples"][0]["price"] == 60.683466
+
+
+@pytest.mark.parametrize("path", ["/add-promotions", "/uploadfile"])
+def test_upload_paths_without_the_trailing_slash_answer_202_not_a_redirect(
+    http: httpx.Client, path: str
+) -> None:
+    """A client that does not follow redirects (curl without -L, a cron job) must not get an
+    empty 307 and believe the file was sent."""
+    body = b"a1,1.5,2027-12-01 07:38:51+00\n"
+    r = http.post(path, files={"file": ("p.csv", body)})  # httpx never follows redirects here
+    assert r.status_code == 202, (r.status_code, r.headers)
+    job = wait_job(http, r.json()["job_id"])
+    assert job["status"] == "succeeded" and job["rows_loaded"] == 1, job
+    paths = http.get("/openapi.json").json()["paths"]
+    assert path not in paths and f"{path}/" in paths  # documented once
+    assert f"`{path}`" in paths[f"{path}/"]["post"]["description"]

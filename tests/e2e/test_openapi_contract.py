@@ -7,23 +7,47 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from devstack.services import Service, api_command, free_port
+from tests.conftest import _LOGS
 
 pytestmark = pytest.mark.usefixtures("worker", "clean_state")
 
 MAX_EXAMPLES = 10
 ROOT = str(Path(__file__).resolve().parents[2])
+TOKEN = "contract-test-token"
 
 
-def test_schemathesis_finds_no_failure(api_url: str, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def guarded_api(services: None) -> Iterator[str]:
+    """The API with a write token, as deployed: the document declares the bearer scheme on
+    the write operations, and schemathesis checks they refuse requests without it."""
+    port = free_port()
+    svc = Service(
+        "api-contract",
+        api_command("127.0.0.1", port),
+        env={"WRITE_TOKEN": TOKEN},
+        port=port,
+        log_path=_LOGS / "api-contract.log",
+    )
+    svc.start().wait_ready(60)
+    yield f"http://127.0.0.1:{port}"
+    svc.stop()
+
+
+def test_schemathesis_finds_no_failure(guarded_api: str, tmp_path: Path) -> None:
     command = [
         sys.executable,
         "-m",
         "schemathesis.cli",
         "run",
-        f"{api_url}/openapi.json",
+        f"{guarded_api}/openapi.json",
+        "--header",
+        f"Authorization: Bearer {TOKEN}",
         "--checks",
         "all",
         "--max-examples",

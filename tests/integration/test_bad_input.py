@@ -250,12 +250,12 @@ FAILED: list[tuple[str, bytes, str]] = [
     (
         "wrong-date-format",
         text(rows(50, lambda i: f"{_id(i)},1,04/08/2018 05:32")),
-        "is not 'YYYY-MM-DD HH:MM:SS [+HHMM ZONE]' or ISO-8601",
+        "is not 'YYYY-MM-DD[ T]H:MM:SS[.fraction][zone]'",
     ),
     (
         "date-without-time",
         text(rows(50, lambda i: f"{_id(i)},1,2018-08-04")),
-        "is not 'YYYY-MM-DD HH:MM:SS [+HHMM ZONE]' or ISO-8601",
+        "is not 'YYYY-MM-DD[ T]H:MM:SS[.fraction][zone]'",
     ),
     (
         "bad-offset",

@@ -27,6 +27,16 @@ FORMS = [
     ("quoted-all", "60.683466", "2018-08-04 05:32:31 +0200 CEST", "QUOTE_ALL"),
     ("quoted-some", "7.", "2018-08-04T05:32:31+02:00", "QUOTE_NONNUMERIC"),
     ("quoted-spaced", "2.5", "2018-08-04 05:32:31", "spaced"),
+    # As export tools write them (docs/file-format.md).
+    ("postgresql", "1", "2027-12-01 07:38:51.532085+00", None),
+    ("postgresql-minus", "1", "2027-12-01 07:38:51-03", None),
+    ("pandas-aware", "1", "2027-12-01 07:38:51.532085+00:00", None),
+    ("polars-aware", "1", "2027-12-01T07:38:51.532085+0000", None),
+    ("ruby-utc", "1", "2027-12-01 07:38:51 UTC", None),
+    ("ruby-offset", "1", "2027-12-01 07:38:51 +0100", None),
+    ("go-time-string", "1", "2027-12-01 07:38:51.532085 +0000 UTC", None),
+    ("libreoffice", "1", "2027-12-01 7:38:51", "QUOTE_ALL"),
+    ("gmt", "1", "2027-12-01 07:38:51 GMT", None),
 ]
 
 
@@ -43,7 +53,8 @@ def _line(row_id: str, price: str, date: str, quoting: str | None) -> str:
 
 
 def test_every_accepted_form_is_served_as_written(client: TestClient) -> None:
-    content = "".join(_line(*form) + "\r\n" for form in FORMS).encode()
+    header = '"id","price","expiration_date"\r\n'  # quoted, as R and LibreOffice write it
+    content = (header + "".join(_line(*form) + "\r\n" for form in FORMS)).encode()
     r = client.post("/add-promotions/", files={"file": ("p.csv", content)})
     job = wait_job(client, r.json()["job_id"])
     assert job["status"] == "succeeded" and job["rows_rejected"] == 0, job

@@ -223,3 +223,155 @@ def test_claim_leftovers_of_a_recorded_job_go_and_an_inflating_claim_is_left_alo
     part.unlink()  # the inflating worker died too: now the claim is dead
     assert recover_dead_claims(mongo_db, later) == 1
     assert (settings.inbox_dir / "b.csv.gz").read_bytes() == b"gzip original"
+
+
+# The drop folder trusts nothing: what the scan looked at may be swapped before the claim,
+# and names are whatever bytes the partner's system wrote.
+
+
+def _outside_file(settings: Settings) -> Path:
+    """A file the service must never read: valid rows, outside the inbox."""
+    secret = settings.data_dir / "secret.csv"
+    generate(20, secret, seed=70)
+    old = time.time() - 5
+    os.utime(secret, (old, old))
+    return secret
+
+
+def _quarantined(settings: Settings) -> dict[str, str]:
+    return {
+        p.name: p.read_text()
+        for p in settings.quarantine_dir.iterdir()
+        if p.name.endswith(".reason.txt")
+    }
+
+
+def _nothing_taken(mongo_db: Any, settings: Settings) -> None:
+    assert mongo_db[lifecycle.JOBS].count_documents({}) == 0
+    assert not any(settings.uploads_dir.iterdir())  # no marker, claim or stored file left
+
+
+def test_a_symlink_swapped_in_between_scan_and_claim_is_quarantined_never_read(
+    mongo_db: Any, settings: Settings
+) -> None:
+    from worker.inbox import ingest_file
+    from worker.inbox_files import ready_files
+
+    secret = _outside_file(settings)
+    _drop(settings, "partner.csv", 10, seed=71)
+    [path] = ready_files(settings.inbox_dir, 0)
+    path.unlink()
+    path.symlink_to(secret)  # swapped after the scan checked the name
+    assert ingest_file(mongo_db, path) is None
+    _nothing_taken(mongo_db, settings)
+    [reason] = _quarantined(settings).values()
+    assert "name: partner.csv" in reason and "symbolic link" in reason
+    [link] = [p for p in settings.quarantine_dir.iterdir() if p.is_symlink()]
+    assert link.readlink() == secret  # moved aside as it is, the target untouched
+    secret.unlink()
+
+
+def test_a_hard_link_to_another_file_is_quarantined(mongo_db: Any, settings: Settings) -> None:
+    secret = _outside_file(settings)
+    settings.inbox_dir.mkdir(parents=True, exist_ok=True)
+    os.link(secret, settings.inbox_dir / "linked.csv")
+    assert scan_inbox() == []
+    _nothing_taken(mongo_db, settings)
+    [reason] = _quarantined(settings).values()
+    assert "name: linked.csv" in reason and "2 hard links" in reason
+    secret.unlink()
+
+
+def test_a_fifo_swapped_in_is_quarantined_without_blocking_the_scan(
+    mongo_db: Any, settings: Settings
+) -> None:
+    from worker.inbox import ingest_file
+    from worker.inbox_files import ready_files
+
+    _drop(settings, "partner.csv", 10, seed=72)
+    [path] = ready_files(settings.inbox_dir, 0)
+    path.unlink()
+    os.mkfifo(path)
+    stop = threading.Event()
+
+    def release_a_blocked_reader() -> None:
+        # A scan that opens the FIFO by name blocks until a writer comes: this writer comes
+        # (and goes at once) so that such a scan ends and the test fails instead of hanging.
+        while not stop.wait(0.2):
+            for fifo in settings.uploads_dir.glob(".inbox-*.claimed"):
+                try:
+                    os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+                except OSError:
+                    continue  # no reader yet
+
+    writer = threading.Thread(target=release_a_blocked_reader, daemon=True)
+    writer.start()
+    try:
+        assert ingest_file(mongo_db, path) is None
+    finally:
+        stop.set()
+        writer.join()
+    _nothing_taken(mongo_db, settings)
+    [reason] = _quarantined(settings).values()
+    assert "FIFO" in reason
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        (os.fsdecode("promoções.csv".encode("cp1252")), "promo\\xe7\\xf5es.csv"),
+        ("two\nlines.csv", "two\\x0alines.csv"),
+    ],
+    ids=["cp1252", "newline"],
+)
+def test_names_not_utf8_or_with_control_characters_are_ingested_escaped(
+    mongo_db: Any, settings: Settings, name: str, shown: str
+) -> None:
+    """A Windows client's cp1252 name, a newline in a name: the file becomes a job whose name
+    is stored and shown escaped, and the scan goes on to the files after it."""
+    _drop(settings, name, 100, seed=73, age_s=10)
+    _drop(settings, "later.csv", 100, seed=75, age_s=5)
+    job_ids = scan_inbox()
+    assert len(job_ids) == 2
+    names = [_finished(mongo_db, job_id)["original_name"] for job_id in job_ids]
+    assert names == [shown, "later.csv"]
+    assert list(settings.inbox_dir.iterdir()) == []
+    assert not any(p.name.startswith(".inbox-") for p in settings.uploads_dir.iterdir())
+
+
+def test_a_dead_claim_of_a_non_utf8_name_goes_back_under_its_exact_name(
+    mongo_db: Any, settings: Settings
+) -> None:
+    from worker import inbox_files
+    from worker.inbox import CLAIM_STALE_S, recover_dead_claims
+
+    name = os.fsdecode(b"caf\xe9.csv")
+    inbox_files.mark_claim(settings.uploads_dir, "dead", name)
+    inbox_files.claimed_path(settings.uploads_dir, "dead").write_bytes(b"rows\n")
+    assert recover_dead_claims(mongo_db, time.time() + CLAIM_STALE_S + 1) == 1
+    assert os.listdir(os.fsencode(settings.inbox_dir)) == [b"caf\xe9.csv"]
+    (settings.inbox_dir / name).unlink()
+
+
+def test_one_files_error_never_stops_the_scan(
+    mongo_db: Any, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker import inbox
+
+    first = _drop(settings, "first.csv", 100, seed=76, age_s=10)
+    _drop(settings, "second.csv", 100, seed=77, age_s=5)
+    real = inbox._store_claimed
+    failed: list[bool] = []
+
+    def input_output_error_once(*args: Any) -> int:
+        if not failed:
+            failed.append(True)
+            raise OSError(5, "Input/output error")
+        return real(*args)
+
+    monkeypatch.setattr(inbox, "_store_claimed", input_output_error_once)
+    [job_id] = scan_inbox()  # first.csv failed this scan; second.csv was still taken
+    assert _finished(mongo_db, job_id)["original_name"] == "second.csv"
+    assert first.exists()  # given back for the next scan, which takes it
+    [job_id] = wait_for(scan_inbox, 10)
+    assert _finished(mongo_db, job_id)["original_name"] == "first.csv"

@@ -14,6 +14,8 @@ from redis.asyncio import Redis as AsyncRedis
 
 from api import lookup_service
 from api.lookup_service import MAX_BATCH, LookupService
+from api.store_breaker import StoreBreaker
+from api.store_gate import StoreGate
 from shared import datasets
 from shared.cache import NEGATIVE, PromotionCache
 from shared.errors import StoreUnavailable
@@ -61,7 +63,10 @@ def run_with_service(
         redis = AsyncRedis.from_url(settings.redis_url.get_secret_value())
         cache = PromotionCache(redis, 60, 60)
         sampler = HotIdSampler(redis, 16, 60, 100)
-        service = LookupService(client[settings.mongo_db], cache, LocalCache(0), sampler, 0)
+        gate = StoreGate(StoreBreaker(5, 0.5, 2.0))
+        service = LookupService(
+            client[settings.mongo_db], cache, LocalCache(0), sampler, 0, gate, 2.0
+        )
         try:
             await scenario(service, finds)
         finally:

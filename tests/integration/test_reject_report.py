@@ -154,3 +154,25 @@ def test_a_volume_that_cannot_take_the_index_does_not_stop_the_clean_up(
     assert "could not keep its reject report index" in caplog.text
     reject_report.seal(mongo_db, tmp_path / "rejects", job_id)
     assert reject_report.index_file(tmp_path / "rejects", job_id).exists()
+
+
+def test_a_file_refused_from_its_first_rows_lists_them_in_its_report(
+    client: TestClient, settings: Settings
+) -> None:
+    """Refused before any chunk loads ("none of the first N rows is valid"): the rows judged
+    are in the report with their line numbers and reasons, and counted."""
+    lines = [f"id-{i};{i};2018-08-04" for i in range(3000)]  # ~80 KiB: more than the sample
+    content = ("id,price,expiration_date\n" + "\n".join(lines) + "\n").encode()
+    r = client.post("/add-promotions/", files={"file": ("p.csv", content)})
+    job = wait_job(client, r.json()["job_id"])
+    assert job["status"] == "failed", job
+    judged = int(job["error"].split("none of the first ")[1].split()[0])
+    assert 100 < judged < 3000
+    assert job["rows_rejected"] == judged
+    assert [x["line"] for x in job["rejects"]] == list(range(2, 102))  # the preview
+    rows = _rejects(client, job["job_id"])
+    assert rows[0] == ["line", "reason", "raw"]
+    assert [int(r[0]) for r in rows[1:]] == list(range(2, judged + 2))
+    for line, reason, raw in rows[1:]:
+        assert reason == "expected 3 fields (id,price,expiration_date), found 1"
+        assert raw == lines[int(line) - 2]

@@ -27,6 +27,9 @@ def test_parse_bench_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str]) -> 
         "bench.run_files",
         "bench.scale",
         "bench.insert_order",
+        "bench.zipf",
+        "bench.http_protocol",
+        "bench.stall",
     ],
 )
 def test_bench_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -40,7 +40,7 @@ years = st.one_of(
 )
 months = st.one_of(st.integers(0, 13).map(lambda n: f"{n:02d}"), st.just("1"))
 days = st.one_of(st.integers(0, 32).map(lambda n: f"{n:02d}"), st.sampled_from(["28", "29"]))
-hours = st.integers(0, 25).map(lambda n: f"{n:02d}")
+hours = st.one_of(st.integers(0, 25).map(lambda n: f"{n:02d}"), st.integers(0, 9).map(str))
 sixty = st.integers(0, 61).map(lambda n: f"{n:02d}")
 fraction = st.sampled_from(["", ".1", ".123456789", ".1234567890", "."])
 offsets = st.tuples(st.sampled_from("+-"), st.integers(0, 16), sixty).map(
@@ -56,7 +56,14 @@ def dates(draw: st.DrawFn) -> str:
     sep = draw(st.sampled_from(" T"))
     if draw(st.booleans()):
         return f"{stamp}{sep}{clock} {draw(offsets)}{draw(zones)}"
-    iso = draw(st.sampled_from(["Z", "+02:00", "+0200", "", "-14:00", "+15:00", "+02:60", "z"]))
+    iso = draw(
+        st.sampled_from(
+            [
+                *("Z", "+02:00", "+0200", "", "-14:00", "+15:00", "+02:60", "z", "+00", "-03"),
+                *(" UTC", " GMT", " Z", " CET", "+05:30 IST", " +02:00", "+00 UTC", "+0"),
+            ]
+        )
+    )
     return f"{stamp}{sep}{clock}{iso}"
 
 

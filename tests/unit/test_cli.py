@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.client import EXIT_REFUSED, EXIT_UNAVAILABLE
+from cli.ingest import report
 from cli.main import cli, main, rejects_path
 from cli.progress import CountingReader, Reporter, human_seconds, job_summary
 from devstack.services import free_port
@@ -27,7 +28,7 @@ def test_every_api_command_takes_url_and_token_from_options_or_the_environment()
     for command in API_COMMANDS:
         text = runner.invoke(cli, [command, "--help"], terminal_width=200).output
         assert "--url" in text and "PROMOTIONS_URL" in text, command
-        assert "--token" in text and "WRITE_TOKEN" in text, command
+        assert "--token" in text and "WRITE_TOKEN" in text and "READ_TOKEN" in text, command
 
 
 def test_usage_errors_exit_2_with_a_sentence(capsys: pytest.CaptureFixture[str]) -> None:
@@ -53,6 +54,10 @@ class _Stub(BaseHTTPRequestHandler):
             body = b"line,reason\n7,price '-1' is negative\n"
             self.send_response(200)
             self.send_header("Content-Type", "text/csv")
+        elif self.path.startswith("/jobs/guarded"):
+            body = b'{"detail": "this endpoint needs \'Authorization: Bearer <token>\'"}'
+            self.send_response(401 if self.headers.get("Authorization") is None else 403)
+            self.send_header("Content-Type", "application/json")
         else:
             body = b'{"detail": "job nope not found"}'
             self.send_response(404)
@@ -169,8 +174,74 @@ def test_partner_text_in_tables_is_shown_as_sent_never_as_markup() -> None:
     assert "'price [/] not a number'" in text and "bad price '[red]x'" in text
 
 
+def test_control_characters_in_partner_text_never_reach_the_terminal() -> None:
+    """A file name or rejected line holding a terminal escape sequence (clear the screen,
+    set the window title) is shown escaped; the table's own newlines stay."""
+    import io
+
+    from rich.console import Console
+
+    from cli.tables import job_table, jobs_table
+
+    job = {
+        "job_id": "j1",
+        "status": "failed",
+        "phase": "loading",
+        "original_name": "a\x1b[2J\x1b]0;pwned\x07.csv",
+        "source": "inbox",
+        "bytes_total": 10,
+        "error": "line 2: bad price '\x1b[31mx'",
+        "rows_rejected": 2,
+        "rejects": [{"line": 2, "reason": "bad\rprice"}, {"line": 3, "reason": "x\x9bq"}],
+    }
+    out = io.StringIO()
+    console = Console(file=out, width=400, force_terminal=True, color_system=None)
+    console.print(jobs_table([job]))
+    console.print(job_table(job))
+    text = out.getvalue()
+    for control in ("\x1b[2J", "\x1b]0", "\x07", "\x1b[31m", "\r", "\x9b"):
+        assert control not in text
+    assert "a\\x1b[2J\\x1b]0;pwned\\x07.csv" in text
+    assert "line 2: bad\\x0dprice" in text and "line 3: x\\x9bq" in text
+
+
 def test_a_job_id_as_typed_stays_one_path_segment() -> None:
     from cli.client import job_path
 
     assert job_path("5f0c2a3e") == "/jobs/5f0c2a3e"
     assert job_path("../datasets") == "/jobs/..%2Fdatasets"
+
+
+def test_a_refused_token_says_how_to_give_one(
+    stub_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PROMOTIONS_TOKEN", raising=False)
+    monkeypatch.delenv("WRITE_TOKEN", raising=False)
+    assert main(["rejects", "guarded", "--url", stub_url]) == EXIT_REFUSED
+    err = capsys.readouterr().err
+    assert "401" in err and "pass the write token with --token or set PROMOTIONS_TOKEN" in err
+    assert main(["rejects", "guarded", "--url", stub_url, "--token", "bad"]) == EXIT_REFUSED
+    refused = capsys.readouterr().err
+    assert "403" in refused and "check the token given with --token or PROMOTIONS_TOKEN" in refused
+
+
+def test_a_failed_job_line_says_after_how_long_once(capsys: pytest.CaptureFixture[str]) -> None:
+    job = {
+        "job_id": "j1",
+        "status": "failed",
+        "error": "none of the first 50 rows is valid",
+        "phase_durations_s": {"queued": 0.02, "splitting": 0.01, "total": 0.03},
+    }
+    assert report(job) == 1
+    line = capsys.readouterr().err.strip()
+    assert line == (
+        "job j1 failed: none of the first 50 rows is valid (after 0.0s: queued 0.0s, "
+        "splitting 0.0s)"
+    )
+
+
+def test_generate_says_what_it_wrote(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "p.csv"
+    assert main(["generate", "100", str(path), "--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"wrote 100 rows to {path} (") and "KB" in out

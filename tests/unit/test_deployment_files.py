@@ -26,7 +26,7 @@ def test_every_service_is_health_checked_and_waits_for_healthy_deps(
 ) -> None:
     assert "version" not in compose
     services = compose["services"]
-    assert set(services) >= {"api", "worker", "beat", "flower", "mongo", "redis", "cache"}
+    assert set(services) >= {"api", "worker", "beat", "flower", "mongo", "redis", "cache", "edge"}
     for name, service in services.items():
         assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
         for dep, how in (service.get("depends_on") or {}).items():
@@ -38,14 +38,18 @@ def test_store_and_broker_are_pinned_private_and_authenticated(compose: dict[str
     assert re.fullmatch(r"mongo:8\.\d+\.\d+", services["mongo"]["image"])
     for name in ("redis", "cache"):
         assert re.fullmatch(r"redis:7\.\d+\.\d+(-alpine)?", services[name]["image"])
-    assert "noeviction" in services["redis"]["command"]  # the broker never loses tasks
-    assert "allkeys-lru" in services["cache"]["command"]  # the cache can always make room
+    assert "noeviction" in " ".join(services["redis"]["command"])  # the broker never loses tasks
+    assert "allkeys-lru" in " ".join(services["cache"]["command"])  # the cache can make room
     for name in ("mongo", "redis", "cache"):
         assert "ports" not in services[name], f"{name} must not be published"
     assert "MONGO_INITDB_ROOT_PASSWORD" in services["mongo"]["environment"]
     text = (ROOT / "docker-compose.yml").read_text()
-    for required in ("WRITE_TOKEN", "MONGO_PASSWORD", "MONGO_ROOT_PASSWORD", "FLOWER_BASIC_AUTH"):
+    for required in _COMPOSE_ENV:
         assert "${" + required + ":?" in text, f"{required} must be required"
+    for name, variable in (("redis", "REDIS_PASSWORD"), ("cache", "CACHE_PASSWORD")):
+        command = " ".join(services[name]["command"])
+        assert "requirepass" in command and f"$${variable}" in command, name
+        assert f'REDISCLI_AUTH="$${variable}"' in " ".join(services[name]["healthcheck"]["test"])
     assert 'PRODUCTION: "true"' in text
     # The service connects as its own readWrite user, created at init, never as root.
     assert "mongodb://promotions:${MONGO_PASSWORD" in text and "authSource=vervedb" in text
@@ -80,9 +84,29 @@ def _compose_client() -> list[str]:
 # What the stack requires from the environment; the check sees nothing else of ours.
 _COMPOSE_ENV = {
     "WRITE_TOKEN": "t",
+    "READ_TOKEN": "rt",
     "MONGO_PASSWORD": "p",
     "MONGO_ROOT_PASSWORD": "r",
+    "REDIS_PASSWORD": "bp",
+    "CACHE_PASSWORD": "cp",
     "FLOWER_BASIC_AUTH": "a:b",
+    "GRAFANA_ADMIN_PASSWORD": "g",
+}
+
+# What each application container may receive: the secrets its role uses, no more.
+_SECRETS = {
+    "MONGO_URL",
+    "REDIS_URL",
+    "BROKER_URL",
+    "WRITE_TOKEN",
+    "READ_TOKEN",
+    "FLOWER_BASIC_AUTH",
+}
+_ROLE_SECRETS = {
+    "api": {"MONGO_URL", "REDIS_URL", "BROKER_URL", "WRITE_TOKEN", "READ_TOKEN"},
+    "worker": {"MONGO_URL", "REDIS_URL", "BROKER_URL"},
+    "beat": {"BROKER_URL"},
+    "flower": {"BROKER_URL", "FLOWER_BASIC_AUTH"},
 }
 
 
@@ -119,9 +143,39 @@ def test_the_development_env_file_does_not_leak_into_the_stack() -> None:
     services = yaml.safe_load(done.stdout)["services"]
     for name in ("api", "worker", "beat", "flower"):
         env = services[name]["environment"]
-        assert env["REDIS_URL"] == "redis://cache:6379/0", name
-        assert env["BROKER_URL"] == "redis://redis:6379/0", name
-        assert "127.0.0.1" not in env["MONGO_URL"], name
+        assert env["BROKER_URL"] == "redis://:bp@redis:6379/0", name
+        if "REDIS_URL" in env:
+            assert env["REDIS_URL"] == "redis://:cp@cache:6379/0", name
+        assert "127.0.0.1" not in env.get("MONGO_URL", ""), name
+
+
+def test_only_the_edge_is_published_and_each_container_gets_only_its_secrets() -> None:
+    done = subprocess.run(
+        [*_compose_client(), "config"],
+        cwd=ROOT,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **_COMPOSE_ENV},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    services = yaml.safe_load(done.stdout)["services"]
+    published = {name for name, service in services.items() if service.get("ports")}
+    assert published == {"edge", "flower", "prometheus", "grafana"}
+    [edge] = services["edge"]["ports"]
+    assert str(edge.get("target", edge)).endswith("8443")
+    # Flower answers /metrics without its login, Prometheus has no login and Grafana's is
+    # plain HTTP: this host's loopback only.
+    for name in published - {"edge"}:
+        for port in services[name]["ports"]:
+            host = port.get("host_ip") if isinstance(port, dict) else str(port)
+            assert str(host).startswith("127.0.0.1"), (name, port)
+    for role, wanted in _ROLE_SECRETS.items():
+        env = services[role]["environment"]
+        assert env["SERVICE_ROLE"] == role and env["PRODUCTION"] == "true"
+        assert set(env) & _SECRETS == wanted, role
+    mounts = " ".join(str(v) for v in services["edge"]["volumes"])
+    assert "deploy/nginx/nginx.conf" in mounts and "deploy/tls" in mounts
 
 
 def test_compose_check_rejects_a_broken_file_and_missing_secrets(tmp_path: Path) -> None:
@@ -134,3 +188,22 @@ def test_compose_check_rejects_a_broken_file_and_missing_secrets(tmp_path: Path)
     without = {k: v for k, v in _COMPOSE_ENV.items() if k != "MONGO_ROOT_PASSWORD"}
     done = _compose_config(ROOT / "docker-compose.yml", without)
     assert done.returncode != 0 and "MONGO_ROOT_PASSWORD" in done.stderr, done.stderr
+
+
+def test_the_images_install_every_package_pinned_with_hashes() -> None:
+    """requirements.lock (``make lock``) holds every runtime package, indirect ones too, at
+    the version requirements.txt names, each with hashes; the images install only it."""
+    lock = (ROOT / "requirements.lock").read_text()
+    entries = re.findall(
+        r"^([A-Za-z0-9_.\-]+)==(\S+) \\\n((?:\s+--hash=sha256:[0-9a-f]{64}.*\n)+)", lock, re.M
+    )
+    pinned = {name.lower().replace("_", "-"): version for name, version, _ in entries}
+    assert len(entries) == len(re.findall(r"^\S+==", lock, re.M)), "an entry has no hash"
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = re.sub(r"\[.*\]", "", line).split("==")
+            assert pinned.get(name.lower().replace("_", "-")) == version, line
+    for dockerfile in ("Dockerfile.api", "Dockerfile.worker"):
+        text = (ROOT / dockerfile).read_text()
+        assert "pip install --require-hashes --no-deps -r requirements.lock" in text
+        assert "requirements.txt" not in text

@@ -16,6 +16,7 @@ from shared.promotion_rows import (
     check_expiration_date,
     encode_document,
     parse_chunk,
+    parse_chunk_strict,
     parse_row,
     split_fields,
 )
@@ -42,6 +43,18 @@ GOOD = "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118,60.683466,2018-08-04 05:32:31 +0200
         "x,12,2022-06-04T06:01:20+0200",
         "x,1.5E-3,2022-06-04T06:01:20Z",
         "x,0.0,2022-06-04T06:01:20Z",
+        # As real tools write them: PostgreSQL / DuckDB, Ruby, LibreOffice, pandas, polars, Go.
+        "x,1,2027-12-01 07:38:51.532085+00",
+        "x,1,2027-12-01 07:38:51-03",
+        "x,1,2027-12-01 07:38:51+05:30",
+        "x,1,2027-12-01 07:38:51 UTC",
+        "x,1,2027-12-01 07:38:51 GMT",
+        "x,1,2027-12-01 07:38:51 Z",
+        "x,1,2027-12-01 7:38:51",
+        "x,1,2027-12-01 07:38:51.532085+00:00",
+        "x,1,2027-12-01T07:38:51.532085+0000",
+        "x,1,2027-12-01 07:38:51.532085 +0000 UTC",
+        "x,1,2027-12-01 07:38:51 +02:00",
     ],
 )
 def test_valid_rows(line: str) -> None:
@@ -75,7 +88,16 @@ def test_valid_rows(line: str) -> None:
         ("a,1,04/08/2018 05:32", "is not 'YYYY-MM-DD"),
         ("a,1,2018-08-04", "is not 'YYYY-MM-DD"),
         ("a,1,2018-08-04 05:32", "is not 'YYYY-MM-DD"),
-        ("a,1,2018-08-04 05:32:31 +02:00", "is not 'YYYY-MM-DD"),
+        ("a,1,2018-08-04 05:32:31 +2", "is not 'YYYY-MM-DD"),
+        ("a,1,2018-08-04 05:32:31 +020", "is not 'YYYY-MM-DD"),
+        ("a,1,2018-08-04 005:32:31", "is not 'YYYY-MM-DD"),
+        ("a,1,2018-08-04 05:32:31  UTC", "is not 'YYYY-MM-DD"),
+        ("a,1,2018-08-04 05:32:31UTC", "is not 'YYYY-MM-DD"),
+        ("a,1,2018-08-04 05:32:31 CET", "zone name 'CET' without an offset"),
+        ("a,1,2018-08-04 05:32:31 utc", "only UTC, GMT and Z are accepted alone"),
+        ("a,1,2018-08-04 05:32:31 Europe/Paris", "zone name 'Europe/Paris' without an offset"),
+        ("a,1,2018-08-04 24:32:31+00", "time of day"),
+        ("a,1,2018-08-04 05:32:31+15", "invalid offset"),
         ("a,1,2018-08-04T05:32:31.1234567890Z", "is not 'YYYY-MM-DD"),
         ("a,1,2018-08-04 05:32:31 +9900", "invalid offset"),
         ("a,1,2018-08-04T05:32:31+15:00", "invalid offset"),
@@ -140,6 +162,32 @@ def test_chunk_skips_header_bom_and_blank_lines_and_accepts_crlf() -> None:
     batches, stats = _chunk(data)
     assert stats.lines == 5 and stats.rows_read == 2 and stats.rows_valid == 2
     assert sum(len(b) for b in batches) == 2
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        '"id","price","expiration_date"',  # R write.csv, QUOTE_ALL, QUOTE_NONNUMERIC
+        '"ID", "Price" ,\t"EXPIRATION_DATE"',
+        'id,"price",expiration_date',
+        '\ufeff"id","price","expiration_date"\r',  # a spreadsheet: BOM and CRLF
+    ],
+)
+@pytest.mark.parametrize("parse", [parse_chunk, parse_chunk_strict])
+def test_a_header_in_any_quoting_and_case_is_skipped_never_rejected(
+    header: str, parse: object
+) -> None:
+    stats = ChunkStats()
+    data = f"{header}\n{GOOD}\n".encode()
+    batches = list(parse(data, 0, 10, stats))  # type: ignore[operator]
+    assert stats.rows_rejected == 0 and stats.rows_read == 1 and stats.rows_valid == 1
+    assert sum(len(b) for b in batches) == 1
+
+
+def test_a_header_in_another_column_order_is_refused_with_a_reason() -> None:
+    _, stats = _chunk(f'"price","id","expiration_date"\n{GOOD}\n'.encode())
+    assert stats.rows_rejected == 1
+    assert "they must come in the order id,price,expiration_date" in stats.rejects[0][1]
 
 
 def test_header_is_only_skipped_on_the_first_line_of_the_file() -> None:

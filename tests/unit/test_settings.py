@@ -43,26 +43,92 @@ def test_redact_url_leaves_urls_without_password() -> None:
     assert redact_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
 
 
+TOKEN = "t" * 40
+REAL = {
+    "WRITE_TOKEN": "w" * 32 + "Wq81zk",
+    "MONGO_URL": "mongodb://promotions:db-pass-Dq81zk@mongo:27017/",
+    "REDIS_URL": "redis://:cache-pass-Cq81zk@cache:6379/0",
+    "BROKER_URL": "redis://:broker-pass-Bq81zk@redis:6379/0",
+    "FLOWER_BASIC_AUTH": "ops:flower-pass-Fq81zk",
+}
+
+
+@pytest.fixture
+def production(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    monkeypatch.setenv("CONFIG_FILE", "/nonexistent.json")
+    monkeypatch.setenv("PRODUCTION", "true")
+    for key, value in REAL.items():
+        monkeypatch.setenv(key, value)
+    for key in ("READ_TOKEN", "SERVICE_ROLE"):
+        monkeypatch.delenv(key, raising=False)
+    return monkeypatch
+
+
 @pytest.mark.parametrize(
     ("env", "refused"),
     [
-        ({}, "WRITE_TOKEN"),
-        ({"WRITE_TOKEN": "change-me-dev-token"}, "placeholder"),
-        (
-            {"WRITE_TOKEN": "s3cret", "MONGO_URL": "mongodb://u:change-me@db/"},
-            "MongoDB password",
-        ),
+        ({"WRITE_TOKEN": None}, "WRITE_TOKEN is not set"),
+        ({"WRITE_TOKEN": "change-me-dev-token" + "x" * 30 + "Tq81zk"}, "WRITE_TOKEN is a 'cha"),
+        ({"WRITE_TOKEN": "Change-Me-x" + "x" * 30 + "Uq81zk"}, "WRITE_TOKEN is a 'change-me"),
+        ({"WRITE_TOKEN": "x"}, "WRITE_TOKEN is shorter than 32"),
+        ({"READ_TOKEN": "short-Rq81zk"}, "READ_TOKEN is shorter than 32"),
+        ({"MONGO_URL": "mongodb://u:CHANGE-ME-db-Mq81zk@db/"}, "password in MONGO_URL is a"),
+        ({"MONGO_URL": "mongodb://mongo:27017/"}, "MONGO_URL has no password"),
+        ({"REDIS_URL": "redis://cache:6379/0"}, "REDIS_URL has no password"),
+        ({"BROKER_URL": "redis://:short@redis:6379/0"}, "password in BROKER_URL is shorter"),
+        ({"FLOWER_BASIC_AUTH": None}, "FLOWER_BASIC_AUTH is not set"),
+        ({"FLOWER_BASIC_AUTH": "admin:change-me-flower"}, "FLOWER_BASIC_AUTH password is a"),
     ],
 )
-def test_production_refuses_placeholders(
-    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], refused: str
+def test_production_refuses_missing_short_and_placeholder_secrets(
+    production: pytest.MonkeyPatch, env: dict[str, str | None], refused: str
 ) -> None:
-    monkeypatch.delenv("WRITE_TOKEN", raising=False)
-    monkeypatch.setenv("PRODUCTION", "true")
     for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    with pytest.raises(ValueError, match=refused):
+        if value is None:
+            production.delenv(key)
+        else:
+            production.setenv(key, value)
+    with pytest.raises(ValueError, match=refused) as raised:
         Settings()
-    monkeypatch.setenv("WRITE_TOKEN", "a-real-secret")
-    monkeypatch.setenv("MONGO_URL", "mongodb://u:real@db/")
+    shown = str(raised.value)  # no secret shows, not even the end of one
+    assert "input_value" not in shown
+    for value in [*REAL.values(), *env.values()]:
+        assert not value or "q81zk" not in shown
+    assert Settings(production=False).production is False
+
+
+def test_production_accepts_real_secrets(production: pytest.MonkeyPatch) -> None:
     assert Settings().production
+    production.setenv("READ_TOKEN", TOKEN)
+    assert Settings().read_token is not None
+
+
+@pytest.mark.parametrize(
+    ("role", "unset"),
+    [
+        ("worker", ["WRITE_TOKEN", "FLOWER_BASIC_AUTH"]),
+        ("beat", ["WRITE_TOKEN", "FLOWER_BASIC_AUTH", "MONGO_URL", "REDIS_URL"]),
+        ("flower", ["WRITE_TOKEN", "MONGO_URL", "REDIS_URL"]),
+    ],
+)
+def test_each_role_needs_only_the_secrets_it_uses(
+    production: pytest.MonkeyPatch, role: str, unset: list[str]
+) -> None:
+    production.setenv("SERVICE_ROLE", role)
+    for key in unset:
+        production.delenv(key)
+    assert Settings().service_role == role
+    production.setenv("SERVICE_ROLE", "api")
+    with pytest.raises(ValueError, match="production needs real secrets"):
+        Settings()
+
+
+@pytest.mark.parametrize("value", ["", " ", "\t"])
+def test_an_empty_token_is_refused_at_start_up(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("CONFIG_FILE", "/nonexistent.json")
+    for name in ("WRITE_TOKEN", "READ_TOKEN"):
+        monkeypatch.delenv("WRITE_TOKEN", raising=False)
+        monkeypatch.delenv("READ_TOKEN", raising=False)
+        monkeypatch.setenv(name, value)
+        with pytest.raises(ValueError, match=f"{name} is set but empty"):
+            Settings()

@@ -1,14 +1,16 @@
+import asyncio
 import gzip
 import os
 import random
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from api.upload_stream import UploadError, _MultipartFile
+from api.upload_stream import UploadError, UploadPace, _MultipartFile, paced
 from shared.gunzip_file_writer import (
     GunzipFileWriter,
     StoredFileError,
@@ -78,12 +80,13 @@ def test_store_file_inflates_a_gzip_file_from_disk(tmp_path: Path) -> None:
     source = tmp_path / "in.csv.gz"
     source.write_bytes(gzip.compress(CSV))
     (tmp_path / "out").mkdir()
-    assert store_file(source, tmp_path / "out" / "a.csv", _limits()) == (len(CSV), True)
+    with source.open("rb") as f:
+        assert store_file(f, tmp_path / "out" / "a.csv", _limits()) == (len(CSV), True)
     assert os.listdir(tmp_path / "out") == ["a.csv"]
     assert (tmp_path / "out" / "a.csv").read_bytes() == CSV
     source.write_bytes(gzip.compress(CSV)[:-20])
-    with pytest.raises(StoredFileError, match="truncated"):
-        store_file(source, tmp_path / "out" / "b.csv", _limits())
+    with source.open("rb") as f, pytest.raises(StoredFileError, match="truncated"):
+        store_file(f, tmp_path / "out" / "b.csv", _limits())
     assert os.listdir(tmp_path / "out") == ["a.csv"]
 
 
@@ -182,3 +185,24 @@ def test_a_part_header_over_the_parser_bound_is_refused() -> None:
     with pytest.raises(UploadError, match="malformed") as exc:
         parser.feed(b'--XyZ\r\nContent-Disposition: form-data; name="' + b"n" * 5000 + b'"\r\n\r\n')
     assert exc.value.status_code == 400
+
+
+async def _chunks(pieces: int, every_s: float, size: int) -> AsyncIterator[bytes]:
+    for _ in range(pieces):
+        await asyncio.sleep(every_s)
+        yield b"x" * size
+
+
+async def _drain(chunks: AsyncIterator[bytes], pace: UploadPace) -> int:
+    return sum([len(chunk) async for chunk in paced(chunks, pace)])
+
+
+def test_a_paused_or_trickling_upload_is_cut_with_a_408() -> None:
+    pause = UploadPace(idle_s=0.1, min_bytes_per_s=0, window_s=1)
+    with pytest.raises(UploadError, match=r"sent nothing for 0\.1 s") as paused:
+        asyncio.run(_drain(_chunks(3, 0.3, 100), pause))
+    assert paused.value.status_code == 408
+    trickle = UploadPace(idle_s=5, min_bytes_per_s=1000, window_s=0.2)
+    with pytest.raises(UploadError, match="slower than 1000 bytes/s"):
+        asyncio.run(_drain(_chunks(20, 0.05, 1), trickle))
+    assert asyncio.run(_drain(_chunks(20, 0.02, 1000), trickle)) == 20_000  # fast enough
