@@ -47,6 +47,9 @@ from shared.local_cache import LocalCache
 from shared.read_latency import ReadLatencyPublisher
 
 log = logging.getLogger(__name__)
+# The part of a lookup's remaining budget its Redis read may take (a hit takes well under a
+# millisecond; the rest is the store's).
+CACHE_SHARE = 1 / 3
 
 # How long a process may spend filling its own cache for a new version before serving it:
 # it still serves the previous version meanwhile, so this adds to the 1 s propagation bound.
@@ -223,14 +226,16 @@ class LookupService:
         deadline: float,
     ) -> list[tuple[str, asyncio.Future[bytes]]]:
         """Answers what Redis has (cache hits answer 200 while the store stalls or the
-        breaker is open); returns the rest."""
+        breaker is open); returns the rest. Redis gets a share of what is left: an
+        unreachable cache (a partition: connects hang until REDIS_TIMEOUT_S) must leave the
+        store the rest of the budget, and counts as down for its cool-down, so the lookups
+        after it go straight to the store instead of each spending the whole deadline."""
         try:
-            async with asyncio.timeout(left(deadline)):
+            async with asyncio.timeout(left(deadline) * CACHE_SHARE):
                 bodies = await self.cache.get_many(version, keys)
         except TimeoutError:
-            raise DeadlineExceeded(
-                "the cache did not answer within the lookup's deadline"
-            ) from None
+            self.cache.unavailable("no answer within the lookup's share of its deadline")
+            bodies = [None] * len(keys)
         missing: list[tuple[str, asyncio.Future[bytes]]] = []
         for key, body, future in zip(keys, bodies, futures, strict=True):
             if body is None:

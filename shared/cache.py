@@ -63,6 +63,10 @@ class PromotionCache:
     def degraded(self) -> bool:
         return time.monotonic() < self._skip_until
 
+    def unavailable(self, reason: str) -> None:
+        """A caller gave up waiting on Redis: the same cool-down as an error."""
+        self._failed(TimeoutError(reason))
+
     def _failed(self, exc: Exception) -> None:
         self.counters.errors += 1
         if not self.degraded:

@@ -246,3 +246,27 @@ def test_a_worker_store_call_is_bounded_by_its_timeout_on_a_paused_store(
     # Two reads of 1 s, server selection and the new connection's handshake (0.5 s each).
     assert took < 2 * 1 + 2 * 0.5 + 1.5, took
     assert outcome and isinstance(outcome[0], TransientError), outcome
+
+
+@pytest.mark.slow
+def test_an_unreachable_cache_leaves_the_store_the_rest_of_the_deadline(
+    store: Service, settings: Settings
+) -> None:
+    """Redis that never answers in time (a partition: connects and reads hang until
+    REDIS_TIMEOUT_S, longer than a lookup's deadline) must not turn every uncached lookup
+    into a 503: the cache gets a share of the budget, then counts as down for its cool-down
+    and the store answers."""
+    assert store.port is not None
+    redis_port = int(settings.redis_url.get_secret_value().rsplit(":", 1)[1].split("/")[0])
+    with delay_proxy(redis_port) as proxy:
+        proxy.delay_s = 5.0
+        cache_url = f"redis://127.0.0.1:{proxy.port}/0"
+        cfg = app_settings(
+            settings, store.port, redis_url=SecretStr(cache_url), redis_timeout_s=2.0
+        )
+        with TestClient(create_app(cfg)) as c:
+            for key in IDS[300:303]:
+                status, took, r = timed_get(c, f"/promotions/{key}")
+                assert status == 200 and r.json()["id"] == key, r.text
+                assert took < DEADLINE_S + MARGIN_S, took
+            assert c.get("/promotions/not-stored").status_code == 404
