@@ -110,16 +110,26 @@ _ROLE_SECRETS = {
 }
 
 
-def _compose_config(compose_file: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _compose_config(
+    compose_file: Path, env: dict[str, str], quiet: bool = True
+) -> subprocess.CompletedProcess[str]:
     base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/")}
     return subprocess.run(
-        [*_compose_client(), "-f", str(compose_file), "config", "-q"],
+        [*_compose_client(), "-f", str(compose_file), "config", *(["-q"] if quiet else [])],
         cwd=compose_file.parent,
         env={**base, **env},
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def _stack_services() -> dict[str, Any]:
+    """The stack's services as compose resolves them with the required secrets set."""
+    done = _compose_config(ROOT / "docker-compose.yml", _COMPOSE_ENV, quiet=False)
+    assert done.returncode == 0, done.stderr
+    services: dict[str, Any] = yaml.safe_load(done.stdout)["services"]
+    return services
 
 
 def test_compose_config_validates() -> None:
@@ -131,16 +141,7 @@ def test_the_development_env_file_does_not_leak_into_the_stack() -> None:
     """Compose substitutes ${VAR} from the .env beside the file: the stack's own service URLs
     must win over the development values there (127.0.0.1)."""
     assert (ROOT / ".env").exists()
-    done = subprocess.run(
-        [*_compose_client(), "config"],
-        cwd=ROOT,
-        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **_COMPOSE_ENV},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    services = yaml.safe_load(done.stdout)["services"]
+    services = _stack_services()
     for name in ("api", "worker", "beat", "flower"):
         env = services[name]["environment"]
         assert env["BROKER_URL"] == "redis://:bp@redis:6379/0", name
@@ -150,16 +151,7 @@ def test_the_development_env_file_does_not_leak_into_the_stack() -> None:
 
 
 def test_only_the_edge_is_published_and_each_container_gets_only_its_secrets() -> None:
-    done = subprocess.run(
-        [*_compose_client(), "config"],
-        cwd=ROOT,
-        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **_COMPOSE_ENV},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    services = yaml.safe_load(done.stdout)["services"]
+    services = _stack_services()
     published = {name for name, service in services.items() if service.get("ports")}
     assert published == {"edge", "flower", "prometheus", "grafana"}
     [edge] = services["edge"]["ports"]
