@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import psutil
 
-from bench.common import add_common_args, report, table
+from bench.common import add_common_args, interleave, report, table
 from bench.lookups import _warm, load, wait_live
 from bench.open_loop import zipf_sequence
 from bench.parse import data_file
@@ -258,17 +258,14 @@ def main(argv: list[str] | None = None) -> None:
         for url in (st.api_url, off_url):
             wait_live(url, hot[0])
             asyncio.run(_warm(url, hot))
-        cases = [
-            ("breaker on", st.api_url, st.api.proc.pid),
-            ("breaker off", off_url, off.proc.pid),
-        ]
-        runs: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in cases}
-        for i in range(args.runs):
-            for name, url, pid in cases:
-                m = one_run(st, store, url, pid, hot, cold, args)
-                runs[name].append(m)
-                shown = ", ".join(f"{k}={v:.3g}" for k, v in m.items())
-                print(f"  run {i + 1}/{args.runs} {name}: {shown}", file=sys.stderr, flush=True)
+        api_url, api_pid, off_pid = st.api_url, st.api.proc.pid, off.proc.pid
+        runs = interleave(
+            args.runs,
+            [
+                ("breaker on", lambda: one_run(st, store, api_url, api_pid, hot, cold, args)),
+                ("breaker off", lambda: one_run(st, store, off_url, off_pid, hot, cold, args)),
+            ],
+        )
 
     rows = []
     for name, samples in runs.items():
