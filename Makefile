@@ -141,11 +141,16 @@ lock: install
 	$(PY) -m piptools compile --quiet --generate-hashes --no-emit-find-links --no-emit-index-url \
 		--strip-extras --output-file=requirements.lock requirements.txt
 
-# The digest of the current base image, for the FROM lines of Dockerfile.api/.worker (needs a
-# Docker engine with access to Docker Hub).
+# The FROM line of the current python:3.11-slim-bookworm (its Python version and the digest of
+# its multi-platform index), for Dockerfile.api and Dockerfile.worker (needs a Docker engine
+# with access to Docker Hub; without one: docs/security.md, "Base image").
+BASE_IMAGE ?= python:3.11-slim-bookworm
 base-digest:
-	docker pull -q python:3.11-slim-bookworm >/dev/null
-	docker inspect --format '{{index .RepoDigests 0}}' python:3.11-slim-bookworm
+	@docker pull -q $(BASE_IMAGE) >/dev/null
+	@version="$$(docker inspect --format '{{range .Config.Env}}{{println .}}{{end}}' $(BASE_IMAGE) \
+		| sed -n 's/^PYTHON_VERSION=//p')"; \
+	digest="$$(docker inspect --format '{{index .RepoDigests 0}}' $(BASE_IMAGE))"; \
+	echo "FROM python:$$version-slim-bookworm@$${digest#*@}"
 
 # Known vulnerabilities in the pinned runtime dependencies (docs/security.md).
 audit: install

@@ -57,10 +57,24 @@ def test_store_and_broker_are_pinned_private_and_authenticated(compose: dict[str
     assert 'role: "readWrite", db: "vervedb"' in init and "MONGO_APP_PASSWORD" in init
 
 
+# A slim Python of an exact version, pinned by the digest of its image (docs/security.md,
+# "Base image"): the tag alone can be moved to another image.
+_PINNED_BASE = r"python:\d+\.\d+\.\d+-slim(-[a-z]+)?@sha256:[0-9a-f]{64}"
+
+
+def _base_image(dockerfile: str) -> str:
+    [line] = re.findall(r"^FROM .*$", (ROOT / dockerfile).read_text(), re.M)
+    return line.removeprefix("FROM ").strip()
+
+
+def test_both_images_build_on_the_same_pinned_base() -> None:
+    assert _base_image("Dockerfile.api") == _base_image("Dockerfile.worker")
+
+
 @pytest.mark.parametrize("dockerfile", ["Dockerfile.api", "Dockerfile.worker"])
 def test_images_are_slim_pinned_non_root_and_runtime_only(dockerfile: str) -> None:
     text = (ROOT / dockerfile).read_text()
-    assert re.search(r"^FROM python:\d+\.\d+\.\d+-slim", text, re.M)
+    assert re.fullmatch(_PINNED_BASE, _base_image(dockerfile)), _base_image(dockerfile)
     assert re.search(r"^USER (?!root)\w+", text, re.M)
     assert "requirements-dev" not in text and "secantus" not in text
     assert "secantus" not in (ROOT / "requirements.txt").read_text()
