@@ -77,7 +77,7 @@ test-cluster: install
 	$(PY) -m pytest -q -rs -p no:cacheprovider tests/cluster $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-# Mutation testing of the core modules (mutmut; README "Mutation testing"): score per module
+# Mutation testing of the core modules (mutmut; docs/development.md): score per module
 # and surviving mutants in mutation/REPORT.md; fails when a module is under 85 %. About
 # 15-20 minutes on 2 cores, so not part of `make test`: run it before merging a change to a
 # core module. MUTATION_ARGS='shared.chunking.*' runs one module's mutants only.

@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     # Rows per insert: a partition task writes bucket documents holding about this many rows
     # per insert_many.
     insert_batch_rows: int = Field(default=5000, ge=1)
-    # Bucketed layout (README "How it works"): about this many rows per bucket document, and
+    # Bucketed layout (docs/architecture.md): about this many rows per bucket document, and
     # at most this many rows per partition (what one partition task holds in memory, ~200
     # bytes a row), with at least min_partitions partitions so every worker process writes.
     rows_per_bucket: int = Field(default=100, ge=1, le=10_000)
