@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-cluster install system-deps lint bench bench-deps bench-scale mutation clean edge-cert flower-htpasswd audit lock base-digest
+.PHONY: run test test-cluster install system-deps lint docs bench bench-deps bench-scale mutation clean edge-cert flower-htpasswd audit lock base-digest
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -62,13 +62,19 @@ lint: install
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy api worker cli devstack shared mutation
 
+# The documentation site (mkdocs.yml) into site/, in strict mode: a broken link or anchor, or a
+# page missing from the nav, fails the build. Not --quiet: mkdocs 1.6 then drops the warnings
+# before strict mode counts them, and the build passes.
+docs: install
+	$(PY) -m mkdocs build --strict --clean
+
 # pytest exits 5 when it collected no tests: that must fail, never pass silently. Skips are
 # listed with their reason (-rs). The suite includes the multi-host cluster test
 # (tests/cluster, ~2 min, needs root); REQUIRE_NETNS=1 turns its skip into a failure. It runs
 # `promtool check rules/config` and `promtool test rules` on deploy/prometheus
 # (tests/unit/test_prometheus_rules.py) and fires the alerts on a real Prometheus
 # (tests/e2e/test_alerts.py).
-test: lint
+test: lint docs
 	$(PY) -m pytest -q -rs -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
@@ -77,7 +83,7 @@ test-cluster: install
 	$(PY) -m pytest -q -rs -p no:cacheprovider tests/cluster $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-# Mutation testing of the core modules (mutmut; README "Mutation testing"): score per module
+# Mutation testing of the core modules (mutmut; docs/development.md): score per module
 # and surviving mutants in mutation/REPORT.md; fails when a module is under 85 %. About
 # 15-20 minutes on 2 cores, so not part of `make test`: run it before merging a change to a
 # core module. MUTATION_ARGS='shared.chunking.*' runs one module's mutants only.

@@ -11,8 +11,8 @@ connection's first request and for headers that span reads.
 
 One socket write per small response instead of two: uvicorn writes a response's status line
 and headers as soon as the app sends ``http.response.start`` and the body at
-``http.response.body``. In a py-spy profile of cache hits (bench/zipf.py --profile, two API
-processes) the header write alone was ~30 % of the processes' samples. Here the header block
+``http.response.body``: two system calls where one does, and the header write alone was a
+large share of a cache hit's CPU (docs/decisions/one-socket-write.md). Here the header block
 waits for the next write on the same connection (the body, sent by the same task without
 yielding on the hot path) and both leave in one call. A header block that no write follows
 in the same loop turn (a HEAD answer, a streamed body that is slow to start) is flushed on

@@ -10,10 +10,10 @@ Misses of level 1 are read in batches: every id missed in one event-loop turn (w
 most ``MAX_FLIGHTS`` batches wait for Redis) joins one Redis ``MGET`` and, for what Redis
 lacks, one ``find({_id: {$in: [...]}})`` (at most ``MAX_FLIGHTS`` of them out at once).
 Concurrent misses of the same ``(version, id)`` share one read (single flight). The Redis
-fill is written behind (``put_later``), never waited for. Batching is a measured choice:
-on the dev server a ``$in`` of 64 ids reads ~5x more ids per second than 64
-``find_one``s, and one MGET costs the API far less CPU than one GET per id; an idle
-process still sends a batch of one at once.
+fill is written behind (``put_later``), never waited for. Batching because one ``$in``
+reads many ids for about the cost of one, and one MGET costs the API far less CPU than one
+GET per id (docs/decisions/batched-misses.md); an idle process still sends a batch of one
+at once.
 
 Every lookup has a deadline (``LOOKUP_TIMEOUT_MS``, from the request's start): the caller
 waits for its answer at most until then (``DeadlineExceeded``, a 503); a batch's Redis

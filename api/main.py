@@ -110,11 +110,10 @@ def build_services(settings: Settings) -> Services:
 
 class PromotionsAPI(FastAPI):
     """HTTP requests enter through ``front`` (request limits, id and metrics, then the
-    lookup fast path) before FastAPI's own per-request layers: in a profile of cache hits
-    FastAPI's native-telemetry check (environment reads per request), error and body-limit
-    middlewares took ~10 % of the CPU. Everything but a valid lookup continues into
-    FastAPI unchanged; an exception escaping it still becomes FastAPI's 500, now with the
-    request id header."""
+    lookup fast path) before FastAPI's own per-request layers, which cost a cache hit a
+    large share of its CPU (docs/decisions/front-asgi-layers.md). Everything but a valid
+    lookup continues into FastAPI unchanged; an exception escaping it still becomes
+    FastAPI's 500, now with the request id header."""
 
     front: ASGIApp | None = None
 

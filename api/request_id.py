@@ -20,9 +20,10 @@ _SANE = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
 
 def _reseed() -> None:
     """A random 64-bit prefix per process, then a counter: unique ids (32 hex digits, like
-    a uuid4's) for one ``os.urandom`` per process instead of one per request, whose
-    syscall showed as 8 % of a cache hit's CPU in a profile. Ids need to be unique, not
-    unguessable. Re-seeded in forked children so that they never share a prefix."""
+    a uuid4's) for one ``os.urandom`` per process instead of one per request, a syscall
+    that is a visible share of a cache hit's CPU (docs/decisions/request-id-counter.md).
+    Ids need to be unique, not unguessable. Re-seeded in forked children so that they
+    never share a prefix."""
     global _prefix, _counter
     _prefix = os.urandom(8).hex()
     _counter = itertools.count()

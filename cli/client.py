@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import httpx
 
-# Exit codes (also in the README): scripts that run every 30 minutes branch on these.
+# Exit codes (also in docs/cli.md): scripts that run every 30 minutes branch on these.
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1  # the job ran and failed (the previous dataset still serves)
 EXIT_USAGE = 2  # bad command line (click's own code)

@@ -102,7 +102,7 @@ def flower_command(port: int, address: str = "127.0.0.1") -> list[str]:
 
 # Defence in depth behind the edge (the image uses the same, Dockerfile.api): headers within
 # HTTP_HEADER_TIMEOUT_S and bounded while they arrive, and a response's headers and body in
-# one socket write (+11 % lookups per CPU second, measured; api/http_protocol.py), idle keep-alive
+# one socket write (api/http_protocol.py, docs/decisions/one-socket-write.md), idle keep-alive
 # connections closed after 5 s, at most this many connections and requests per process
 # (503 beyond).
 API_CONCURRENCY = 1000

@@ -207,7 +207,7 @@ def write_report(
         "",
         f"Produced by `{command}` at {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on commit "
         f"`{head or '?'}` (plus the working tree), mutmut {version}, {os.cpu_count()} cores, "
-        f"{took}. How to read it and how to mark an equivalent mutant: README, "
+        f"{took}. How to read it and how to mark an equivalent mutant: docs/development.md, "
         '"Mutation testing".',
         "",
         f"Score = killed / (mutants - equivalent); a timeout counts as killed. Target: at "

@@ -1,8 +1,8 @@
 """Bucketed dataset versions: many rows per document, one definition for writers and readers.
 
 A store pays per document (an ``_id`` index entry, a write, per-document overhead), not per
-byte: on the dev store 100 rows per document load 18x faster than one row per document, and
-a point lookup reads one bucket just as fast as one row. So a version holds ``B`` bucket
+byte, and a point lookup reads one bucket about as fast as one row
+(docs/decisions/bucketed-layout.md). So a version holds ``B`` bucket
 documents ``{_id: bucket, r: {id: {p: price, e: expiration_date, [i: id as written]}}}``;
 an id lives in bucket ``xxh3_64(lower-cased id) mod B``. ``B`` is chosen when the file is
 planned and kept in the version record: it never changes for a version, so a reader can

@@ -32,8 +32,8 @@ _YEAR_MONTH_DAY = (
 _OFFSET = rb"[+-](?:0\d|1[0-4])(?:[0-5]\d|:[0-5]\d|)"
 _NAME = rb"(?: [A-Za-z0-9+_/-]{1,32})?"
 # The grammar of ``promotion_rows._DATE_RE`` with the calendar, the clock and offset ranges.
-# Spelled out per zone form, common form first: measured ~10 % faster on the common form
-# than the grammar's shorter ``' ?(?:Z|offset) name?'`` (nested optionals backtrack more).
+# Spelled out per zone form, common form first: nested optionals, as in the grammar's
+# shorter ``' ?(?:Z|offset) name?'``, backtrack more (docs/decisions/date-regex.md).
 _DATE = (
     _YEAR_MONTH_DAY
     + rb"[ T](?:[01]\d|2[0-3]|\d):[0-5]\d:[0-5]\d(?:\.\d{1,9})?"

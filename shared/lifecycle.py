@@ -4,7 +4,7 @@ Everything that can happen to an upload and to the dataset it becomes is a named
 here, each one compare-and-set on the store, so that concurrent and repeated task
 deliveries, the watchdog, cleanup and operators cannot race into a wrong state. The
 decisions (a job's outcome, which versions to retire, which collections to remove) are plain
-functions over snapshots, testable without services. README "Dataset lifecycle" has the
+functions over snapshots, testable without services. docs/lifecycle.md has the
 diagram and the invariants this module keeps:
 
 1. The pointer names a ``ready`` version whose collection exists.

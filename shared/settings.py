@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     # Rows per insert: a partition task writes bucket documents holding about this many rows
     # per insert_many.
     insert_batch_rows: int = Field(default=5000, ge=1)
-    # Bucketed layout (README "How it works"): about this many rows per bucket document, and
+    # Bucketed layout (docs/architecture.md): about this many rows per bucket document, and
     # at most this many rows per partition (what one partition task holds in memory, ~200
     # bytes a row), with at least min_partitions partitions so every worker process writes.
     rows_per_bucket: int = Field(default=100, ge=1, le=10_000)
@@ -208,12 +208,12 @@ class Settings(BaseSettings):
     # Warm-up before a switch: at most warmup_max_ids hot ids, at most warmup_max_seconds;
     # 0 ids turns it off. It never fails a job and never holds a switch longer than that
     # (plus at most one 0.5 s Redis timeout; shared/warmup.py).
-    # 10 s is 0.6 % of the 30-minute cycle; a real MongoDB reads 10k ids by _id in well
-    # under a second, the dev server under load needed ~10 s (bench/RESULTS.md).
+    # 10 s is a small share of the 30-minute cycle and enough for 10k ids even on a slow
+    # store (docs/decisions/warm-up-batches.md).
     warmup_max_ids: int = Field(default=10_000, ge=0)
     warmup_max_seconds: float = Field(default=10.0, ge=0)
     # Ids per $in read of the warm-up. Small, so that no read holds the store long while
-    # lookups wait (the dev store took 360 ms for 500 ids, 10 ms for 32: bench.batch_reads).
+    # lookups wait (docs/decisions/warm-up-batches.md).
     warmup_batch_ids: int = Field(default=32, ge=1, le=10_000)
 
     # Loads yield to reads: each worker process paces its insert batches (AIMD on their
@@ -231,8 +231,8 @@ class Settings(BaseSettings):
     # No signal (no misses, Redis unreachable): the insert-latency rule alone.
     read_latency_publish_s: float = Field(default=0.5, ge=0)
     ingest_read_signal: bool = True
-    # 4: measured on the dev store, the lookups' p99 during a load stayed within ~2x of idle
-    # (target 3x) at 1.5x the ingest time; 2 kept it within 1.25x at 3.7x (bench/RESULTS.md).
+    # 4: keeps lookups' p99 during a load well within 3x of idle without slowing the load
+    # more than it must (docs/decisions/throttle-signals.md).
     ingest_read_slowdown: float = Field(default=4.0, gt=1)
     ingest_read_floor_ms: float = Field(default=2.0, ge=0)
 

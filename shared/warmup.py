@@ -11,10 +11,8 @@ one are the same bytes.
 
 It yields to the lookups it prepares for: small ``$in`` batches (``warmup_batch_ids``), and
 after each batch a pause as long as the batch's read took, so the warm-up holds the store at
-most about half of the time. Measured on the dev store (``bench.batch_reads``): one 500-id
-batch held its single thread for 360 ms (lookups' store reads waited behind it: p99
-150-250 ms in the second before every switch) and read ~1,350 ids/s; 32-id batches take
-~10 ms each and read ~3,400 ids/s.
+most about half of the time: a large batch holds a single-threaded store long while
+lookups' own reads wait behind it (docs/decisions/warm-up-batches.md).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The work of the plan, chunk and partition tasks, free of Celery so the lifecycle test
-can run it. Loading is a shuffle (README "How it works"):
+can run it. Loading is a shuffle (docs/architecture.md):
 
 - plan: split the file into line-aligned chunks; nothing is guessed from the file's first
   lines (docs/scaling.md);

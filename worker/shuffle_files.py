@@ -36,9 +36,9 @@ from typing import BinaryIO
 from shared.bucket_layout import MIN_LINE_BYTES, slices_of
 from shared.errors import PermanentError
 
-# Run files hold the file's bytes again plus ~59 bytes per row (key and BSON element with
-# their lengths, bucket number, segment directory): 1.77x the 200k-row bench file (15.4 MB
-# -> 27.3 MB, ``python -m bench.run_files``, bench/RESULTS.md). 64 per row leaves a margin.
+# Run files hold the file's bytes again plus some bytes per row (key and BSON element with
+# their lengths, bucket number, segment directory); 64 per row stays above what is written,
+# with a margin (docs/decisions/run-file-size.md).
 RUN_BYTES_PER_ROW = 64
 MiB = 1024 * 1024
 

@@ -12,20 +12,20 @@ Two congestion signals drive one AIMD rate (rows/s per worker process):
   its baseline (and above ``read_floor_ms``), the paced rate is halved; when all are
   healthy it grows by an additive step (``min_rate``, or 1/16 of the store's best rate
   when that is more). A window of fewer than ``MIN_READS`` reads waits for
-  more. Measured on the dev store, this is what readers suffer: their reads queue behind
-  insert batches inside the store and wait for CPU while the batches keep their own speed,
-  so the insert latency alone did not see it (bench/RESULTS.md).
+  more. This is what readers suffer: their reads can queue behind insert batches inside the
+  store while the batches keep their own speed, so the insert latency alone does not see it
+  (docs/decisions/throttle-signals.md).
 - **The insert latency** (delay-based, TCP Vegas-like), while the readers' signal cannot be
   read (Redis unreachable, or ``INGEST_READ_SIGNAL`` off). When it can be read but no API
   process reads enough from the store to judge (every lookup a cache hit, no API running),
-  nobody is there to protect: batches only recover the rate (two loaders on one store make
-  each other's batches 2x slower; pacing on that halved bucket loads for nothing, measured).
+  nobody is there to protect: batches only recover the rate (loaders slowing each other
+  down are no reason to pace).
   Otherwise: the latency per row of a batch is
   compared with the best of the recent batches (``WINDOW`` of them, so a store that got
   slower for good becomes the new normal). A batch more than ``slowdown`` times slower
   halves the rate; a batch at normal speed adds the same step. While readers do speak, slower
-  batches alone do not slow the load: on a shared, noisy host batch latency varies 2x
-  without readers suffering, and halving on it too cost ingest time for nothing (measured).
+  batches alone do not slow the load: batch latency varies on a noisy host without readers
+  suffering, and halving on it would cost ingest time for nothing.
 
 The rate never goes below ``min_rate``; pacing ends once the rate is faster than the store
 takes rows at its best. While pacing, a batch of ``n`` rows takes at least ``n / rate``
@@ -236,8 +236,8 @@ class InsertThrottle:
         """Additive, by ``min_rate`` or a share of the store's best rate if that is more:
         the same rule paces a store that takes 10k row documents a second and one that
         takes 300k rows a second in bucket documents, and recovers from a halving in about
-        ``1 / INCREASE_SHARE`` steps either way (a fixed 1,000 rows/s step took hundreds of
-        batches at bucket speed: a load paced once stayed paced to its end, measured)."""
+        ``1 / INCREASE_SHARE`` steps either way (a fixed step is too small at bucket speed:
+        a load paced once would stay paced to its end; docs/decisions/throttle-signals.md)."""
         if self.rate is None:
             return
         best = min(self.recent, default=0.0)

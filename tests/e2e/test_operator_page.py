@@ -26,7 +26,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
 TOKEN = "operator-page-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}  # reads other than lookups need it too
-# Set to a path to refresh the README's screenshot: PROMOTIONS_UI_SCREENSHOT=docs/operator-page.png
+# Set to a path to refresh the screenshot of docs/operator-page.md:
+# PROMOTIONS_UI_SCREENSHOT=docs/operator-page.png
 SCREENSHOT = os.environ.get("PROMOTIONS_UI_SCREENSHOT")
 
 pytestmark = pytest.mark.skipif(

@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,12 @@ def test_an_empty_token_is_refused_at_start_up(monkeypatch: pytest.MonkeyPatch, 
         monkeypatch.setenv(name, value)
         with pytest.raises(ValueError, match=f"{name} is set but empty"):
             Settings()
+
+
+def test_every_setting_has_a_row_in_the_configuration_page() -> None:
+    """docs/configuration.md is where operators look a setting up: none may be missing."""
+    page = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+    rows = [line for line in page.read_text().splitlines() if line.startswith("| `")]
+    documented = {name for row in rows for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", row)}
+    missing = sorted({name.upper() for name in Settings.model_fields} - documented)
+    assert not missing, f"settings without a row in docs/configuration.md: {missing}"
