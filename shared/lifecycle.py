@@ -30,7 +30,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from pymongo import ReturnDocument
 from pymongo.database import Database
@@ -73,6 +73,106 @@ FAILED_VERSION: VersionState = "failed"
 # Beyond the keep count: no longer offered, collection kept until the grace period passed.
 RETIRED: VersionState = "retired"
 REMOVED: VersionState = "removed"  # collection dropped; the record stays for the listing
+VERSION_STATES: tuple[VersionState, ...] = (BUILDING, READY, FAILED_VERSION, RETIRED, REMOVED)
+
+# A version as the pointer document sees it: named now, in its barred set, or neither.
+PointerRole = Literal["unnamed", "live", "barred"]
+
+State = TypeVar("State", bound=str)
+
+
+@dataclass(frozen=True)
+class Transition(Generic[State]):
+    """One allowed state change: ``rule`` names it (the function making it, with a
+    ``:detail`` where one function makes several), ``sources`` are the states it may start
+    from (its compare-and-set guard; empty: a new record), ``why`` is for the diagram."""
+
+    rule: str
+    sources: tuple[State, ...]
+    target: State
+    why: str
+
+
+# The tables below are the lifecycle: each transition function finds its row by ``rule`` and
+# derives its store guard from the row's sources, so a change of what is allowed is a change
+# here. ``shared.lifecycle_diagram`` draws them (docs/lifecycle.md).
+JOB_TRANSITIONS: tuple[Transition[JobStatus], ...] = (
+    Transition("new_job", (), QUEUED, "upload stored / inbox file claimed"),
+    Transition("requeue_job", (QUEUED,), QUEUED, "plan task lost or never sent"),
+    Transition("start_job", (QUEUED,), RUNNING, "plan_job starts"),
+    Transition("fail_job", (QUEUED, RUNNING), FAILED, "bad file, rejects, superseded, stalled"),
+    Transition("claim_finalization", (RUNNING, FINALIZING), FINALIZING, "every chunk counted"),
+    Transition("succeed_job", (FINALIZING,), SUCCEEDED, "switched (or superseded)"),
+    Transition("hold_job", (FINALIZING,), HELD, "shrink guard (MIN_ROWS_RATIO)"),
+    Transition(
+        "decide_finalization:live", (FINALIZING,), SUCCEEDED, "finalizer died after the switch"
+    ),
+    Transition(
+        "decide_finalization:not live", (FINALIZING,), FAILED, "finalizer died before the switch"
+    ),
+    Transition("activate_by_hand:held", (HELD,), SUCCEEDED, "its version activated by hand"),
+)
+
+VERSION_TRANSITIONS: tuple[Transition[VersionState], ...] = (
+    Transition("register_version", (), BUILDING, "plan_job registers it"),
+    Transition("mark_ready", (BUILDING, READY), READY, "finalizer counted every row"),
+    Transition("fail_version", (BUILDING,), FAILED_VERSION, "its job failed"),
+    Transition("fail_version:loaded", (READY,), FAILED_VERSION, "never went live (barred first)"),
+    Transition("retire_version", (READY,), RETIRED, "beyond VERSIONS_TO_KEEP"),
+    Transition("_revive", (READY, RETIRED), READY, "went live or activated again"),
+    Transition(
+        "remove_version",
+        (FAILED_VERSION, RETIRED, READY),
+        REMOVED,
+        "DROP_GRACE_S after the pointer last named it",
+    ),
+)
+
+POINTER_TRANSITIONS: tuple[Transition[PointerRole], ...] = (
+    Transition("activate_if_newest", ("unnamed", "live"), "live", "a job's switch, newest only"),
+    Transition("activate_by_hand", ("unnamed", "live"), "live", "rollback or roll forward"),
+    Transition("switched away", ("live",), "unnamed", "another version goes live"),
+    Transition("fail_version:loaded", ("unnamed", "barred"), "barred", "failed after loading"),
+    Transition("remove_version", ("unnamed", "barred"), "barred", "before its collection goes"),
+)
+
+
+class UnknownTransition(LookupError):
+    """A transition function asked for a row its table does not have (a programming error)."""
+
+
+def transition(table: tuple[Transition[State], ...], rule: str) -> Transition[State]:
+    """The row of ``rule`` in ``table``."""
+    for row in table:
+        if row.rule == rule:
+            return row
+    raise UnknownTransition(rule)
+
+
+def guard(row: Transition[State]) -> Any:
+    """The store filter value matching the row's source states (its compare-and-set)."""
+    if len(row.sources) == 1:
+        return row.sources[0]
+    return {"$in": list(row.sources)}
+
+
+def pointer_role(pointer: Pointer, version: int) -> PointerRole:
+    if pointer.version == version:
+        return "live"
+    return "barred" if version in pointer.barred else "unnamed"
+
+
+def pointer_guard(row: Transition[PointerRole], version: int) -> dict[str, Any]:
+    """``pointer_role(pointer, version) in row.sources`` as a filter on the pointer document."""
+    if "unnamed" not in row.sources:
+        raise UnknownTransition(f"{row.rule}: a pointer guard must allow 'unnamed'")
+    query: dict[str, Any] = {}
+    if "live" not in row.sources:
+        query["version"] = {"$ne": version}
+    if "barred" not in row.sources:
+        query["barred"] = {"$ne": version}
+    return query
+
 
 # Pointer history entries kept: far more switches than can happen within a grace period.
 HISTORY_KEPT = 32
@@ -279,18 +379,24 @@ def version_collections(db: Database[Any]) -> list[str]:
 # --- job transitions ------------------------------------------------------------------------
 
 
+def _job_rule(rule: str) -> Transition[JobStatus]:
+    return transition(JOB_TRANSITIONS, rule)
+
+
 def _job_update(db: Database[Any], query: dict[str, Any], update: dict[str, Any]) -> bool:
     return db[JOBS].update_one(query, update).modified_count == 1
 
 
 def requeue_job(db: Database[Any], job_id: str, idle_since: datetime | None) -> bool:
     """queued -> queued, counted: the plan task was lost or never sent."""
-    query: dict[str, Any] = {"_id": job_id, "status": QUEUED}
+    row = _job_rule("requeue_job")
+    query: dict[str, Any] = {"_id": job_id, "status": guard(row)}
     if idle_since is not None:
         query["updated_at"] = {"$lt": idle_since}
     else:
         query["enqueued_at"] = None
-    moved = _job_update(db, query, {"$set": {"updated_at": now()}, "$inc": {"plan_attempts": 1}})
+    update = {"$set": {"status": row.target, "updated_at": now()}, "$inc": {"plan_attempts": 1}}
+    moved = _job_update(db, query, update)
     if moved:
         log.warning("job %s: queued but its plan task is lost; sending it again", job_id)
     return moved
@@ -300,11 +406,12 @@ def start_job(db: Database[Any], job_id: str) -> dict[str, Any] | None:
     """queued -> running (a redelivered plan finds it running). None if it is finalizing
     or finished: nothing to plan."""
     at = now()
+    row = _job_rule("start_job")
     db[JOBS].update_one(
-        {"_id": job_id, "status": QUEUED},
+        {"_id": job_id, "status": guard(row)},
         {
             "$set": {
-                "status": RUNNING,
+                "status": row.target,
                 "phase": "splitting",
                 "phase_at.splitting": at,
                 "started_at": at,
@@ -313,7 +420,7 @@ def start_job(db: Database[Any], job_id: str) -> dict[str, Any] | None:
         },
     )
     return db[JOBS].find_one_and_update(
-        {"_id": job_id, "status": RUNNING},
+        {"_id": job_id, "status": row.target},
         {"$set": {"updated_at": at}},
         projection={"done_chunks": 0, "done_partitions": 0},
         return_document=ReturnDocument.AFTER,
@@ -418,14 +525,15 @@ def fail_job(
     """queued | running -> failed, and its version (still building) -> failed. With
     ``idle_since`` (the watchdog) only if the job has not moved since. A job the finalizer
     has claimed is not failed here: ``decide_finalization`` ends those."""
-    query: dict[str, Any] = {"_id": job_id, "status": {"$in": [QUEUED, RUNNING]}}
+    row = _job_rule("fail_job")
+    query: dict[str, Any] = {"_id": job_id, "status": guard(row)}
     if idle_since is not None:
         query["updated_at"] = {"$lt": idle_since}
     job = db[JOBS].find_one_and_update(
         query,
         {
             "$set": {
-                "status": FAILED,
+                "status": row.target,
                 "phase": "done",
                 "finished_at": now(),
                 "updated_at": now(),
@@ -447,10 +555,11 @@ def claim_finalization(db: Database[Any], job_id: str, **counts: Any) -> bool:
     """running -> finalizing, recording the job's final counts (rows, rejects, duplicates)
     so that however the job ends from here - the finalizer, or the watchdog if it dies - its
     record says what was loaded. True too for a redelivered finalizer of a claimed job."""
+    row = _job_rule("claim_finalization")
     result = db[JOBS].update_one(
-        {"_id": job_id, "status": {"$in": [RUNNING, FINALIZING]}},
+        {"_id": job_id, "status": guard(row)},
         {
-            "$set": {"status": FINALIZING, "phase": "activating", "updated_at": now(), **counts},
+            "$set": {"status": row.target, "phase": "activating", "updated_at": now(), **counts},
             "$min": {"phase_at.activating": now()},  # a redelivered finalizer keeps the first
         },
     )
@@ -460,11 +569,12 @@ def claim_finalization(db: Database[Any], job_id: str, **counts: Any) -> bool:
 def _end_finalization(
     db: Database[Any],
     job_id: str,
-    status: JobStatus,
+    rule: str,
     idle_since: datetime | None,
     **fields: Any,
 ) -> bool:
-    query: dict[str, Any] = {"_id": job_id, "status": FINALIZING}
+    row = _job_rule(rule)
+    query: dict[str, Any] = {"_id": job_id, "status": guard(row)}
     if idle_since is not None:
         query["updated_at"] = {"$lt": idle_since}
     return _job_update(
@@ -472,7 +582,7 @@ def _end_finalization(
         query,
         {
             "$set": {
-                "status": status,
+                "status": row.target,
                 "phase": "done",
                 "finished_at": now(),
                 "updated_at": now(),
@@ -485,7 +595,7 @@ def _end_finalization(
 
 def succeed_job(db: Database[Any], job_id: str, **fields: Any) -> bool:
     """finalizing -> succeeded (the finalizer's last step)."""
-    return _end_finalization(db, job_id, SUCCEEDED, None, **fields)
+    return _end_finalization(db, job_id, "succeed_job", None, **fields)
 
 
 def hold_job(db: Database[Any], job_id: str, reason: str, version: int, **fields: Any) -> bool:
@@ -495,7 +605,7 @@ def hold_job(db: Database[Any], job_id: str, reason: str, version: int, **fields
         {"_id": version_doc_id(version), "held_at": {"$exists": False}},
         {"$set": {"held_at": now()}},
     )
-    held = _end_finalization(db, job_id, HELD, None, error=reason, **fields)
+    held = _end_finalization(db, job_id, "hold_job", None, error=reason, **fields)
     if held:
         log.warning("job %s: -> held: %s", job_id, reason)
     return held
@@ -514,24 +624,25 @@ def decide_finalization(
         live = True  # it became live meanwhile: the pointer names it
     if live:
         pointer = read_pointer(db)
+        rule = "decide_finalization:live"
         done = _end_finalization(
             db,
             job["_id"],
-            SUCCEEDED,
+            rule,
             idle_since,
             dataset_version=version,
             superseded=pointer.version != version,
         )
-        status: JobStatus = SUCCEEDED
     else:
+        rule = "decide_finalization:not live"
         done = _end_finalization(
             db,
             job["_id"],
-            FAILED,
+            rule,
             idle_since,
             error=f"{error}; version {version} was loaded but never went live",
         )
-        status = FAILED
+    status = _job_rule(rule).target
     if not done:
         return None
     log.warning("job %s: finalization did not complete (%s) -> %s", job["_id"], error, status)
@@ -550,7 +661,7 @@ def register_version(
         "version": version,
         "collection": collection_name(version),
         "job_id": job_id,
-        "state": BUILDING,
+        "state": _version_rule("register_version").target,
         "created_at": now(),
     }
     if buckets is not None:
@@ -560,34 +671,45 @@ def register_version(
     )
 
 
+def _version_rule(rule: str) -> Transition[VersionState]:
+    return transition(VERSION_TRANSITIONS, rule)
+
+
 def _version_update(
-    db: Database[Any], version: int, states: tuple[VersionState, ...], update: dict[str, Any]
+    db: Database[Any],
+    version: int,
+    rule: str,
+    fields: dict[str, Any],
+    unset: dict[str, Any] | None = None,
 ) -> bool:
+    """The row's compare-and-set on a version record: from its sources to its target."""
+    row = _version_rule(rule)
+    update: dict[str, Any] = {"$set": {"state": row.target, **fields}}
+    if unset:
+        update["$unset"] = unset
     result = db[META_COLLECTION].update_one(
-        {"_id": version_doc_id(version), "state": {"$in": list(states)}}, update
+        {"_id": version_doc_id(version), "state": guard(row)}, update
     )
     return result.matched_count == 1
 
 
 def mark_ready(db: Database[Any], version: int, rows: int) -> bool:
     """building -> ready once every row is in (repeat-safe); False if it failed meanwhile."""
-    return _version_update(
-        db, version, (BUILDING, READY), {"$set": {"state": READY, "rows": rows, "ready_at": now()}}
-    )
+    return _version_update(db, version, "mark_ready", {"rows": rows, "ready_at": now()})
 
 
 def fail_version(db: Database[Any], version: int) -> bool:
     """building | ready -> failed. A ready version is barred on the pointer first; False
     (nothing changed) if the pointer names it: then it is live, not failed."""
-    failed = {"$set": {"state": FAILED_VERSION, "failed_at": now()}}
-    if _version_update(db, version, (BUILDING,), failed):
+    if _version_update(db, version, "fail_version", {"failed_at": now()}):
         return True
+    loaded = "fail_version:loaded"
     record = read_record(db, version)
-    if record is None or record.state != READY:
+    if record is None or record.state not in _version_rule(loaded).sources:
         return True  # failed already, or never registered
-    if not _bar(db, version, {"version": {"$ne": version}}):
+    if not _bar(db, version, transition(POINTER_TRANSITIONS, loaded)):
         return False
-    return _version_update(db, version, (READY,), failed)
+    return _version_update(db, version, loaded, {"failed_at": now()})
 
 
 SwitchOutcome = Literal["switched", "already", "superseded", "barred"]
@@ -600,11 +722,18 @@ def _ensure_pointer(db: Database[Any]) -> None:
         )
 
 
-def _bar(db: Database[Any], version: int, guard: dict[str, Any]) -> bool:
-    """Put ``version`` in the pointer's barred set if ``guard`` holds on the pointer."""
+def _bar(
+    db: Database[Any],
+    version: int,
+    row: Transition[PointerRole],
+    also: dict[str, Any] | None = None,
+) -> bool:
+    """Put ``version`` in the pointer's barred set if the row's guard (and ``also``) holds
+    on the pointer."""
     _ensure_pointer(db)
     result = db[META_COLLECTION].update_one(
-        {"_id": ACTIVE_ID, **guard}, {"$addToSet": {"barred": version}}
+        {"_id": ACTIVE_ID, **pointer_guard(row, version), **(also or {})},
+        {"$addToSet": {"barred": version}},
     )
     return result.matched_count == 1
 
@@ -614,11 +743,14 @@ def _switch(
 ) -> SwitchOutcome:
     """Move the pointer to ``version``, recording what it named before and until when.
     Optimistic: the update matches only the pointer value just read."""
+    row = transition(
+        POINTER_TRANSITIONS, "activate_if_newest" if newest_only else "activate_by_hand"
+    )
     _ensure_pointer(db)
     meta = db[META_COLLECTION]
     while True:
         pointer = read_pointer(db)
-        if version in pointer.barred:
+        if pointer_role(pointer, version) not in row.sources:
             return "barred"
         if newest_only and pointer.high_water >= version:
             return "already" if pointer.ever_named(version) else "superseded"
@@ -639,8 +771,8 @@ def _switch(
         query: dict[str, Any] = {
             "_id": ACTIVE_ID,
             "version": pointer.version,
-            "barred": {"$ne": version},
             "high_water": pointer.high_water,
+            **pointer_guard(row, version),
         }
         if meta.update_one(query, update).matched_count == 1:
             return "switched"
@@ -648,12 +780,7 @@ def _switch(
 
 def _revive(db: Database[Any], version: int, **fields: Any) -> bool:
     """retired (or ready) -> ready."""
-    return _version_update(
-        db,
-        version,
-        (READY, RETIRED),
-        {"$set": {"state": READY, **fields}, "$unset": {"retired_at": ""}},
-    )
+    return _version_update(db, version, "_revive", fields, unset={"retired_at": ""})
 
 
 def _confirm_live(db: Database[Any], version: int) -> None:
@@ -709,10 +836,11 @@ def activate_by_hand(db: Database[Any], version: int) -> ActiveDataset:
         raise ActivationRefused(refusal(version, record))
     _confirm_live(db, version)
     log.info("version %d: -> live (by hand)", version)
+    held = _job_rule("activate_by_hand:held")
     if _job_update(
         db,
-        {"version": version, "status": HELD},
-        {"$set": {"status": SUCCEEDED, "dataset_version": version, "updated_at": now()}},
+        {"version": version, "status": guard(held)},
+        {"$set": {"status": held.target, "dataset_version": version, "updated_at": now()}},
     ):
         log.info("version %d: its held job -> succeeded (activated by hand)", version)
     pointer = db[META_COLLECTION].find_one({"_id": ACTIVE_ID})
@@ -725,9 +853,7 @@ def retire_version(db: Database[Any], version: int) -> bool:
     pointer names the version after the change, it goes back to ready. (An activation
     that moved the pointer before this read is seen here; one after it revives the version
     itself, in ``_confirm_live``.)"""
-    if not _version_update(
-        db, version, (READY,), {"$set": {"state": RETIRED, "retired_at": now()}}
-    ):
+    if not _version_update(db, version, "retire_version", {"retired_at": now()}):
         return False
     if read_pointer(db).version == version:
         _revive(db, version)
@@ -742,17 +868,20 @@ def remove_version(db: Database[Any], version: int, grace_s: float) -> bool:
     has not named it for ``grace_s``, then its collection is dropped. Repeat-safe: a
     remover that died after barring is finished by the next one."""
     cutoff = now() - timedelta(seconds=grace_s)
-    if not _bar(db, version, _not_named_since(version, cutoff)):
+    if not _bar(
+        db,
+        version,
+        transition(POINTER_TRANSITIONS, "remove_version"),
+        _not_named_since(version, cutoff),
+    ):
         return False
     db.drop_collection(collection_name(version))
     # Barred, so never live again: whatever its record says (an activation attempt that
     # lost to the bar may have revived it, "dropped" is the name before "retired").
+    row = _version_rule("remove_version")
     db[META_COLLECTION].update_one(
-        {
-            "_id": version_doc_id(version),
-            "state": {"$in": [FAILED_VERSION, RETIRED, READY, "dropped"]},
-        },
-        {"$set": {"state": REMOVED, "removed_at": now()}},
+        {"_id": version_doc_id(version), "state": {"$in": [*row.sources, "dropped"]}},
+        {"$set": {"state": row.target, "removed_at": now()}},
     )
     log.info("version %d: -> removed (collection dropped)", version)
     return True
