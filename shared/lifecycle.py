@@ -30,7 +30,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar, get_args
 
 from pymongo import ReturnDocument
 from pymongo.database import Database
@@ -62,7 +62,7 @@ FAILED: JobStatus = "failed"
 # Loaded completely, kept ready, not switched to: it would shrink the dataset more than
 # MIN_ROWS_RATIO allows. An operator activates it (the job then succeeds) or a newer one wins.
 HELD: JobStatus = "held"
-JOB_STATUSES: tuple[JobStatus, ...] = (QUEUED, RUNNING, FINALIZING, SUCCEEDED, FAILED, HELD)
+JOB_STATUSES: tuple[JobStatus, ...] = get_args(JobStatus)
 FINISHED: tuple[JobStatus, ...] = (SUCCEEDED, FAILED, HELD)
 UNFINISHED: tuple[JobStatus, ...] = (QUEUED, RUNNING, FINALIZING)
 
@@ -73,7 +73,13 @@ FAILED_VERSION: VersionState = "failed"
 # Beyond the keep count: no longer offered, collection kept until the grace period passed.
 RETIRED: VersionState = "retired"
 REMOVED: VersionState = "removed"  # collection dropped; the record stays for the listing
-VERSION_STATES: tuple[VersionState, ...] = (BUILDING, READY, FAILED_VERSION, RETIRED, REMOVED)
+VERSION_STATES: tuple[VersionState, ...] = get_args(VersionState)
+
+# The step a job is in, in order; each but ``done`` is timed from its ``phase_at`` mark
+# (``queued`` from the job's creation). loading: chunks parsed into run files; writing:
+# partitions written as bucket documents; activating: the finalizer's.
+JobPhase = Literal["queued", "splitting", "loading", "writing", "activating", "done"]
+JOB_PHASES: tuple[JobPhase, ...] = get_args(JobPhase)
 
 # A version as the pointer document sees it: named now, in its barred set, or neither.
 PointerRole = Literal["unnamed", "live", "barred"]
@@ -126,6 +132,18 @@ VERSION_TRANSITIONS: tuple[Transition[VersionState], ...] = (
         REMOVED,
         "DROP_GRACE_S after the pointer last named it",
     ),
+)
+
+# The phases of a job that has not ended (a job that ends, in any phase, goes to ``done``).
+PHASE_TRANSITIONS: tuple[Transition[JobPhase], ...] = (
+    Transition("new_job", (), "queued", "upload stored / inbox file claimed"),
+    Transition("start_job", ("queued",), "splitting", "plan_job starts"),
+    Transition("record_plan", ("splitting",), "loading", "the plan is recorded"),
+    Transition("start_writing", ("loading",), "writing", "every chunk parsed"),
+    Transition(
+        "claim_finalization", ("writing", "activating"), "activating", "every partition written"
+    ),
+    Transition("ended", JOB_PHASES[:-1], "done", "the job ended"),
 )
 
 POINTER_TRANSITIONS: tuple[Transition[PointerRole], ...] = (
@@ -383,6 +401,10 @@ def _job_rule(rule: str) -> Transition[JobStatus]:
     return transition(JOB_TRANSITIONS, rule)
 
 
+def _phase(rule: str) -> Transition[JobPhase]:
+    return transition(PHASE_TRANSITIONS, rule)
+
+
 def _job_update(db: Database[Any], query: dict[str, Any], update: dict[str, Any]) -> bool:
     return db[JOBS].update_one(query, update).modified_count == 1
 
@@ -406,14 +428,14 @@ def start_job(db: Database[Any], job_id: str) -> dict[str, Any] | None:
     """queued -> running (a redelivered plan finds it running). None if it is finalizing
     or finished: nothing to plan."""
     at = now()
-    row = _job_rule("start_job")
+    row, phase = _job_rule("start_job"), _phase("start_job").target
     db[JOBS].update_one(
         {"_id": job_id, "status": guard(row)},
         {
             "$set": {
                 "status": row.target,
-                "phase": "splitting",
-                "phase_at.splitting": at,
+                "phase": phase,
+                f"phase_at.{phase}": at,
                 "started_at": at,
                 "updated_at": at,
             }
@@ -443,6 +465,8 @@ def record_plan(
     The layout (buckets, reduce tasks) is recorded after the map, from its exact counts
     (``start_writing``)."""
     at = now()
+    phase = _phase("record_plan").target
+    # Splitting is the phase with no plan recorded: the first plan wins.
     doc = db[JOBS].find_one_and_update(
         {"_id": job_id, "status": RUNNING, "chunks_total": None},
         {
@@ -451,8 +475,8 @@ def record_plan(
                 "chunk_size": plan.chunk_size,
                 "slices": plan.slices,
                 "file_bytes": file_bytes,  # as stored (bytes_total may be gzip's)
-                "phase": "loading",
-                "phase_at.loading": at,
+                "phase": phase,
+                f"phase_at.{phase}": at,
                 "updated_at": at,
             }
         },
@@ -487,12 +511,13 @@ def start_writing(db: Database[Any], job_id: str, version: int, layout: Layout) 
     returned; None if the job is not running. The version record learns its bucket count
     here: readers need it."""
     at = now()
+    row = _phase("start_writing")
     db[JOBS].update_one(
-        {"_id": job_id, "status": RUNNING, "phase": "loading"},
+        {"_id": job_id, "status": RUNNING, "phase": guard(row)},
         {
             "$set": {
-                "phase": "writing",
-                "phase_at.writing": at,
+                "phase": row.target,
+                f"phase_at.{row.target}": at,
                 "updated_at": at,
                 "buckets": layout.buckets,
                 "partitions_total": layout.partitions,
@@ -501,7 +526,7 @@ def start_writing(db: Database[Any], job_id: str, version: int, layout: Layout) 
         },
     )
     doc = db[JOBS].find_one(
-        {"_id": job_id, "status": RUNNING, "phase": "writing"},
+        {"_id": job_id, "status": RUNNING, "phase": row.target},
         {"buckets": 1, "partition_bounds": 1},
     )
     if doc is None:
@@ -534,7 +559,7 @@ def fail_job(
         {
             "$set": {
                 "status": row.target,
-                "phase": "done",
+                "phase": _phase("ended").target,
                 "finished_at": now(),
                 "updated_at": now(),
                 "error": error,
@@ -555,12 +580,12 @@ def claim_finalization(db: Database[Any], job_id: str, **counts: Any) -> bool:
     """running -> finalizing, recording the job's final counts (rows, rejects, duplicates)
     so that however the job ends from here - the finalizer, or the watchdog if it dies - its
     record says what was loaded. True too for a redelivered finalizer of a claimed job."""
-    row = _job_rule("claim_finalization")
+    row, phase = _job_rule("claim_finalization"), _phase("claim_finalization").target
     result = db[JOBS].update_one(
         {"_id": job_id, "status": guard(row)},
         {
-            "$set": {"status": row.target, "phase": "activating", "updated_at": now(), **counts},
-            "$min": {"phase_at.activating": now()},  # a redelivered finalizer keeps the first
+            "$set": {"status": row.target, "phase": phase, "updated_at": now(), **counts},
+            "$min": {f"phase_at.{phase}": now()},  # a redelivered finalizer keeps the first
         },
     )
     return result.matched_count == 1
@@ -583,7 +608,7 @@ def _end_finalization(
         {
             "$set": {
                 "status": row.target,
-                "phase": "done",
+                "phase": _phase("ended").target,
                 "finished_at": now(),
                 "updated_at": now(),
                 **fields,

@@ -21,7 +21,7 @@ from shared import lifecycle
 from shared.datasets import ACTIVE_ID, META_COLLECTION, version_doc_id
 from shared.lifecycle import JOBS, JobStatus, PointerRole, Transition, VersionState
 
-CHECKED = ("status", "state", "version", "barred", "_id")
+CHECKED = ("status", "phase", "state", "version", "barred", "_id")
 
 
 def _matches(doc: dict[str, Any], query: dict[str, Any]) -> bool:
@@ -260,3 +260,27 @@ def test_a_guard_is_the_rows_sources() -> None:
     )
     with pytest.raises(lifecycle.UnknownTransition):
         lifecycle.transition(lifecycle.JOB_TRANSITIONS, "no such rule")
+
+
+@pytest.mark.parametrize("phase", lifecycle.JOB_PHASES)
+def test_writing_starts_exactly_from_its_rows_sources(phase: str) -> None:
+    db = Store()
+    job = {
+        "_id": "j",
+        "status": "running",
+        "phase": phase,
+        "buckets": 4,
+        "partition_bounds": [0, 8],
+    }
+    db[JOBS].insert_one(job)
+    lifecycle.start_writing(db, "j", 1, lifecycle.Layout(4, [0, 8]))  # type: ignore[arg-type]
+    row = lifecycle.transition(lifecycle.PHASE_TRANSITIONS, "start_writing")
+    want = row.target if phase in row.sources else phase
+    assert db.collections[JOBS]["j"]["phase"] == want
+
+
+def test_the_status_sets_split_every_status_once() -> None:
+    finished, unfinished = set(lifecycle.FINISHED), set(lifecycle.UNFINISHED)
+    assert finished | unfinished == set(lifecycle.JOB_STATUSES)
+    assert not finished & unfinished
+    assert lifecycle.JOB_PHASES[-1] == "done"
