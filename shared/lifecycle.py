@@ -116,7 +116,7 @@ JOB_TRANSITIONS: tuple[Transition[JobStatus], ...] = (
     Transition(
         "decide_finalization:not live", (FINALIZING,), FAILED, "finalizer died before the switch"
     ),
-    Transition("activate_by_hand:held", (HELD,), SUCCEEDED, "its version activated by hand"),
+    Transition("succeed_held_job", (HELD,), SUCCEEDED, "its version activated by hand"),
 )
 
 VERSION_TRANSITIONS: tuple[Transition[VersionState], ...] = (
@@ -194,6 +194,21 @@ def pointer_guard(row: Transition[PointerRole], version: int) -> dict[str, Any]:
 
 # Pointer history entries kept: far more switches than can happen within a grace period.
 HISTORY_KEPT = 32
+
+
+def log_transition(
+    kind: str, key: object, before: str | None, after: str, why: str = "", level: int | None = None
+) -> None:
+    """The one log line of every transition: ``job <id> <from> -> <to>: <why>`` (``version``,
+    ``pointer``; ``new`` for a record just created). A failure or a hold is a warning; a
+    repeat (the same state again: a redelivery, cleanup confirming the live version) is
+    debug, not to drown the others."""
+    if level is None:
+        if after in (FAILED, HELD):
+            level = logging.WARNING
+        else:
+            level = logging.DEBUG if before == after else logging.INFO
+    log.log(level, "%s %s %s -> %s%s", kind, key, before or "new", after, f": {why}" if why else "")
 
 
 class ActivationRefused(Exception):
@@ -405,44 +420,48 @@ def _phase(rule: str) -> Transition[JobPhase]:
     return transition(PHASE_TRANSITIONS, rule)
 
 
-def _job_update(db: Database[Any], query: dict[str, Any], update: dict[str, Any]) -> bool:
-    return db[JOBS].update_one(query, update).modified_count == 1
+def _move_job(
+    db: Database[Any],
+    rule: str,
+    query: dict[str, Any],
+    update: dict[str, Any],
+    why: str = "",
+    projection: dict[str, Any] | None = None,
+    level: int | None = None,
+) -> dict[str, Any] | None:
+    """The row's compare-and-set on a job matching ``query``: from its sources to its
+    target, logged. The job as it was (``projection`` and its status), or None."""
+    row = _job_rule(rule)
+    update = {**update, "$set": {**update.get("$set", {}), "status": row.target}}
+    before = db[JOBS].find_one_and_update(
+        {**query, "status": guard(row)}, update, projection={"status": 1, **(projection or {})}
+    )
+    if before is not None:
+        log_transition("job", before["_id"], before["status"], row.target, why, level)
+    return before
 
 
 def requeue_job(db: Database[Any], job_id: str, idle_since: datetime | None) -> bool:
     """queued -> queued, counted: the plan task was lost or never sent."""
-    row = _job_rule("requeue_job")
-    query: dict[str, Any] = {"_id": job_id, "status": guard(row)}
+    query: dict[str, Any] = {"_id": job_id}
     if idle_since is not None:
         query["updated_at"] = {"$lt": idle_since}
     else:
         query["enqueued_at"] = None
-    update = {"$set": {"status": row.target, "updated_at": now()}, "$inc": {"plan_attempts": 1}}
-    moved = _job_update(db, query, update)
-    if moved:
-        log.warning("job %s: queued but its plan task is lost; sending it again", job_id)
-    return moved
+    update = {"$set": {"updated_at": now()}, "$inc": {"plan_attempts": 1}}
+    why = "its plan task is lost; sending it again"
+    return _move_job(db, "requeue_job", query, update, why, level=logging.WARNING) is not None
 
 
 def start_job(db: Database[Any], job_id: str) -> dict[str, Any] | None:
     """queued -> running (a redelivered plan finds it running). None if it is finalizing
     or finished: nothing to plan."""
     at = now()
-    row, phase = _job_rule("start_job"), _phase("start_job").target
-    db[JOBS].update_one(
-        {"_id": job_id, "status": guard(row)},
-        {
-            "$set": {
-                "status": row.target,
-                "phase": phase,
-                f"phase_at.{phase}": at,
-                "started_at": at,
-                "updated_at": at,
-            }
-        },
-    )
+    phase = _phase("start_job").target
+    fields = {"phase": phase, f"phase_at.{phase}": at, "started_at": at, "updated_at": at}
+    _move_job(db, "start_job", {"_id": job_id}, {"$set": fields})
     return db[JOBS].find_one_and_update(
-        {"_id": job_id, "status": row.target},
+        {"_id": job_id, "status": _job_rule("start_job").target},
         {"$set": {"updated_at": at}},
         projection={"done_chunks": 0, "done_partitions": 0},
         return_document=ReturnDocument.AFTER,
@@ -550,15 +569,15 @@ def fail_job(
     """queued | running -> failed, and its version (still building) -> failed. With
     ``idle_since`` (the watchdog) only if the job has not moved since. A job the finalizer
     has claimed is not failed here: ``decide_finalization`` ends those."""
-    row = _job_rule("fail_job")
-    query: dict[str, Any] = {"_id": job_id, "status": guard(row)}
+    query: dict[str, Any] = {"_id": job_id}
     if idle_since is not None:
         query["updated_at"] = {"$lt": idle_since}
-    job = db[JOBS].find_one_and_update(
+    job = _move_job(
+        db,
+        "fail_job",
         query,
         {
             "$set": {
-                "status": row.target,
                 "phase": _phase("ended").target,
                 "finished_at": now(),
                 "updated_at": now(),
@@ -567,11 +586,11 @@ def fail_job(
             },
             "$unset": {"done_chunks": "", "done_partitions": ""},
         },
+        error,
         projection={"version": 1},
     )
     if job is None:
         return False
-    log.warning("job %s: -> failed: %s", job_id, error)
     fail_version(db, int(job["version"]))
     return True
 
@@ -580,15 +599,12 @@ def claim_finalization(db: Database[Any], job_id: str, **counts: Any) -> bool:
     """running -> finalizing, recording the job's final counts (rows, rejects, duplicates)
     so that however the job ends from here - the finalizer, or the watchdog if it dies - its
     record says what was loaded. True too for a redelivered finalizer of a claimed job."""
-    row, phase = _job_rule("claim_finalization"), _phase("claim_finalization").target
-    result = db[JOBS].update_one(
-        {"_id": job_id, "status": guard(row)},
-        {
-            "$set": {"status": row.target, "phase": phase, "updated_at": now(), **counts},
-            "$min": {f"phase_at.{phase}": now()},  # a redelivered finalizer keeps the first
-        },
-    )
-    return result.matched_count == 1
+    phase = _phase("claim_finalization").target
+    update = {
+        "$set": {"phase": phase, "updated_at": now(), **counts},
+        "$min": {f"phase_at.{phase}": now()},  # a redelivered finalizer keeps the first
+    }
+    return _move_job(db, "claim_finalization", {"_id": job_id}, update) is not None
 
 
 def _end_finalization(
@@ -596,31 +612,27 @@ def _end_finalization(
     job_id: str,
     rule: str,
     idle_since: datetime | None,
+    why: str = "",
     **fields: Any,
 ) -> bool:
-    row = _job_rule(rule)
-    query: dict[str, Any] = {"_id": job_id, "status": guard(row)}
+    query: dict[str, Any] = {"_id": job_id}
     if idle_since is not None:
         query["updated_at"] = {"$lt": idle_since}
-    return _job_update(
-        db,
-        query,
-        {
-            "$set": {
-                "status": row.target,
-                "phase": _phase("ended").target,
-                "finished_at": now(),
-                "updated_at": now(),
-                **fields,
-            },
-            "$unset": {"done_chunks": "", "done_partitions": ""},
+    update = {
+        "$set": {
+            "phase": _phase("ended").target,
+            "finished_at": now(),
+            "updated_at": now(),
+            **fields,
         },
-    )
+        "$unset": {"done_chunks": "", "done_partitions": ""},
+    }
+    return _move_job(db, rule, query, update, why) is not None
 
 
-def succeed_job(db: Database[Any], job_id: str, **fields: Any) -> bool:
+def succeed_job(db: Database[Any], job_id: str, why: str = "", **fields: Any) -> bool:
     """finalizing -> succeeded (the finalizer's last step)."""
-    return _end_finalization(db, job_id, "succeed_job", None, **fields)
+    return _end_finalization(db, job_id, "succeed_job", None, why, **fields)
 
 
 def hold_job(db: Database[Any], job_id: str, reason: str, version: int, **fields: Any) -> bool:
@@ -630,10 +642,7 @@ def hold_job(db: Database[Any], job_id: str, reason: str, version: int, **fields
         {"_id": version_doc_id(version), "held_at": {"$exists": False}},
         {"$set": {"held_at": now()}},
     )
-    held = _end_finalization(db, job_id, "hold_job", None, error=reason, **fields)
-    if held:
-        log.warning("job %s: -> held: %s", job_id, reason)
-    return held
+    return _end_finalization(db, job_id, "hold_job", None, reason, error=reason, **fields)
 
 
 def decide_finalization(
@@ -647,6 +656,7 @@ def decide_finalization(
     live = went_live(read_record(db, version), read_pointer(db), version)
     if not live and not fail_version(db, version):
         live = True  # it became live meanwhile: the pointer names it
+    why = f"finalization did not complete ({error})"
     if live:
         pointer = read_pointer(db)
         rule = "decide_finalization:live"
@@ -655,6 +665,7 @@ def decide_finalization(
             job["_id"],
             rule,
             idle_since,
+            why,
             dataset_version=version,
             superseded=pointer.version != version,
         )
@@ -665,13 +676,10 @@ def decide_finalization(
             job["_id"],
             rule,
             idle_since,
+            why,
             error=f"{error}; version {version} was loaded but never went live",
         )
-    status = _job_rule(rule).target
-    if not done:
-        return None
-    log.warning("job %s: finalization did not complete (%s) -> %s", job["_id"], error, status)
-    return status
+    return _job_rule(rule).target if done else None
 
 
 # --- version transitions ----------------------------------------------------------------
@@ -691,9 +699,11 @@ def register_version(
     }
     if buckets is not None:
         fields["buckets"] = buckets
-    db[META_COLLECTION].update_one(
+    result = db[META_COLLECTION].update_one(
         {"_id": version_doc_id(version)}, {"$setOnInsert": fields}, upsert=True
     )
+    if result.upserted_id is not None:
+        log_transition("version", version, None, fields["state"], f"job {job_id}")
 
 
 def _version_rule(rule: str) -> Transition[VersionState]:
@@ -706,27 +716,32 @@ def _version_update(
     rule: str,
     fields: dict[str, Any],
     unset: dict[str, Any] | None = None,
+    why: str = "",
 ) -> bool:
-    """The row's compare-and-set on a version record: from its sources to its target."""
+    """The row's compare-and-set on a version record: from its sources to its target,
+    logged."""
     row = _version_rule(rule)
     update: dict[str, Any] = {"$set": {"state": row.target, **fields}}
     if unset:
         update["$unset"] = unset
-    result = db[META_COLLECTION].update_one(
-        {"_id": version_doc_id(version), "state": guard(row)}, update
+    before = db[META_COLLECTION].find_one_and_update(
+        {"_id": version_doc_id(version), "state": guard(row)}, update, projection={"state": 1}
     )
-    return result.matched_count == 1
+    if before is not None:
+        log_transition("version", version, before["state"], row.target, why)
+    return before is not None
 
 
 def mark_ready(db: Database[Any], version: int, rows: int) -> bool:
     """building -> ready once every row is in (repeat-safe); False if it failed meanwhile."""
-    return _version_update(db, version, "mark_ready", {"rows": rows, "ready_at": now()})
+    fields = {"rows": rows, "ready_at": now()}
+    return _version_update(db, version, "mark_ready", fields, why=f"{rows} rows")
 
 
 def fail_version(db: Database[Any], version: int) -> bool:
     """building | ready -> failed. A ready version is barred on the pointer first; False
     (nothing changed) if the pointer names it: then it is live, not failed."""
-    if _version_update(db, version, "fail_version", {"failed_at": now()}):
+    if _version_update(db, version, "fail_version", {"failed_at": now()}, why="its job failed"):
         return True
     loaded = "fail_version:loaded"
     record = read_record(db, version)
@@ -734,7 +749,7 @@ def fail_version(db: Database[Any], version: int) -> bool:
         return True  # failed already, or never registered
     if not _bar(db, version, transition(POINTER_TRANSITIONS, loaded)):
         return False
-    return _version_update(db, version, loaded, {"failed_at": now()})
+    return _version_update(db, version, loaded, {"failed_at": now()}, why="never went live")
 
 
 SwitchOutcome = Literal["switched", "already", "superseded", "barred"]
@@ -756,11 +771,15 @@ def _bar(
     """Put ``version`` in the pointer's barred set if the row's guard (and ``also``) holds
     on the pointer."""
     _ensure_pointer(db)
-    result = db[META_COLLECTION].update_one(
+    before = db[META_COLLECTION].find_one_and_update(
         {"_id": ACTIVE_ID, **pointer_guard(row, version), **(also or {})},
         {"$addToSet": {"barred": version}},
+        projection={"version": 1, "barred": 1},
     )
-    return result.matched_count == 1
+    if before is not None:
+        was = pointer_role(Pointer.from_doc(before), version)
+        log_transition("pointer", version, was, row.target, row.why)
+    return before is not None
 
 
 def _switch(
@@ -800,17 +819,20 @@ def _switch(
             **pointer_guard(row, version),
         }
         if meta.update_one(query, update).matched_count == 1:
+            was = f" (was {pointer.version})" if pointer.version is not None else ""
+            role = pointer_role(pointer, version)
+            log_transition("pointer", version, role, row.target, row.why + was)
             return "switched"
 
 
-def _revive(db: Database[Any], version: int, **fields: Any) -> bool:
+def _revive(db: Database[Any], version: int, why: str, **fields: Any) -> bool:
     """retired (or ready) -> ready."""
-    return _version_update(db, version, "_revive", fields, unset={"retired_at": ""})
+    return _version_update(db, version, "_revive", fields, unset={"retired_at": ""}, why=why)
 
 
 def _confirm_live(db: Database[Any], version: int) -> None:
     """After the pointer names a version: ready again if a cleanup retired it meanwhile."""
-    _revive(db, version, activated_at=now())
+    _revive(db, version, "it went live", activated_at=now())
 
 
 def _buckets(db: Database[Any], version: int) -> int | None:
@@ -827,7 +849,8 @@ def activate_if_newest(db: Database[Any], version: int, rows: int, job_id: str) 
     outcome = _switch(db, version, fields, newest_only=True)
     if outcome in ("switched", "already"):
         _confirm_live(db, version)
-    log.info("version %d: switch %s", version, outcome)
+    if outcome != "switched":  # the switch itself is a logged transition
+        log.info("version %d: switch %s", version, outcome)
     return outcome
 
 
@@ -847,7 +870,7 @@ def refusal(version: int, record: VersionRecord | None) -> str:
 def activate_by_hand(db: Database[Any], version: int) -> ActiveDataset:
     """Rollback (or roll forward) to a kept version: ready, or retired but not yet removed
     (it comes back). Raises ``ActivationRefused`` with the reason."""
-    revived = _revive(db, version)
+    revived = _revive(db, version, "activated by hand")
     record = read_record(db, version)
     if not revived or record is None:
         raise ActivationRefused(refusal(version, record))
@@ -860,17 +883,17 @@ def activate_by_hand(db: Database[Any], version: int) -> ActiveDataset:
     if _switch(db, version, fields, newest_only=False) == "barred":
         raise ActivationRefused(refusal(version, record))
     _confirm_live(db, version)
-    log.info("version %d: -> live (by hand)", version)
-    held = _job_rule("activate_by_hand:held")
-    if _job_update(
-        db,
-        {"version": version, "status": guard(held)},
-        {"$set": {"status": held.target, "dataset_version": version, "updated_at": now()}},
-    ):
-        log.info("version %d: its held job -> succeeded (activated by hand)", version)
+    succeed_held_job(db, version)
     pointer = db[META_COLLECTION].find_one({"_id": ACTIVE_ID})
     assert pointer is not None  # _switch made it
     return ActiveDataset.from_doc(pointer)
+
+
+def succeed_held_job(db: Database[Any], version: int) -> bool:
+    """held -> succeeded: the version the shrink guard held was activated by hand."""
+    update = {"$set": {"dataset_version": version, "updated_at": now()}}
+    why = f"version {version} activated by hand"
+    return _move_job(db, "succeed_held_job", {"version": version}, update, why) is not None
 
 
 def retire_version(db: Database[Any], version: int) -> bool:
@@ -878,13 +901,12 @@ def retire_version(db: Database[Any], version: int) -> bool:
     pointer names the version after the change, it goes back to ready. (An activation
     that moved the pointer before this read is seen here; one after it revives the version
     itself, in ``_confirm_live``.)"""
-    if not _version_update(db, version, "retire_version", {"retired_at": now()}):
+    fields = {"retired_at": now()}
+    if not _version_update(db, version, "retire_version", fields, why="beyond the keep count"):
         return False
     if read_pointer(db).version == version:
-        _revive(db, version)
-        log.info("version %d: not retired, it went live meanwhile", version)
+        _revive(db, version, "not retired, it went live meanwhile")
         return False
-    log.info("version %d: -> retired", version)
     return True
 
 
@@ -904,11 +926,13 @@ def remove_version(db: Database[Any], version: int, grace_s: float) -> bool:
     # Barred, so never live again: whatever its record says (an activation attempt that
     # lost to the bar may have revived it, "dropped" is the name before "retired").
     row = _version_rule("remove_version")
-    db[META_COLLECTION].update_one(
+    before = db[META_COLLECTION].find_one_and_update(
         {"_id": version_doc_id(version), "state": {"$in": [*row.sources, "dropped"]}},
         {"$set": {"state": row.target, "removed_at": now()}},
+        projection={"state": 1},
     )
-    log.info("version %d: -> removed (collection dropped)", version)
+    if before is not None:
+        log_transition("version", version, before["state"], row.target, "collection dropped")
     return True
 
 
@@ -917,4 +941,4 @@ def repair_live_version(db: Database[Any]) -> None:
     retired. (Cleanup runs this first.)"""
     pointer = read_pointer(db)
     if pointer.version is not None:
-        _revive(db, pointer.version)
+        _revive(db, pointer.version, "the live version must be ready")

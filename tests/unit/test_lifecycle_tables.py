@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -69,9 +70,9 @@ class Collection:
             doc = {"_id": query["_id"], **update.get("$setOnInsert", {})}
             self.docs[doc["_id"]] = doc
             self.store.moves.append((self.name, doc["_id"], None))
-            return SimpleNamespace(matched_count=0, modified_count=0)
+            return SimpleNamespace(matched_count=0, modified_count=0, upserted_id=doc["_id"])
         if doc is None:
-            return SimpleNamespace(matched_count=0, modified_count=0)
+            return SimpleNamespace(matched_count=0, modified_count=0, upserted_id=None)
         before = doc.get("status", doc.get("state"))
         doc.update(update.get("$set", {}))
         for key in update.get("$unset", {}):
@@ -81,7 +82,7 @@ class Collection:
                 doc[key].append(value)
         if "status" in update.get("$set", {}) or "state" in update.get("$set", {}):
             self.store.moves.append((self.name, doc["_id"], before))
-        return SimpleNamespace(matched_count=1, modified_count=1)
+        return SimpleNamespace(matched_count=1, modified_count=1, upserted_id=None)
 
     def find_one_and_update(
         self,
@@ -162,7 +163,7 @@ JOB_CALLS: dict[str, Callable[[Any], Any]] = {
     "hold_job": lambda db: lifecycle.hold_job(db, "j", "shrinks", 1),
     "decide_finalization:live": _decide(live=True),
     "decide_finalization:not live": _decide(live=False),
-    "activate_by_hand:held": _activate_by_hand,
+    "succeed_held_job": lambda db: lifecycle.succeed_held_job(db, 1),
 }
 
 VERSION_CALLS: dict[str, Callable[[Any], Any]] = {
@@ -284,3 +285,32 @@ def test_the_status_sets_split_every_status_once() -> None:
     assert finished | unfinished == set(lifecycle.JOB_STATUSES)
     assert not finished & unfinished
     assert lifecycle.JOB_PHASES[-1] == "done"
+
+
+@pytest.mark.parametrize(
+    ("kind", "row"),
+    [("job", r) for r in _rows(lifecycle.JOB_TRANSITIONS)]
+    + [("version", r) for r in _rows(lifecycle.VERSION_TRANSITIONS)],
+    ids=lambda x: x if isinstance(x, str) else x.rule,
+)
+def test_every_transition_logs_from_and_to(
+    kind: str, row: Transition[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    source = row.sources[0]
+    if kind == "job":
+        version = "building" if row.rule == "decide_finalization:not live" else "ready"
+        db = _store(job=source, version=version)  # type: ignore[arg-type]
+        call, key = JOB_CALLS[row.rule], "j"
+    else:
+        role: PointerRole = "live" if row.rule == "_revive" else "unnamed"
+        db = _store(version=source, role=role)
+        call, key = VERSION_CALLS[row.rule], "1"
+    with caplog.at_level(logging.DEBUG, logger="shared.lifecycle"):
+        call(db)
+    assert any(m.startswith(f"{kind} {key} {source} -> {row.target}") for m in caplog.messages)
+
+
+def test_a_new_version_logs_its_creation(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="shared.lifecycle"):
+        lifecycle.register_version(Store(), 3, "j")  # type: ignore[arg-type]
+    assert caplog.messages == ["version 3 new -> building: job j"]
