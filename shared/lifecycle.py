@@ -272,14 +272,11 @@ class VersionRecord:
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> VersionRecord:
-        state = doc.get("state", BUILDING)
-        if state == "dropped":  # the name before ``retired``
-            state = RETIRED
         return cls(
             version=int(doc["version"]),
-            state=state,
+            state=doc.get("state", BUILDING),
             collection=doc.get("collection", collection_name(int(doc["version"]))),
-            since=doc.get("retired_at") or doc.get("dropped_at") or doc.get("failed_at"),
+            since=doc.get("retired_at") or doc.get("failed_at"),
             activated_at=doc.get("activated_at"),
             held=doc.get("held_at") is not None,
         )
@@ -924,15 +921,8 @@ def remove_version(db: Database[Any], version: int, grace_s: float) -> bool:
         return False
     db.drop_collection(collection_name(version))
     # Barred, so never live again: whatever its record says (an activation attempt that
-    # lost to the bar may have revived it, "dropped" is the name before "retired").
-    row = _version_rule("remove_version")
-    before = db[META_COLLECTION].find_one_and_update(
-        {"_id": version_doc_id(version), "state": {"$in": [*row.sources, "dropped"]}},
-        {"$set": {"state": row.target, "removed_at": now()}},
-        projection={"state": 1},
-    )
-    if before is not None:
-        log_transition("version", version, before["state"], row.target, "collection dropped")
+    # lost to the bar may have revived it).
+    _version_update(db, version, "remove_version", {"removed_at": now()}, why="collection dropped")
     return True
 
 
@@ -942,3 +932,39 @@ def repair_live_version(db: Database[Any]) -> None:
     pointer = read_pointer(db)
     if pointer.version is not None:
         _revive(db, pointer.version, "the live version must be ready")
+
+
+# --- records written by earlier releases ------------------------------------------------
+
+# Version states earlier releases wrote, and what each is called now.
+LEGACY_VERSION_STATES: dict[str, VersionState] = {"dropped": RETIRED}
+
+
+def upgraded_record(doc: dict[str, Any]) -> dict[str, Any] | None:
+    """A version record in a legacy state as this release writes it (None if current): a
+    ``dropped`` record is ``retired`` since its ``dropped_at``."""
+    state = LEGACY_VERSION_STATES.get(str(doc.get("state")))
+    if state is None:
+        return None
+    since = doc.get("retired_at") or doc.get("dropped_at") or doc.get("failed_at")
+    out = {key: value for key, value in doc.items() if key != "dropped_at"}
+    out["state"] = state
+    if since is not None:
+        out["retired_at"] = since
+    return out
+
+
+def migrate_legacy_states(db: Database[Any]) -> int:
+    """One-off and idempotent: rewrite version records left in a legacy state (cleanup runs
+    it first, so no other code reads those states). Each record is compare-and-set on its
+    old state and logged; returns how many were rewritten."""
+    meta = db[META_COLLECTION]
+    moved = 0
+    for doc in meta.find({**VERSION_RECORDS, "state": {"$in": list(LEGACY_VERSION_STATES)}}):
+        new = upgraded_record(doc)
+        assert new is not None  # the query selected legacy states only
+        if meta.replace_one({"_id": doc["_id"], "state": doc["state"]}, new).modified_count:
+            why = "a record of an earlier release, migrated"
+            log_transition("version", doc["version"], doc["state"], new["state"], why)
+            moved += 1
+    return moved
