@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared import lifecycle
+
 
 class Promotion(BaseModel):
     model_config = ConfigDict(
@@ -70,7 +72,7 @@ class DatasetVersionOut(BaseModel):
         }
     )
     version: int
-    state: str = Field(description="building | ready | failed | retired | removed")
+    state: lifecycle.VersionState = Field(description="See docs/lifecycle.md")
     rows: int | None
     job_id: str | None
     created_at: str | None
@@ -114,7 +116,7 @@ class JobAccepted(BaseModel):
         }
     )
     job_id: str
-    status: str
+    status: lifecycle.JobStatus
     status_url: str
 
 
@@ -162,10 +164,10 @@ class JobStatus(BaseModel):
         }
     )
     job_id: str
-    status: str = Field(description="queued | running | finalizing | succeeded | failed | held")
-    phase: str = Field(
-        description="queued | splitting | loading (chunks parsed into run files) | writing "
-        "(partitions written as bucket documents) | activating | done"
+    status: lifecycle.JobStatus = Field(description="See docs/lifecycle.md")
+    phase: lifecycle.JobPhase = Field(
+        description="loading: chunks parsed into run files; writing: partitions written as "
+        "bucket documents"
     )
     source: str | None = None
     bytes_total: int | None = None

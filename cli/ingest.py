@@ -19,8 +19,7 @@ from cli.client import (
     job_path,
 )
 from cli.progress import CountingReader, Reporter, human_seconds
-
-TERMINAL = ("succeeded", "failed", "held")
+from shared.lifecycle import FAILED, FINISHED, HELD
 
 
 def upload(api: Api, path: Path, reporter: Reporter) -> dict[str, Any]:
@@ -59,7 +58,7 @@ def follow(api: Api, job_id: str, reporter: Reporter, poll_s: float = 1.0) -> di
                 time.sleep(poll_s)
                 continue
             reporter.job_progress(job)
-            if job["status"] in TERMINAL:
+            if job["status"] in FINISHED:
                 return job
             time.sleep(poll_s)
     finally:
@@ -74,7 +73,7 @@ def report(job: dict[str, Any]) -> int:
     if durations:
         phases = ", ".join(f"{k} {human_seconds(v)}" for k, v in durations.items() if k != "total")
         took = f" in {human_seconds(durations.get('total'))} ({phases})"
-    if job["status"] in ("failed", "held"):
+    if job["status"] in (FAILED, HELD):
         after = f" (after {human_seconds(durations.get('total'))}: {phases})" if took else ""
         print(f"job {job_id} {job['status']}: {job['error']}{after}", file=sys.stderr)
         return EXIT_JOB_FAILED

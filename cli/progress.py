@@ -19,6 +19,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from shared.lifecycle import FINISHED, SUCCEEDED
+
 
 def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
@@ -51,7 +53,7 @@ def _stamp() -> str:
 def job_summary(job: dict[str, Any]) -> str:
     """``4/10 chunks  40,000 rows  5,000 rows/s  ETA 12s  3 rejected``"""
     parts = []
-    if job.get("chunks_total") and job.get("status") not in ("succeeded", "failed", "held"):
+    if job.get("chunks_total") and job.get("status") not in FINISHED:
         parts.append(f"{job.get('chunks_done', 0)}/{job['chunks_total']} chunks")
         if job.get("phase") == "writing":
             parts.append(f"{job.get('partitions_done', 0)}/{job['partitions_total']} partitions")
@@ -170,7 +172,7 @@ class Reporter:
         total = (job.get("chunks_total") or 0) + (job.get("partitions_total") or 0)
         done = (job.get("chunks_done") or 0) + (job.get("partitions_done") or 0)
         if self._progress is not None and self._task is not None:
-            finished = job.get("status") in ("succeeded", "failed", "held")
+            finished = job.get("status") in FINISHED
             self._progress.update(
                 self._task,
                 description=str(job.get("status")) if finished else phase,
@@ -180,11 +182,11 @@ class Reporter:
             )
             return
         fraction = done / total if total else 0.0
-        if job.get("status") == "succeeded":
+        if job.get("status") == SUCCEEDED:
             fraction = 1.0
         self._line(
             f"{_bar(fraction)}  job {job['job_id'][:8]}  {phase:<10}  {job_summary(job)}",
-            force=job.get("status") in ("succeeded", "failed", "held"),
+            force=job.get("status") in FINISHED,
         )
 
     def job_done(self) -> None:

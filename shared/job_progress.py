@@ -10,11 +10,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.lifecycle import FINISHED
+from shared.lifecycle import FINISHED, JOB_PHASES, JobPhase
 
-# In the order a job goes through them; each starts at the timestamp named here.
-# loading: chunks parsed into run files; writing: partitions written as bucket documents.
-PHASES = ("queued", "splitting", "loading", "writing", "activating")
+# The timed phases, in the order a job goes through them (shared.lifecycle.JobPhase).
+PHASES: tuple[JobPhase, ...] = tuple(p for p in JOB_PHASES if p != "done")
 
 
 def _aware(value: datetime) -> datetime:

@@ -22,8 +22,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from shared import job_progress
-from shared.lifecycle import FINALIZING, FINISHED, JOB_STATUSES, JOBS, QUEUED, RUNNING
+from shared import job_progress, lifecycle
+from shared.lifecycle import FINALIZING, FINISHED, JOB_STATUSES, JOBS, RUNNING
 from shared.promotion_rows import MAX_REJECTS_KEPT, ChunkStats
 from shared.timeutil import iso, now
 
@@ -70,8 +70,8 @@ def new_job(
     ``original_name`` is what the partner called the file: kept for operators, never a path."""
     return {
         "_id": job_id,
-        "status": QUEUED,
-        "phase": "queued",
+        "status": lifecycle.transition(lifecycle.JOB_TRANSITIONS, "new_job").target,
+        "phase": lifecycle.transition(lifecycle.PHASE_TRANSITIONS, "new_job").target,
         "enqueued_at": None,  # set once the plan task is with the broker
         "allow_shrink": allow_shrink,  # the shrink guard does not apply
         "plan_attempts": 1,

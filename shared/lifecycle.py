@@ -30,7 +30,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar, get_args
 
 from pymongo import ReturnDocument
 from pymongo.database import Database
@@ -62,7 +62,7 @@ FAILED: JobStatus = "failed"
 # Loaded completely, kept ready, not switched to: it would shrink the dataset more than
 # MIN_ROWS_RATIO allows. An operator activates it (the job then succeeds) or a newer one wins.
 HELD: JobStatus = "held"
-JOB_STATUSES: tuple[JobStatus, ...] = (QUEUED, RUNNING, FINALIZING, SUCCEEDED, FAILED, HELD)
+JOB_STATUSES: tuple[JobStatus, ...] = get_args(JobStatus)
 FINISHED: tuple[JobStatus, ...] = (SUCCEEDED, FAILED, HELD)
 UNFINISHED: tuple[JobStatus, ...] = (QUEUED, RUNNING, FINALIZING)
 
@@ -73,9 +73,142 @@ FAILED_VERSION: VersionState = "failed"
 # Beyond the keep count: no longer offered, collection kept until the grace period passed.
 RETIRED: VersionState = "retired"
 REMOVED: VersionState = "removed"  # collection dropped; the record stays for the listing
+VERSION_STATES: tuple[VersionState, ...] = get_args(VersionState)
+
+# The step a job is in, in order; each but ``done`` is timed from its ``phase_at`` mark
+# (``queued`` from the job's creation). loading: chunks parsed into run files; writing:
+# partitions written as bucket documents; activating: the finalizer's.
+JobPhase = Literal["queued", "splitting", "loading", "writing", "activating", "done"]
+JOB_PHASES: tuple[JobPhase, ...] = get_args(JobPhase)
+
+# A version as the pointer document sees it: named now, in its barred set, or neither.
+PointerRole = Literal["unnamed", "live", "barred"]
+
+State = TypeVar("State", bound=str)
+
+
+@dataclass(frozen=True)
+class Transition(Generic[State]):
+    """One allowed state change: ``rule`` names it (the function making it, with a
+    ``:detail`` where one function makes several), ``sources`` are the states it may start
+    from (its compare-and-set guard; empty: a new record), ``why`` is for the diagram."""
+
+    rule: str
+    sources: tuple[State, ...]
+    target: State
+    why: str
+
+
+# The tables below are the lifecycle: each transition function finds its row by ``rule`` and
+# derives its store guard from the row's sources, so a change of what is allowed is a change
+# here. ``shared.lifecycle_diagram`` draws them (docs/lifecycle.md).
+JOB_TRANSITIONS: tuple[Transition[JobStatus], ...] = (
+    Transition("new_job", (), QUEUED, "upload stored / inbox file claimed"),
+    Transition("requeue_job", (QUEUED,), QUEUED, "plan task lost or never sent"),
+    Transition("start_job", (QUEUED,), RUNNING, "plan_job starts"),
+    Transition("fail_job", (QUEUED, RUNNING), FAILED, "bad file, rejects, superseded, stalled"),
+    Transition("claim_finalization", (RUNNING, FINALIZING), FINALIZING, "every chunk counted"),
+    Transition("succeed_job", (FINALIZING,), SUCCEEDED, "switched (or superseded)"),
+    Transition("hold_job", (FINALIZING,), HELD, "shrink guard (MIN_ROWS_RATIO)"),
+    Transition(
+        "decide_finalization:live", (FINALIZING,), SUCCEEDED, "finalizer died after the switch"
+    ),
+    Transition(
+        "decide_finalization:not live", (FINALIZING,), FAILED, "finalizer died before the switch"
+    ),
+    Transition("succeed_held_job", (HELD,), SUCCEEDED, "its version activated by hand"),
+)
+
+VERSION_TRANSITIONS: tuple[Transition[VersionState], ...] = (
+    Transition("register_version", (), BUILDING, "plan_job registers it"),
+    Transition("mark_ready", (BUILDING, READY), READY, "finalizer counted every row"),
+    Transition("fail_version", (BUILDING,), FAILED_VERSION, "its job failed"),
+    Transition("fail_version:loaded", (READY,), FAILED_VERSION, "never went live (barred first)"),
+    Transition("retire_version", (READY,), RETIRED, "beyond VERSIONS_TO_KEEP"),
+    Transition("_revive", (READY, RETIRED), READY, "went live or activated again"),
+    Transition(
+        "remove_version",
+        (FAILED_VERSION, RETIRED, READY),
+        REMOVED,
+        "DROP_GRACE_S after the pointer last named it",
+    ),
+)
+
+# The phases of a job that has not ended (a job that ends, in any phase, goes to ``done``).
+PHASE_TRANSITIONS: tuple[Transition[JobPhase], ...] = (
+    Transition("new_job", (), "queued", "upload stored / inbox file claimed"),
+    Transition("start_job", ("queued",), "splitting", "plan_job starts"),
+    Transition("record_plan", ("splitting",), "loading", "the plan is recorded"),
+    Transition("start_writing", ("loading",), "writing", "every chunk parsed"),
+    Transition(
+        "claim_finalization", ("writing", "activating"), "activating", "every partition written"
+    ),
+    Transition("ended", JOB_PHASES[:-1], "done", "the job ended"),
+)
+
+POINTER_TRANSITIONS: tuple[Transition[PointerRole], ...] = (
+    Transition("activate_if_newest", ("unnamed", "live"), "live", "a job's switch, newest only"),
+    Transition("activate_by_hand", ("unnamed", "live"), "live", "rollback or roll forward"),
+    Transition("switched away", ("live",), "unnamed", "another version goes live"),
+    Transition("fail_version:loaded", ("unnamed", "barred"), "barred", "failed after loading"),
+    Transition("remove_version", ("unnamed", "barred"), "barred", "before its collection goes"),
+)
+
+
+class UnknownTransition(LookupError):
+    """A transition function asked for a row its table does not have (a programming error)."""
+
+
+def transition(table: tuple[Transition[State], ...], rule: str) -> Transition[State]:
+    """The row of ``rule`` in ``table``."""
+    for row in table:
+        if row.rule == rule:
+            return row
+    raise UnknownTransition(rule)
+
+
+def guard(row: Transition[State]) -> Any:
+    """The store filter value matching the row's source states (its compare-and-set)."""
+    if len(row.sources) == 1:
+        return row.sources[0]
+    return {"$in": list(row.sources)}
+
+
+def pointer_role(pointer: Pointer, version: int) -> PointerRole:
+    if pointer.version == version:
+        return "live"
+    return "barred" if version in pointer.barred else "unnamed"
+
+
+def pointer_guard(row: Transition[PointerRole], version: int) -> dict[str, Any]:
+    """``pointer_role(pointer, version) in row.sources`` as a filter on the pointer document."""
+    if "unnamed" not in row.sources:
+        raise UnknownTransition(f"{row.rule}: a pointer guard must allow 'unnamed'")
+    query: dict[str, Any] = {}
+    if "live" not in row.sources:
+        query["version"] = {"$ne": version}
+    if "barred" not in row.sources:
+        query["barred"] = {"$ne": version}
+    return query
+
 
 # Pointer history entries kept: far more switches than can happen within a grace period.
 HISTORY_KEPT = 32
+
+
+def log_transition(
+    kind: str, key: object, before: str | None, after: str, why: str = "", level: int | None = None
+) -> None:
+    """The one log line of every transition: ``job <id> <from> -> <to>: <why>`` (``version``,
+    ``pointer``; ``new`` for a record just created). A failure or a hold is a warning; a
+    repeat (the same state again: a redelivery, cleanup confirming the live version) is
+    debug, not to drown the others."""
+    if level is None:
+        if after in (FAILED, HELD):
+            level = logging.WARNING
+        else:
+            level = logging.DEBUG if before == after else logging.INFO
+    log.log(level, "%s %s %s -> %s%s", kind, key, before or "new", after, f": {why}" if why else "")
 
 
 class ActivationRefused(Exception):
@@ -139,14 +272,11 @@ class VersionRecord:
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> VersionRecord:
-        state = doc.get("state", BUILDING)
-        if state == "dropped":  # the name before ``retired``
-            state = RETIRED
         return cls(
             version=int(doc["version"]),
-            state=state,
+            state=doc.get("state", BUILDING),
             collection=doc.get("collection", collection_name(int(doc["version"]))),
-            since=doc.get("retired_at") or doc.get("dropped_at") or doc.get("failed_at"),
+            since=doc.get("retired_at") or doc.get("failed_at"),
             activated_at=doc.get("activated_at"),
             held=doc.get("held_at") is not None,
         )
@@ -279,41 +409,56 @@ def version_collections(db: Database[Any]) -> list[str]:
 # --- job transitions ------------------------------------------------------------------------
 
 
-def _job_update(db: Database[Any], query: dict[str, Any], update: dict[str, Any]) -> bool:
-    return db[JOBS].update_one(query, update).modified_count == 1
+def _job_rule(rule: str) -> Transition[JobStatus]:
+    return transition(JOB_TRANSITIONS, rule)
+
+
+def _phase(rule: str) -> Transition[JobPhase]:
+    return transition(PHASE_TRANSITIONS, rule)
+
+
+def _move_job(
+    db: Database[Any],
+    rule: str,
+    query: dict[str, Any],
+    update: dict[str, Any],
+    why: str = "",
+    projection: dict[str, Any] | None = None,
+    level: int | None = None,
+) -> dict[str, Any] | None:
+    """The row's compare-and-set on a job matching ``query``: from its sources to its
+    target, logged. The job as it was (``projection`` and its status), or None."""
+    row = _job_rule(rule)
+    update = {**update, "$set": {**update.get("$set", {}), "status": row.target}}
+    before = db[JOBS].find_one_and_update(
+        {**query, "status": guard(row)}, update, projection={"status": 1, **(projection or {})}
+    )
+    if before is not None:
+        log_transition("job", before["_id"], before["status"], row.target, why, level)
+    return before
 
 
 def requeue_job(db: Database[Any], job_id: str, idle_since: datetime | None) -> bool:
     """queued -> queued, counted: the plan task was lost or never sent."""
-    query: dict[str, Any] = {"_id": job_id, "status": QUEUED}
+    query: dict[str, Any] = {"_id": job_id}
     if idle_since is not None:
         query["updated_at"] = {"$lt": idle_since}
     else:
         query["enqueued_at"] = None
-    moved = _job_update(db, query, {"$set": {"updated_at": now()}, "$inc": {"plan_attempts": 1}})
-    if moved:
-        log.warning("job %s: queued but its plan task is lost; sending it again", job_id)
-    return moved
+    update = {"$set": {"updated_at": now()}, "$inc": {"plan_attempts": 1}}
+    why = "its plan task is lost; sending it again"
+    return _move_job(db, "requeue_job", query, update, why, level=logging.WARNING) is not None
 
 
 def start_job(db: Database[Any], job_id: str) -> dict[str, Any] | None:
     """queued -> running (a redelivered plan finds it running). None if it is finalizing
     or finished: nothing to plan."""
     at = now()
-    db[JOBS].update_one(
-        {"_id": job_id, "status": QUEUED},
-        {
-            "$set": {
-                "status": RUNNING,
-                "phase": "splitting",
-                "phase_at.splitting": at,
-                "started_at": at,
-                "updated_at": at,
-            }
-        },
-    )
+    phase = _phase("start_job").target
+    fields = {"phase": phase, f"phase_at.{phase}": at, "started_at": at, "updated_at": at}
+    _move_job(db, "start_job", {"_id": job_id}, {"$set": fields})
     return db[JOBS].find_one_and_update(
-        {"_id": job_id, "status": RUNNING},
+        {"_id": job_id, "status": _job_rule("start_job").target},
         {"$set": {"updated_at": at}},
         projection={"done_chunks": 0, "done_partitions": 0},
         return_document=ReturnDocument.AFTER,
@@ -336,6 +481,8 @@ def record_plan(
     The layout (buckets, reduce tasks) is recorded after the map, from its exact counts
     (``start_writing``)."""
     at = now()
+    phase = _phase("record_plan").target
+    # Splitting is the phase with no plan recorded: the first plan wins.
     doc = db[JOBS].find_one_and_update(
         {"_id": job_id, "status": RUNNING, "chunks_total": None},
         {
@@ -344,8 +491,8 @@ def record_plan(
                 "chunk_size": plan.chunk_size,
                 "slices": plan.slices,
                 "file_bytes": file_bytes,  # as stored (bytes_total may be gzip's)
-                "phase": "loading",
-                "phase_at.loading": at,
+                "phase": phase,
+                f"phase_at.{phase}": at,
                 "updated_at": at,
             }
         },
@@ -380,12 +527,13 @@ def start_writing(db: Database[Any], job_id: str, version: int, layout: Layout) 
     returned; None if the job is not running. The version record learns its bucket count
     here: readers need it."""
     at = now()
+    row = _phase("start_writing")
     db[JOBS].update_one(
-        {"_id": job_id, "status": RUNNING, "phase": "loading"},
+        {"_id": job_id, "status": RUNNING, "phase": guard(row)},
         {
             "$set": {
-                "phase": "writing",
-                "phase_at.writing": at,
+                "phase": row.target,
+                f"phase_at.{row.target}": at,
                 "updated_at": at,
                 "buckets": layout.buckets,
                 "partitions_total": layout.partitions,
@@ -394,7 +542,7 @@ def start_writing(db: Database[Any], job_id: str, version: int, layout: Layout) 
         },
     )
     doc = db[JOBS].find_one(
-        {"_id": job_id, "status": RUNNING, "phase": "writing"},
+        {"_id": job_id, "status": RUNNING, "phase": row.target},
         {"buckets": 1, "partition_bounds": 1},
     )
     if doc is None:
@@ -418,15 +566,16 @@ def fail_job(
     """queued | running -> failed, and its version (still building) -> failed. With
     ``idle_since`` (the watchdog) only if the job has not moved since. A job the finalizer
     has claimed is not failed here: ``decide_finalization`` ends those."""
-    query: dict[str, Any] = {"_id": job_id, "status": {"$in": [QUEUED, RUNNING]}}
+    query: dict[str, Any] = {"_id": job_id}
     if idle_since is not None:
         query["updated_at"] = {"$lt": idle_since}
-    job = db[JOBS].find_one_and_update(
+    job = _move_job(
+        db,
+        "fail_job",
         query,
         {
             "$set": {
-                "status": FAILED,
-                "phase": "done",
+                "phase": _phase("ended").target,
                 "finished_at": now(),
                 "updated_at": now(),
                 "error": error,
@@ -434,11 +583,11 @@ def fail_job(
             },
             "$unset": {"done_chunks": "", "done_partitions": ""},
         },
+        error,
         projection={"version": 1},
     )
     if job is None:
         return False
-    log.warning("job %s: -> failed: %s", job_id, error)
     fail_version(db, int(job["version"]))
     return True
 
@@ -447,45 +596,40 @@ def claim_finalization(db: Database[Any], job_id: str, **counts: Any) -> bool:
     """running -> finalizing, recording the job's final counts (rows, rejects, duplicates)
     so that however the job ends from here - the finalizer, or the watchdog if it dies - its
     record says what was loaded. True too for a redelivered finalizer of a claimed job."""
-    result = db[JOBS].update_one(
-        {"_id": job_id, "status": {"$in": [RUNNING, FINALIZING]}},
-        {
-            "$set": {"status": FINALIZING, "phase": "activating", "updated_at": now(), **counts},
-            "$min": {"phase_at.activating": now()},  # a redelivered finalizer keeps the first
-        },
-    )
-    return result.matched_count == 1
+    phase = _phase("claim_finalization").target
+    update = {
+        "$set": {"phase": phase, "updated_at": now(), **counts},
+        "$min": {f"phase_at.{phase}": now()},  # a redelivered finalizer keeps the first
+    }
+    return _move_job(db, "claim_finalization", {"_id": job_id}, update) is not None
 
 
 def _end_finalization(
     db: Database[Any],
     job_id: str,
-    status: JobStatus,
+    rule: str,
     idle_since: datetime | None,
+    why: str = "",
     **fields: Any,
 ) -> bool:
-    query: dict[str, Any] = {"_id": job_id, "status": FINALIZING}
+    query: dict[str, Any] = {"_id": job_id}
     if idle_since is not None:
         query["updated_at"] = {"$lt": idle_since}
-    return _job_update(
-        db,
-        query,
-        {
-            "$set": {
-                "status": status,
-                "phase": "done",
-                "finished_at": now(),
-                "updated_at": now(),
-                **fields,
-            },
-            "$unset": {"done_chunks": "", "done_partitions": ""},
+    update = {
+        "$set": {
+            "phase": _phase("ended").target,
+            "finished_at": now(),
+            "updated_at": now(),
+            **fields,
         },
-    )
+        "$unset": {"done_chunks": "", "done_partitions": ""},
+    }
+    return _move_job(db, rule, query, update, why) is not None
 
 
-def succeed_job(db: Database[Any], job_id: str, **fields: Any) -> bool:
+def succeed_job(db: Database[Any], job_id: str, why: str = "", **fields: Any) -> bool:
     """finalizing -> succeeded (the finalizer's last step)."""
-    return _end_finalization(db, job_id, SUCCEEDED, None, **fields)
+    return _end_finalization(db, job_id, "succeed_job", None, why, **fields)
 
 
 def hold_job(db: Database[Any], job_id: str, reason: str, version: int, **fields: Any) -> bool:
@@ -495,10 +639,7 @@ def hold_job(db: Database[Any], job_id: str, reason: str, version: int, **fields
         {"_id": version_doc_id(version), "held_at": {"$exists": False}},
         {"$set": {"held_at": now()}},
     )
-    held = _end_finalization(db, job_id, HELD, None, error=reason, **fields)
-    if held:
-        log.warning("job %s: -> held: %s", job_id, reason)
-    return held
+    return _end_finalization(db, job_id, "hold_job", None, reason, error=reason, **fields)
 
 
 def decide_finalization(
@@ -512,30 +653,30 @@ def decide_finalization(
     live = went_live(read_record(db, version), read_pointer(db), version)
     if not live and not fail_version(db, version):
         live = True  # it became live meanwhile: the pointer names it
+    why = f"finalization did not complete ({error})"
     if live:
         pointer = read_pointer(db)
+        rule = "decide_finalization:live"
         done = _end_finalization(
             db,
             job["_id"],
-            SUCCEEDED,
+            rule,
             idle_since,
+            why,
             dataset_version=version,
             superseded=pointer.version != version,
         )
-        status: JobStatus = SUCCEEDED
     else:
+        rule = "decide_finalization:not live"
         done = _end_finalization(
             db,
             job["_id"],
-            FAILED,
+            rule,
             idle_since,
+            why,
             error=f"{error}; version {version} was loaded but never went live",
         )
-        status = FAILED
-    if not done:
-        return None
-    log.warning("job %s: finalization did not complete (%s) -> %s", job["_id"], error, status)
-    return status
+    return _job_rule(rule).target if done else None
 
 
 # --- version transitions ----------------------------------------------------------------
@@ -550,44 +691,62 @@ def register_version(
         "version": version,
         "collection": collection_name(version),
         "job_id": job_id,
-        "state": BUILDING,
+        "state": _version_rule("register_version").target,
         "created_at": now(),
     }
     if buckets is not None:
         fields["buckets"] = buckets
-    db[META_COLLECTION].update_one(
+    result = db[META_COLLECTION].update_one(
         {"_id": version_doc_id(version)}, {"$setOnInsert": fields}, upsert=True
     )
+    if result.upserted_id is not None:
+        log_transition("version", version, None, fields["state"], f"job {job_id}")
+
+
+def _version_rule(rule: str) -> Transition[VersionState]:
+    return transition(VERSION_TRANSITIONS, rule)
 
 
 def _version_update(
-    db: Database[Any], version: int, states: tuple[VersionState, ...], update: dict[str, Any]
+    db: Database[Any],
+    version: int,
+    rule: str,
+    fields: dict[str, Any],
+    unset: dict[str, Any] | None = None,
+    why: str = "",
 ) -> bool:
-    result = db[META_COLLECTION].update_one(
-        {"_id": version_doc_id(version), "state": {"$in": list(states)}}, update
+    """The row's compare-and-set on a version record: from its sources to its target,
+    logged."""
+    row = _version_rule(rule)
+    update: dict[str, Any] = {"$set": {"state": row.target, **fields}}
+    if unset:
+        update["$unset"] = unset
+    before = db[META_COLLECTION].find_one_and_update(
+        {"_id": version_doc_id(version), "state": guard(row)}, update, projection={"state": 1}
     )
-    return result.matched_count == 1
+    if before is not None:
+        log_transition("version", version, before["state"], row.target, why)
+    return before is not None
 
 
 def mark_ready(db: Database[Any], version: int, rows: int) -> bool:
     """building -> ready once every row is in (repeat-safe); False if it failed meanwhile."""
-    return _version_update(
-        db, version, (BUILDING, READY), {"$set": {"state": READY, "rows": rows, "ready_at": now()}}
-    )
+    fields = {"rows": rows, "ready_at": now()}
+    return _version_update(db, version, "mark_ready", fields, why=f"{rows} rows")
 
 
 def fail_version(db: Database[Any], version: int) -> bool:
     """building | ready -> failed. A ready version is barred on the pointer first; False
     (nothing changed) if the pointer names it: then it is live, not failed."""
-    failed = {"$set": {"state": FAILED_VERSION, "failed_at": now()}}
-    if _version_update(db, version, (BUILDING,), failed):
+    if _version_update(db, version, "fail_version", {"failed_at": now()}, why="its job failed"):
         return True
+    loaded = "fail_version:loaded"
     record = read_record(db, version)
-    if record is None or record.state != READY:
+    if record is None or record.state not in _version_rule(loaded).sources:
         return True  # failed already, or never registered
-    if not _bar(db, version, {"version": {"$ne": version}}):
+    if not _bar(db, version, transition(POINTER_TRANSITIONS, loaded)):
         return False
-    return _version_update(db, version, (READY,), failed)
+    return _version_update(db, version, loaded, {"failed_at": now()}, why="never went live")
 
 
 SwitchOutcome = Literal["switched", "already", "superseded", "barred"]
@@ -600,13 +759,24 @@ def _ensure_pointer(db: Database[Any]) -> None:
         )
 
 
-def _bar(db: Database[Any], version: int, guard: dict[str, Any]) -> bool:
-    """Put ``version`` in the pointer's barred set if ``guard`` holds on the pointer."""
+def _bar(
+    db: Database[Any],
+    version: int,
+    row: Transition[PointerRole],
+    also: dict[str, Any] | None = None,
+) -> bool:
+    """Put ``version`` in the pointer's barred set if the row's guard (and ``also``) holds
+    on the pointer."""
     _ensure_pointer(db)
-    result = db[META_COLLECTION].update_one(
-        {"_id": ACTIVE_ID, **guard}, {"$addToSet": {"barred": version}}
+    before = db[META_COLLECTION].find_one_and_update(
+        {"_id": ACTIVE_ID, **pointer_guard(row, version), **(also or {})},
+        {"$addToSet": {"barred": version}},
+        projection={"version": 1, "barred": 1},
     )
-    return result.matched_count == 1
+    if before is not None:
+        was = pointer_role(Pointer.from_doc(before), version)
+        log_transition("pointer", version, was, row.target, row.why)
+    return before is not None
 
 
 def _switch(
@@ -614,11 +784,14 @@ def _switch(
 ) -> SwitchOutcome:
     """Move the pointer to ``version``, recording what it named before and until when.
     Optimistic: the update matches only the pointer value just read."""
+    row = transition(
+        POINTER_TRANSITIONS, "activate_if_newest" if newest_only else "activate_by_hand"
+    )
     _ensure_pointer(db)
     meta = db[META_COLLECTION]
     while True:
         pointer = read_pointer(db)
-        if version in pointer.barred:
+        if pointer_role(pointer, version) not in row.sources:
             return "barred"
         if newest_only and pointer.high_water >= version:
             return "already" if pointer.ever_named(version) else "superseded"
@@ -639,26 +812,24 @@ def _switch(
         query: dict[str, Any] = {
             "_id": ACTIVE_ID,
             "version": pointer.version,
-            "barred": {"$ne": version},
             "high_water": pointer.high_water,
+            **pointer_guard(row, version),
         }
         if meta.update_one(query, update).matched_count == 1:
+            was = f" (was {pointer.version})" if pointer.version is not None else ""
+            role = pointer_role(pointer, version)
+            log_transition("pointer", version, role, row.target, row.why + was)
             return "switched"
 
 
-def _revive(db: Database[Any], version: int, **fields: Any) -> bool:
+def _revive(db: Database[Any], version: int, why: str, **fields: Any) -> bool:
     """retired (or ready) -> ready."""
-    return _version_update(
-        db,
-        version,
-        (READY, RETIRED),
-        {"$set": {"state": READY, **fields}, "$unset": {"retired_at": ""}},
-    )
+    return _version_update(db, version, "_revive", fields, unset={"retired_at": ""}, why=why)
 
 
 def _confirm_live(db: Database[Any], version: int) -> None:
     """After the pointer names a version: ready again if a cleanup retired it meanwhile."""
-    _revive(db, version, activated_at=now())
+    _revive(db, version, "it went live", activated_at=now())
 
 
 def _buckets(db: Database[Any], version: int) -> int | None:
@@ -675,7 +846,8 @@ def activate_if_newest(db: Database[Any], version: int, rows: int, job_id: str) 
     outcome = _switch(db, version, fields, newest_only=True)
     if outcome in ("switched", "already"):
         _confirm_live(db, version)
-    log.info("version %d: switch %s", version, outcome)
+    if outcome != "switched":  # the switch itself is a logged transition
+        log.info("version %d: switch %s", version, outcome)
     return outcome
 
 
@@ -695,7 +867,7 @@ def refusal(version: int, record: VersionRecord | None) -> str:
 def activate_by_hand(db: Database[Any], version: int) -> ActiveDataset:
     """Rollback (or roll forward) to a kept version: ready, or retired but not yet removed
     (it comes back). Raises ``ActivationRefused`` with the reason."""
-    revived = _revive(db, version)
+    revived = _revive(db, version, "activated by hand")
     record = read_record(db, version)
     if not revived or record is None:
         raise ActivationRefused(refusal(version, record))
@@ -708,16 +880,17 @@ def activate_by_hand(db: Database[Any], version: int) -> ActiveDataset:
     if _switch(db, version, fields, newest_only=False) == "barred":
         raise ActivationRefused(refusal(version, record))
     _confirm_live(db, version)
-    log.info("version %d: -> live (by hand)", version)
-    if _job_update(
-        db,
-        {"version": version, "status": HELD},
-        {"$set": {"status": SUCCEEDED, "dataset_version": version, "updated_at": now()}},
-    ):
-        log.info("version %d: its held job -> succeeded (activated by hand)", version)
+    succeed_held_job(db, version)
     pointer = db[META_COLLECTION].find_one({"_id": ACTIVE_ID})
     assert pointer is not None  # _switch made it
     return ActiveDataset.from_doc(pointer)
+
+
+def succeed_held_job(db: Database[Any], version: int) -> bool:
+    """held -> succeeded: the version the shrink guard held was activated by hand."""
+    update = {"$set": {"dataset_version": version, "updated_at": now()}}
+    why = f"version {version} activated by hand"
+    return _move_job(db, "succeed_held_job", {"version": version}, update, why) is not None
 
 
 def retire_version(db: Database[Any], version: int) -> bool:
@@ -725,15 +898,12 @@ def retire_version(db: Database[Any], version: int) -> bool:
     pointer names the version after the change, it goes back to ready. (An activation
     that moved the pointer before this read is seen here; one after it revives the version
     itself, in ``_confirm_live``.)"""
-    if not _version_update(
-        db, version, (READY,), {"$set": {"state": RETIRED, "retired_at": now()}}
-    ):
+    fields = {"retired_at": now()}
+    if not _version_update(db, version, "retire_version", fields, why="beyond the keep count"):
         return False
     if read_pointer(db).version == version:
-        _revive(db, version)
-        log.info("version %d: not retired, it went live meanwhile", version)
+        _revive(db, version, "not retired, it went live meanwhile")
         return False
-    log.info("version %d: -> retired", version)
     return True
 
 
@@ -742,19 +912,17 @@ def remove_version(db: Database[Any], version: int, grace_s: float) -> bool:
     has not named it for ``grace_s``, then its collection is dropped. Repeat-safe: a
     remover that died after barring is finished by the next one."""
     cutoff = now() - timedelta(seconds=grace_s)
-    if not _bar(db, version, _not_named_since(version, cutoff)):
+    if not _bar(
+        db,
+        version,
+        transition(POINTER_TRANSITIONS, "remove_version"),
+        _not_named_since(version, cutoff),
+    ):
         return False
     db.drop_collection(collection_name(version))
     # Barred, so never live again: whatever its record says (an activation attempt that
-    # lost to the bar may have revived it, "dropped" is the name before "retired").
-    db[META_COLLECTION].update_one(
-        {
-            "_id": version_doc_id(version),
-            "state": {"$in": [FAILED_VERSION, RETIRED, READY, "dropped"]},
-        },
-        {"$set": {"state": REMOVED, "removed_at": now()}},
-    )
-    log.info("version %d: -> removed (collection dropped)", version)
+    # lost to the bar may have revived it).
+    _version_update(db, version, "remove_version", {"removed_at": now()}, why="collection dropped")
     return True
 
 
@@ -763,4 +931,40 @@ def repair_live_version(db: Database[Any]) -> None:
     retired. (Cleanup runs this first.)"""
     pointer = read_pointer(db)
     if pointer.version is not None:
-        _revive(db, pointer.version)
+        _revive(db, pointer.version, "the live version must be ready")
+
+
+# --- records written by earlier releases ------------------------------------------------
+
+# Version states earlier releases wrote, and what each is called now.
+LEGACY_VERSION_STATES: dict[str, VersionState] = {"dropped": RETIRED}
+
+
+def upgraded_record(doc: dict[str, Any]) -> dict[str, Any] | None:
+    """A version record in a legacy state as this release writes it (None if current): a
+    ``dropped`` record is ``retired`` since its ``dropped_at``."""
+    state = LEGACY_VERSION_STATES.get(str(doc.get("state")))
+    if state is None:
+        return None
+    since = doc.get("retired_at") or doc.get("dropped_at") or doc.get("failed_at")
+    out = {key: value for key, value in doc.items() if key != "dropped_at"}
+    out["state"] = state
+    if since is not None:
+        out["retired_at"] = since
+    return out
+
+
+def migrate_legacy_states(db: Database[Any]) -> int:
+    """One-off and idempotent: rewrite version records left in a legacy state (cleanup runs
+    it first, so no other code reads those states). Each record is compare-and-set on its
+    old state and logged; returns how many were rewritten."""
+    meta = db[META_COLLECTION]
+    moved = 0
+    for doc in meta.find({**VERSION_RECORDS, "state": {"$in": list(LEGACY_VERSION_STATES)}}):
+        new = upgraded_record(doc)
+        assert new is not None  # the query selected legacy states only
+        if meta.replace_one({"_id": doc["_id"], "state": doc["state"]}, new).modified_count:
+            why = "a record of an earlier release, migrated"
+            log_transition("version", doc["version"], doc["state"], new["state"], why)
+            moved += 1
+    return moved

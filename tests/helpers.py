@@ -60,7 +60,7 @@ def wait_job(client: Any, job_id: str, timeout: float = 120.0) -> dict[str, Any]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job: dict[str, Any] = client.get(f"/jobs/{job_id}").json()
-        if job["status"] in ("succeeded", "failed"):
+        if job["status"] in lifecycle.FINISHED:
             return job
         time.sleep(0.2)
     raise TimeoutError(f"job {job_id} did not finish in {timeout}s: {job}")

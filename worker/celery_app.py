@@ -65,7 +65,7 @@ app.conf.update(
             "schedule": settings.watchdog_period_s,
             "options": {"expires": settings.watchdog_period_s},
         },
-        # Collections of dropped or failed versions, once their grace period has passed
+        # Collections of retired or failed versions, once their grace period has passed
         # (also catches a delayed cleanup that was lost and late inserts of failed jobs).
         "cleanup-datasets": {
             "task": CLEANUP_DATASETS,

@@ -7,7 +7,6 @@ lifecycle transition that is safe to repeat, so a redelivered finalizer runs the
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,8 +16,6 @@ from shared import datasets, job_records, lifecycle
 from shared.settings import Settings
 from shared.warmup import warm_before_switch
 from worker.job_steps import rejection_problem
-
-log = logging.getLogger(__name__)
 
 
 def finalize_steps(
@@ -92,21 +89,15 @@ def finalize_steps(
     if outcome != "superseded":
         announce(version)
     yield "announced"
+    live = "superseded by a newer upload" if outcome == "superseded" else "is live"
     lifecycle.succeed_job(
         db,
         job_id,
+        f"version {version} {live} ({distinct} rows, {totals['rows_rejected']} rejected, "
+        f"{duplicates} duplicates)",
         dataset_version=version,
         superseded=outcome == "superseded",
         duplicates=duplicates,
         **counted,
-    )
-    log.info(
-        "job %s: -> succeeded, version %d %s (%d rows, %d rejected, %d duplicates)",
-        job_id,
-        version,
-        "superseded by a newer upload" if outcome == "superseded" else "is live",
-        distinct,
-        totals["rows_rejected"],
-        duplicates,
     )
     yield "finished"

@@ -331,6 +331,7 @@ def cleanup_datasets(file_name: str | None = None) -> None:
     request path, periodic too, and safe to run any time and concurrently."""
     db = database()
     with store_errors():
+        lifecycle.migrate_legacy_states(db)  # before anything reads the records
         plan = upkeep.plan_cleanup(db, settings.versions_to_keep, settings.drop_grace_s, now())
         upkeep.apply_cleanup(db, plan, settings.drop_grace_s)
     if file_name and UPLOAD_NAME.fullmatch(file_name):

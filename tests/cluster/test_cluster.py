@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from cli.generate import generate
+from shared import lifecycle
 from tests.cluster.cluster import API_HOSTS, Cluster, node_name, wait_until
 from tests.cluster.netns import netns_pids
 from tests.helpers import expected_rows, wait_job
@@ -86,7 +87,7 @@ def live(c: Cluster, tmp_path: Path) -> Loaded:
 
 def _finished_inbox_job(c: Cluster) -> dict[str, Any] | None:
     for job in c.api["api1"].get("/jobs").json():
-        if job["source"] == "inbox" and job["status"] in ("succeeded", "failed"):
+        if job["source"] == "inbox" and job["status"] in lifecycle.FINISHED:
             return c.api["api1"].get(f"/jobs/{job['job_id']}").json()  # type: ignore[no-any-return]
     return None
 

@@ -50,6 +50,26 @@ MOSTLY = st.sampled_from([True, True, True, False])
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
+def reachable(table: tuple[lifecycle.Transition[Any], ...]) -> set[tuple[Any, Any]]:
+    """Every (from, to) the table allows in one or more transitions (None: no record yet);
+    a rule may make several (an upload that loads and finalizes at once)."""
+    closure = {(source, row.target) for row in table for source in row.sources or (None,)}
+    while True:
+        more = {(a, d) for a, b in closure for c, d in closure if b == c} - closure
+        if not more:
+            return closure
+        closure |= more
+
+
+# What each table allows, and the state a record is in before it is seen first (the
+# pointer's view of a version that has just appeared: neither named nor barred).
+ALLOWED = (
+    (reachable(lifecycle.JOB_TRANSITIONS), None),
+    (reachable(lifecycle.VERSION_TRANSITIONS), None),
+    (reachable(lifecycle.POINTER_TRANSITIONS), "unnamed"),
+)
+
+
 class Clock:
     def __init__(self) -> None:
         self.at = START
@@ -75,6 +95,7 @@ class Lifecycle(RuleBasedStateMachine):
         self.stale: upkeep.CleanupPlan | None = None
         self.last_named: dict[int, datetime] = {}
         self.collections: set[int] = set()
+        self.seen: list[dict[Any, str]] = [{}, {}, {}]  # jobs, versions, pointer roles
 
     @initialize()
     def empty_store(self) -> None:
@@ -232,6 +253,21 @@ class Lifecycle(RuleBasedStateMachine):
     def _existing(self) -> set[int]:
         names = lifecycle.version_collections(self.db)
         return {int(n.removeprefix(datasets.COLLECTION_PREFIX)) for n in names}
+
+    @invariant()
+    def every_change_of_state_is_one_the_tables_allow(self) -> None:
+        """Jobs, versions and the pointer's view of each version move only along the rows
+        of shared.lifecycle's tables (a barred version, say, is never named again)."""
+        jobs = {j["_id"]: j["status"] for j in self.db[lifecycle.JOBS].find({}, {"status": 1})}
+        versions: dict[Any, str] = {v: r.state for v, r in self._records().items()}
+        pointer = lifecycle.read_pointer(self.db)
+        roles: dict[Any, str] = {v: lifecycle.pointer_role(pointer, v) for v in versions}
+        now_seen = [jobs, versions, roles]
+        for (allowed, first), before, after in zip(ALLOWED, self.seen, now_seen, strict=True):
+            for key, state in after.items():
+                was = before.get(key, first)
+                assert state == was or (was, state) in allowed, (key, was, state)
+        self.seen = now_seen
 
     @invariant()
     def pointer_names_a_ready_version_whose_collection_exists(self) -> None:

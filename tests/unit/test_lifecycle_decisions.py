@@ -18,6 +18,7 @@ from shared.lifecycle import (
     refusal,
     shrink_refusal,
     stalled_action,
+    upgraded_record,
     versions_to_retire,
     went_live,
 )
@@ -101,7 +102,10 @@ def test_a_version_record_reads_its_document() -> None:
     assert VersionRecord.from_doc(live) == record(4, "ready", None, AFTER)
     assert VersionRecord.from_doc({"version": 2}) == record(2, "building")
     legacy = {"version": 1, "state": "dropped", "dropped_at": BEFORE, "collection": "c1"}
-    assert VersionRecord.from_doc(legacy) == VersionRecord(1, "retired", "c1", BEFORE, None)
+    migrated = upgraded_record(legacy)  # an earlier release's record, once migrated
+    assert migrated is not None
+    assert VersionRecord.from_doc(migrated) == VersionRecord(1, "retired", "c1", BEFORE, None)
+    assert upgraded_record(live) is None
     both = {"version": 1, "state": "retired", "retired_at": AFTER, "failed_at": BEFORE}
     assert VersionRecord.from_doc(both).since == AFTER
 
