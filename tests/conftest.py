@@ -11,7 +11,6 @@ import os
 import shutil
 import socket
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,8 +28,8 @@ from devstack.services import (
     redis_command,
     worker_command,
 )
-from shared import datasets
 from shared.settings import Settings, get_settings
+from tests.helpers import StateReset, wait_for
 
 _TMP = Path(tempfile.mkdtemp(prefix="promotions-tests-"))
 _LOGS = _TMP / "logs"
@@ -66,7 +65,6 @@ TEST_ENV = {
 os.environ.update(TEST_ENV)
 get_settings.cache_clear()
 _started: list[Service] = []
-_session_worker: list[str] = []  # the node name of the session's worker, once started
 
 
 @pytest.fixture(scope="session")
@@ -121,77 +119,42 @@ def redis_client(services: None, settings: Settings) -> Iterator[redis.Redis]:
     client.close()
 
 
-def reset_state(mongo_db: Any, redis_client: redis.Redis, settings: Settings) -> None:
-    """No datasets, no jobs, an empty cache, no uploads and no reject reports, and no task
-    of an earlier test left to run. The version counter stays, as in production."""
-    quiet_worker()
-    for name in mongo_db.list_collection_names():
-        if name == datasets.META_COLLECTION:
-            mongo_db[name].delete_many({"_id": {"$ne": datasets.COUNTER_ID}})
-        else:
-            mongo_db.drop_collection(name)
-    redis_client.flushdb()
-    shutil.rmtree(settings.uploads_dir, ignore_errors=True)
-    shutil.rmtree(settings.inbox_dir, ignore_errors=True)
-    shutil.rmtree(settings.rejects_dir, ignore_errors=True)
-    shutil.rmtree(settings.runs_dir, ignore_errors=True)
-    shutil.rmtree(settings.quarantine_dir, ignore_errors=True)
-    settings.uploads_dir.mkdir(parents=True, exist_ok=True)
-
-
-def quiet_worker() -> None:
-    """Tasks an earlier test left behind must not act on this test's state: a clean-up
-    runs DROP_GRACE_S + 5 s after its job ended and applies the keep policy to whatever
-    versions exist then, so it would retire or bar the versions a later test is building
-    by hand. Queued tasks are purged, clean-ups the worker holds are revoked, one already
-    running is let finish."""
-    if not _session_worker:
-        return
-    from shared.task_names import CLEANUP_DATASETS
-    from worker.celery_app import app
-
-    inspector = app.control.inspect(destination=_session_worker, timeout=10, limit=1)
-
-    def cleanups(tasks: list[dict[str, Any]]) -> list[str]:
-        return [task["id"] for task in tasks if task["name"] == CLEANUP_DATASETS]
-
-    def held(found: dict[str, list[dict[str, Any]]] | None) -> list[dict[str, Any]]:
-        return [task for tasks in (found or {}).values() for task in tasks]
-
-    app.control.purge()
-    waiting = cleanups([entry["request"] for entry in held(inspector.scheduled())])
-    waiting += cleanups(held(inspector.reserved()))
-    if waiting:
-        app.control.revoke(waiting)
-    wait_for(lambda: not cleanups(held(inspector.active())), 30)
+@pytest.fixture(scope="session")
+def reset_state() -> StateReset:
+    """Empties the session's store, cache and volume (tests/helpers.py: StateReset)."""
+    return StateReset()
 
 
 @pytest.fixture
-def clean_state(mongo_db: Any, redis_client: redis.Redis, settings: Settings) -> None:
+def clean_state(
+    reset_state: StateReset, mongo_db: Any, redis_client: redis.Redis, settings: Settings
+) -> None:
     """Every test starts from nothing."""
     reset_state(mongo_db, redis_client, settings)
 
 
-def wait_for(predicate: Any, timeout: float = 60.0, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"condition not met within {timeout}s")
+@pytest.fixture(scope="session")
+def logs_dir() -> Path:
+    """Where the services started for the tests write their output (kept when a test fails)."""
+    return _LOGS
 
 
 @pytest.fixture(scope="session")
-def worker(services: None, settings: Settings) -> Iterator[Service]:
+def test_env() -> dict[str, str]:
+    """The settings every process of the session runs with (in its environment)."""
+    return TEST_ENV
+
+
+@pytest.fixture(scope="session")
+def worker(services: None, settings: Settings, reset_state: StateReset) -> Iterator[Service]:
     """Two real Celery worker processes on the real Redis broker."""
     name = f"test-{uuid.uuid4().hex[:6]}"
     svc = Service("worker", worker_command(2, name), log_path=_LOGS / "worker.log")
     svc.start()
     wait_for(lambda: "ready." in (svc.log_path.read_text() if svc.log_path.exists() else ""), 60)
-    _session_worker.append(f"{name}@{socket.gethostname()}")
+    reset_state.worker_node = f"{name}@{socket.gethostname()}"
     yield svc
-    _session_worker.clear()
+    reset_state.worker_node = None
     svc.stop()
 
 
