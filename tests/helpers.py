@@ -2,14 +2,82 @@
 
 from __future__ import annotations
 
+import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import redis
 
 from shared import datasets, lifecycle
 from shared.bucket_layout import bucket_count
 from shared.promotion_rows import ChunkStats, parse_chunk_rows
+from shared.settings import Settings
 from worker.bucket_writer import write_rows
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.1) -> Any:
+    """The predicate's first truthy value, polled until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"condition not met within {timeout}s")
+
+
+def quiet_worker(node: str) -> None:
+    """Tasks an earlier test left behind must not act on this test's state: a clean-up
+    runs DROP_GRACE_S + 5 s after its job ended and applies the keep policy to whatever
+    versions exist then, so it would retire or bar the versions a later test is building
+    by hand. Queued tasks are purged, clean-ups the worker ``node`` holds are revoked, one
+    already running is let finish."""
+    from shared.task_names import CLEANUP_DATASETS
+    from worker.celery_app import app
+
+    inspector = app.control.inspect(destination=[node], timeout=10, limit=1)
+
+    def cleanups(tasks: list[dict[str, Any]]) -> list[str]:
+        return [task["id"] for task in tasks if task["name"] == CLEANUP_DATASETS]
+
+    def held(found: dict[str, list[dict[str, Any]]] | None) -> list[dict[str, Any]]:
+        return [task for tasks in (found or {}).values() for task in tasks]
+
+    app.control.purge()
+    waiting = cleanups([entry["request"] for entry in held(inspector.scheduled())])
+    waiting += cleanups(held(inspector.reserved()))
+    if waiting:
+        app.control.revoke(waiting)
+    wait_for(lambda: not cleanups(held(inspector.active())), 30)
+
+
+class StateReset:
+    """No datasets, no jobs, an empty cache, no uploads and no reject reports, and no task
+    of an earlier test left to run. The version counter stays, as in production.
+
+    One per session (the ``reset_state`` fixture): the ``worker`` fixture sets
+    ``worker_node`` while the session's worker runs, so that it is quieted first."""
+
+    def __init__(self) -> None:
+        self.worker_node: str | None = None
+
+    def __call__(self, mongo_db: Any, redis_client: redis.Redis, settings: Settings) -> None:
+        if self.worker_node is not None:
+            quiet_worker(self.worker_node)
+        for name in mongo_db.list_collection_names():
+            if name == datasets.META_COLLECTION:
+                mongo_db[name].delete_many({"_id": {"$ne": datasets.COUNTER_ID}})
+            else:
+                mongo_db.drop_collection(name)
+        redis_client.flushdb()
+        shutil.rmtree(settings.uploads_dir, ignore_errors=True)
+        shutil.rmtree(settings.inbox_dir, ignore_errors=True)
+        shutil.rmtree(settings.rejects_dir, ignore_errors=True)
+        shutil.rmtree(settings.runs_dir, ignore_errors=True)
+        shutil.rmtree(settings.quarantine_dir, ignore_errors=True)
+        settings.uploads_dir.mkdir(parents=True, exist_ok=True)
 
 
 def write_version(db: Any, version: int, lines: list[str], job_id: str = "fixture") -> int:

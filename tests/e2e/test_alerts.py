@@ -23,7 +23,7 @@ import yaml
 from devstack.prometheus import RULE_FILES, RULES_DIR, prometheus_command, write_config
 from devstack.services import Service, api_command, free_port, worker_command
 from shared.settings import Settings
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 DATE = "2018-08-04 05:32:31 +0200 CEST"
 

@@ -25,7 +25,7 @@ from api.upload_stream import UPLOAD_ROLE
 from devstack.services import Service, flower_command, free_port
 from shared.gunzip_file_writer import part_files
 from shared.settings import Settings
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"

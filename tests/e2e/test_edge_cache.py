@@ -25,8 +25,7 @@ from devstack.edge import edge_service, nginx_binary
 from devstack.services import Service, api_command, free_port, mongo_command
 from shared import lifecycle
 from shared.settings import Settings
-from tests.conftest import wait_for
-from tests.helpers import load_dataset
+from tests.helpers import load_dataset, wait_for
 
 pytestmark = pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed")
 

@@ -18,7 +18,6 @@ import pytest
 
 from devstack.run import DEV_FLOWER_LOGIN
 from devstack.services import ROOT, free_port
-from tests.conftest import TEST_ENV
 
 pytestmark = pytest.mark.slow
 
@@ -81,9 +80,9 @@ def _running(proc: psutil.Process) -> bool:
 
 
 @pytest.fixture
-def stack_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+def stack_env(tmp_path: Path, test_env: dict[str, str]) -> Iterator[dict[str, str]]:
     redis_port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in TEST_ENV and k != "FLOWER_BASIC_AUTH"}
+    env = {k: v for k, v in os.environ.items() if k not in test_env and k != "FLOWER_BASIC_AUTH"}
     env.update(
         APP_PORT=str(free_port()),
         FLOWER_PORT=str(free_port()),

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from devstack.services import Service, api_command, free_port
-from tests.conftest import _LOGS
 
 pytestmark = pytest.mark.usefixtures("worker", "clean_state")
 
@@ -23,7 +22,7 @@ TOKEN = "contract-test-token"
 
 
 @pytest.fixture(scope="module")
-def guarded_api(services: None) -> Iterator[str]:
+def guarded_api(services: None, logs_dir: Path) -> Iterator[str]:
     """The API with a write token, as deployed: the document declares the bearer scheme on
     the write operations, and schemathesis checks they refuse requests without it."""
     port = free_port()
@@ -32,7 +31,7 @@ def guarded_api(services: None) -> Iterator[str]:
         api_command("127.0.0.1", port),
         env={"WRITE_TOKEN": TOKEN},
         port=port,
-        log_path=_LOGS / "api-contract.log",
+        log_path=logs_dir / "api-contract.log",
     )
     svc.start().wait_ready(60)
     yield f"http://127.0.0.1:{port}"

@@ -17,7 +17,6 @@ import pytest
 
 from cli.generate import generate
 from devstack.services import Service, api_command, free_port
-from tests.conftest import _LOGS
 from tests.helpers import wait_job
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -73,7 +72,7 @@ def page(browser: Any) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def token_api(services: None) -> Iterator[str]:
+def token_api(services: None, logs_dir: Path) -> Iterator[str]:
     """The API with a write token, as operators run it."""
     port = free_port()
     svc = Service(
@@ -81,7 +80,7 @@ def token_api(services: None) -> Iterator[str]:
         api_command("127.0.0.1", port),
         env={"WRITE_TOKEN": TOKEN},
         port=port,
-        log_path=_LOGS / "api-token.log",
+        log_path=logs_dir / "api-token.log",
     )
     svc.start().wait_ready(60)
     yield f"http://127.0.0.1:{port}"

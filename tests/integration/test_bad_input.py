@@ -17,8 +17,7 @@ from httpx import Response
 
 from api.main import create_app
 from shared.settings import MiB, Settings
-from tests.conftest import reset_state, wait_for
-from tests.helpers import wait_job
+from tests.helpers import StateReset, wait_for, wait_job
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -61,7 +60,11 @@ def client(services: None, settings: Settings) -> Iterator[TestClient]:
 
 @pytest.fixture
 def serving(
-    client: TestClient, mongo_db: Any, redis_client: redis.Redis, settings: Settings
+    client: TestClient,
+    mongo_db: Any,
+    redis_client: redis.Redis,
+    settings: Settings,
+    reset_state: StateReset,
 ) -> dict[str, Any]:
     """The baseline dataset is live (loaded again only if an earlier test replaced it)."""
     active = client.get("/datasets/active")
@@ -82,8 +85,6 @@ def serving(
 
 
 def wait_for_active(client: TestClient, rows_: int) -> None:
-    from tests.conftest import wait_for
-
     wait_for(lambda: client.get("/datasets/active").json().get("rows") == rows_, 5)
 
 

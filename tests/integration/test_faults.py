@@ -31,8 +31,7 @@ from shared import datasets, job_records, lifecycle
 from shared.cache import cache_key
 from shared.settings import Settings
 from shared.timeutil import now
-from tests.conftest import _LOGS, wait_for
-from tests.helpers import expected_rows, load_dataset, stored_rows, wait_job
+from tests.helpers import expected_rows, load_dataset, stored_rows, wait_for, wait_job
 from worker import upkeep
 
 pytestmark = [pytest.mark.usefixtures("worker", "clean_state"), pytest.mark.slow]
@@ -180,10 +179,10 @@ def test_lookups_through_a_dataset_switch_are_always_old_or_new(
 
 
 def test_api_killed_mid_upload_leaves_no_file_and_no_job(
-    services: None, settings: Settings, mongo_db: Any
+    services: None, settings: Settings, mongo_db: Any, logs_dir: Path
 ) -> None:
     port = free_port()
-    log = _LOGS / "api-killed.log"
+    log = logs_dir / "api-killed.log"
 
     def start() -> Service:
         return Service("api-k", api_command("127.0.0.1", port), port=port, log_path=log).start()
@@ -342,6 +341,7 @@ class OwnStack:
 def own_stack(
     settings: Settings,
     tmp_path: Path,
+    logs: Path,
     name: str,
     broker_db: int,
     stall_timeout_s: int,
@@ -357,7 +357,7 @@ def own_stack(
         f"mongo-{name}",
         [*mongo_command(mongo_port, str(tmp_path / "db")), *test_commands],
         port=mongo_port,
-        log_path=_LOGS / f"mongo-{name}.log",
+        log_path=logs / f"mongo-{name}.log",
     )
     store.start().wait_ready(60)
     mongo_url = f"mongodb://127.0.0.1:{mongo_port}"
@@ -373,7 +373,7 @@ def own_stack(
         "MONGO_TIMEOUT_MS": "1000",
     }
     worker = Service(
-        f"worker-{name}", worker_command(2, name), env=env, log_path=_LOGS / f"worker-{name}.log"
+        f"worker-{name}", worker_command(2, name), env=env, log_path=logs / f"worker-{name}.log"
     ).start()
     cfg = settings.model_copy(
         update={
@@ -418,14 +418,14 @@ def _serves(c: TestClient, version: int, path: Path) -> None:
 
 
 def test_store_down_past_the_retries_the_chunks_go_back_and_the_job_succeeds(
-    services: None, settings: Settings, tmp_path: Path
+    services: None, settings: Settings, tmp_path: Path, logs_dir: Path
 ) -> None:
     """Regression (issue #13): a chunk task that used up its retries while the store was down
     could not record the failure and was acknowledged anyway, so nobody ever loaded that
     chunk again and the job stalled until the watchdog failed it. Now the task goes back to
     the broker until a delivery gets through: the job succeeds with exact counts."""
     with (
-        own_stack(settings, tmp_path, "outage", broker_db=4, stall_timeout_s=600) as s,
+        own_stack(settings, tmp_path, logs_dir, "outage", broker_db=4, stall_timeout_s=600) as s,
         TestClient(create_app(s.cfg)) as c,
     ):
         first, _, new, job_id = _old_then_new(c, tmp_path)
@@ -454,13 +454,13 @@ def test_store_down_past_the_retries_the_chunks_go_back_and_the_job_succeeds(
 
 
 def test_store_down_past_the_stall_timeout_the_watchdog_ends_the_job_and_redeliveries_stop(
-    services: None, settings: Settings, tmp_path: Path
+    services: None, settings: Settings, tmp_path: Path, logs_dir: Path
 ) -> None:
     """A store outage longer than ``JOB_STALL_TIMEOUT_S``: loaders that gave up keep going
     back to the broker; once the watchdog has failed the job, their next delivery finds it
     ended and does nothing. The old dataset serves throughout."""
     with (
-        own_stack(settings, tmp_path, "stalled", broker_db=3, stall_timeout_s=4) as s,
+        own_stack(settings, tmp_path, logs_dir, "stalled", broker_db=3, stall_timeout_s=4) as s,
         TestClient(create_app(s.cfg)) as c,
     ):
         first, old, _, job_id = _old_then_new(c, tmp_path)
@@ -486,7 +486,7 @@ def test_store_down_past_the_stall_timeout_the_watchdog_ends_the_job_and_redeliv
 
 
 def test_a_failover_outlasting_the_retries_fails_the_job_saying_so(
-    services: None, settings: Settings, tmp_path: Path
+    services: None, settings: Settings, tmp_path: Path, logs_dir: Path
 ) -> None:
     """The store answers, but refuses every insert with a transient error (WriteConflict,
     from its ``failCommand`` fail point: a failover that does not end). After the retries
@@ -494,7 +494,7 @@ def test_a_failover_outlasting_the_retries_fails_the_job_saying_so(
     task is acknowledged and nothing goes round. The old dataset serves."""
     with (
         own_stack(
-            settings, tmp_path, "busy", broker_db=5, stall_timeout_s=600, fail_points=True
+            settings, tmp_path, logs_dir, "busy", broker_db=5, stall_timeout_s=600, fail_points=True
         ) as s,
         TestClient(create_app(s.cfg)) as c,
     ):

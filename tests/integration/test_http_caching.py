@@ -15,8 +15,7 @@ from pydantic import SecretStr
 from api.main import create_app
 from devstack.services import free_port
 from shared.settings import Settings
-from tests.conftest import wait_for
-from tests.helpers import load_dataset
+from tests.helpers import load_dataset, wait_for
 
 ID = "D018EF0B-dbd9-48f1-ac1a-eb4d90e57118"
 KEY = ID.lower()

@@ -17,8 +17,7 @@ from cli.generate import generate
 from devstack.services import Service, beat_command
 from shared import lifecycle
 from shared.settings import Settings
-from tests.conftest import _LOGS, wait_for
-from tests.helpers import expected_rows, stored_rows
+from tests.helpers import expected_rows, stored_rows, wait_for
 from worker.inbox import scan_inbox
 
 pytestmark = pytest.mark.usefixtures("worker", "clean_state")
@@ -105,12 +104,14 @@ def test_gzip_files_are_inflated_and_corrupt_ones_fail_with_a_reason(
     assert not any(p.name.startswith(".inbox-") for p in settings.uploads_dir.iterdir())
 
 
-def test_celery_beat_schedules_the_scan(mongo_db: Any, settings: Settings, tmp_path: Path) -> None:
+def test_celery_beat_schedules_the_scan(
+    mongo_db: Any, settings: Settings, tmp_path: Path, logs_dir: Path
+) -> None:
     beat = Service(
         "beat",
         beat_command(str(tmp_path / "schedule")),
         env={"INBOX_POLL_SECONDS": "0.5"},
-        log_path=_LOGS / f"beat-{uuid.uuid4().hex[:6]}.log",
+        log_path=logs_dir / f"beat-{uuid.uuid4().hex[:6]}.log",
     )
     beat.start()
     try:

@@ -14,8 +14,7 @@ from fastapi.testclient import TestClient
 from cli.generate import generate
 from shared import datasets
 from shared.settings import Settings
-from tests.conftest import wait_for
-from tests.helpers import expected_rows, stored_rows, wait_job
+from tests.helpers import expected_rows, stored_rows, wait_for, wait_job
 
 pytestmark = pytest.mark.usefixtures("worker")
 

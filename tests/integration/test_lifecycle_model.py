@@ -34,8 +34,7 @@ from hypothesis.stateful import (
 
 from shared import datasets, job_records, lifecycle
 from shared.settings import Settings
-from tests.conftest import reset_state
-from tests.helpers import stored_rows
+from tests.helpers import StateReset, stored_rows
 from worker import job_steps, upkeep
 from worker.finalizing import finalize_steps
 
@@ -83,6 +82,7 @@ class Lifecycle(RuleBasedStateMachine):
     settings: Settings
     clock: Clock
     redis: Any
+    reset_state: StateReset
 
     jobs = Bundle("jobs")
 
@@ -99,7 +99,7 @@ class Lifecycle(RuleBasedStateMachine):
 
     @initialize()
     def empty_store(self) -> None:
-        reset_state(self.db, self.redis, self.settings)
+        self.reset_state(self.db, self.redis, self.settings)
         self.clock.at = START
 
     # --- rules ---------------------------------------------------------------------
@@ -346,6 +346,7 @@ def test_lifecycle_model(
     settings: Settings,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
+    reset_state: StateReset,
 ) -> None:
     """On a database and a shared volume of its own: the session's Celery worker still runs
     delayed clean-ups of earlier tests, which must not act on the model's versions (the
@@ -378,6 +379,7 @@ def test_lifecycle_model(
             self.redis = redis_client
             self.settings = model_settings
             self.clock = clock
+            self.reset_state = reset_state
             super().__init__()
 
     run_state_machine_as_test(

@@ -15,8 +15,7 @@ from shared import datasets
 from shared.cache import cache_key
 from shared.pointer_channel import announce_active
 from shared.settings import Settings
-from tests.conftest import wait_for
-from tests.helpers import load_dataset
+from tests.helpers import load_dataset, wait_for
 
 ROW = "D018EF0B-dbd9-48f1-ac1a-eb4d90e57118,60.683466,2018-08-04 05:32:31 +0200 CEST"
 KEY = "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118"

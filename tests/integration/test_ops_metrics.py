@@ -19,8 +19,7 @@ from devstack.services import free_port
 from shared import job_records, lifecycle
 from shared.settings import Settings
 from shared.timeutil import now
-from tests.conftest import wait_for
-from tests.helpers import load_dataset
+from tests.helpers import load_dataset, wait_for
 
 ROW = "a1,1.5,2018-08-04 05:32:31 +0200 CEST"
 

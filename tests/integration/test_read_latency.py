@@ -22,8 +22,7 @@ from shared.read_latency import (
     read_latencies,
 )
 from shared.settings import Settings
-from tests.conftest import wait_for
-from tests.helpers import load_dataset
+from tests.helpers import load_dataset, wait_for
 from worker.throttle import RETRY_S, InsertThrottle, RedisReads
 
 ROW = "D018EF0B-dbd9-48f1-ac1a-eb4d90e57118,60.683466,2018-08-04 05:32:31 +0200 CEST"

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -26,9 +27,8 @@ from devstack.services import Service, free_port, mongo_command
 from shared.cache import cache_key
 from shared.errors import TransientError, store_errors
 from shared.settings import Settings, get_settings
-from tests.conftest import _LOGS, wait_for
 from tests.delay_proxy import delay_proxy
-from tests.helpers import load_dataset
+from tests.helpers import load_dataset, wait_for
 
 pytestmark = pytest.mark.usefixtures("clean_state")
 
@@ -40,7 +40,9 @@ MARGIN_S = 0.4
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory, settings: Settings) -> Iterator[Service]:
+def store(
+    tmp_path_factory: pytest.TempPathFactory, settings: Settings, logs_dir: Path
+) -> Iterator[Service]:
     """A store of the module's own (it gets paused), holding IDS as version 1; each test
     reads ids of its own."""
     port = free_port()
@@ -48,7 +50,7 @@ def store(tmp_path_factory: pytest.TempPathFactory, settings: Settings) -> Itera
         "mongo-stall",
         mongo_command(port, str(tmp_path_factory.mktemp("stall") / "db")),
         port=port,
-        log_path=_LOGS / "mongo-stall.log",
+        log_path=logs_dir / "mongo-stall.log",
     )
     svc.start().wait_ready(60)
     try:

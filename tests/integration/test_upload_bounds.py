@@ -18,7 +18,7 @@ from api.main import create_app
 from shared import job_records
 from shared.gunzip_file_writer import free_bytes
 from shared.settings import GiB, MiB, Settings
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 from worker import inbox
 
 pytestmark = pytest.mark.usefixtures("worker", "clean_state")

@@ -13,7 +13,7 @@ from redis.asyncio import Redis as AsyncRedis
 
 from shared import worker_presence
 from shared.settings import Settings
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 from worker.heartbeat import Heartbeat
 
 

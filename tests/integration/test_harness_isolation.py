@@ -11,8 +11,7 @@ import redis
 from shared import datasets, lifecycle
 from shared.settings import Settings
 from shared.task_names import CLEANUP_DATASETS
-from tests.conftest import reset_state, wait_for
-from tests.helpers import load_dataset
+from tests.helpers import StateReset, load_dataset, wait_for
 from worker.celery_app import app
 
 ROW = "a,1,2018-08-04 05:32:31 +0200"
@@ -24,7 +23,11 @@ def _scheduled() -> list[str]:
 
 
 def test_a_clean_up_an_earlier_test_left_scheduled_does_not_act_on_the_next_tests_versions(
-    worker: Any, mongo_db: Any, redis_client: redis.Redis, settings: Settings
+    worker: Any,
+    mongo_db: Any,
+    redis_client: redis.Redis,
+    settings: Settings,
+    reset_state: StateReset,
 ) -> None:
     reset_state(mongo_db, redis_client, settings)
     # What every finished job leaves behind: a clean-up DROP_GRACE_S + 5 s later.
