@@ -331,8 +331,7 @@ def cleanup_datasets(file_name: str | None = None) -> None:
     request path, periodic too, and safe to run any time and concurrently."""
     db = database()
     with store_errors():
-        plan = upkeep.plan_cleanup(db, settings.versions_to_keep, settings.drop_grace_s, now())
-        upkeep.apply_cleanup(db, plan, settings.drop_grace_s)
+        upkeep.cleanup(db, settings, now())
     if file_name and UPLOAD_NAME.fullmatch(file_name):
         job = db[lifecycle.JOBS].find_one({"file": file_name}, {"status": 1})
         if job is None or job["status"] in lifecycle.FINISHED:  # never under a running job
