@@ -43,7 +43,9 @@ def test_the_bytes_the_cache_counts_are_the_bytes_its_entries_hold() -> None:
     cache = LocalCache(1 << 40)  # room for everything: every entry counts
     traced = traced_bytes(cache, ENTRIES)
     assert len(cache) == ENTRIES
-    assert 0.8 <= traced / cache.current_bytes <= 1.25, (traced, cache.current_bytes)
+    # Measured 0.86-0.91 (ENTRY_OVERHEAD rounds up); 7.5 when answers kept the encoder's
+    # buffer.
+    assert 0.7 <= traced / cache.current_bytes <= 1.25, (traced, cache.current_bytes)
 
 
 def test_a_full_cache_holds_no_more_memory_than_its_bound() -> None:
