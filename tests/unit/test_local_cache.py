@@ -69,3 +69,13 @@ def test_an_answer_holds_about_its_own_length(length: int) -> None:
     finally:
         tracemalloc.stop()
     assert held <= len(kept[0]) + 64, (held, len(kept[0]))  # a bytes object's header: 33 B
+
+
+def test_adopting_a_fresh_cache_drops_every_old_entry_and_keeps_the_bound() -> None:
+    cache, fresh = LocalCache(1 << 20), LocalCache(1 << 20)
+    for key, body in answers(100):
+        cache.put(1, key, body)
+    fresh.put(2, "a", b"{}")
+    cache.adopt(fresh)
+    assert len(cache) == 1 and cache.get(2, "a") == b"{}" and cache.get(1, "0" * 8) is None
+    assert cache.max_bytes == 1 << 20
