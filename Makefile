@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-cluster install system-deps lint bench bench-deps bench-scale mutation clean edge-cert audit lock base-digest
+.PHONY: run test test-cluster install system-deps lint bench bench-deps bench-scale mutation clean edge-cert flower-htpasswd audit lock base-digest
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -116,6 +116,24 @@ edge-cert:
 		-keyout deploy/tls/tls.key -out deploy/tls/tls.crt
 	chmod 600 deploy/tls/tls.key
 
+# The edge's login for Flower (https://<edge>/flower/): deploy/edge-auth/flower.htpasswd,
+# never committed, from FLOWER_BASIC_AUTH (user:password, the login Flower checks itself; several
+# comma-separated). Only salted SHA-512 crypt hashes are written, readable by the edge's nginx
+# user; the password reaches openssl on stdin, never on a command line. Run it again after
+# changing FLOWER_BASIC_AUTH.
+EDGE_AUTH_DIR ?= deploy/edge-auth
+flower-htpasswd:
+	@case "$$FLOWER_BASIC_AUTH" in ?*:?*) ;; *) echo "set FLOWER_BASIC_AUTH=user:password" >&2; exit 1;; esac
+	@mkdir -p $(EDGE_AUTH_DIR)
+	@set -ef; out="$(EDGE_AUTH_DIR)/flower.htpasswd"; umask 022; : > "$$out.tmp"; \
+	IFS=,; for login in $$FLOWER_BASIC_AUTH; do \
+		user="$${login%%:*}"; password="$${login#*:}"; \
+		case "$$login" in ?*:?*) ;; *) echo "not user:password: a login of FLOWER_BASIC_AUTH" >&2; rm -f "$$out.tmp"; exit 1;; esac; \
+		hash="$$(printf '%s' "$$password" | openssl passwd -6 -stdin)"; \
+		printf '%s:%s\n' "$$user" "$$hash" >> "$$out.tmp"; \
+	done; \
+	mv "$$out.tmp" "$$out"; echo "wrote $$out"
+
 # The images install requirements.lock: every runtime package, indirect ones too, pinned
 # with hashes. Regenerate it after changing requirements.txt.
 lock: install
@@ -123,11 +141,16 @@ lock: install
 	$(PY) -m piptools compile --quiet --generate-hashes --no-emit-find-links --no-emit-index-url \
 		--strip-extras --output-file=requirements.lock requirements.txt
 
-# The digest of the current base image, for the FROM lines of Dockerfile.api/.worker (needs a
-# Docker engine with access to Docker Hub).
+# The FROM line of the current python:3.11-slim-bookworm (its Python version and the digest of
+# its multi-platform index), for Dockerfile.api and Dockerfile.worker (needs a Docker engine
+# with access to Docker Hub; without one: docs/security.md, "Base image").
+BASE_IMAGE ?= python:3.11-slim-bookworm
 base-digest:
-	docker pull -q python:3.11-slim-bookworm >/dev/null
-	docker inspect --format '{{index .RepoDigests 0}}' python:3.11-slim-bookworm
+	@docker pull -q $(BASE_IMAGE) >/dev/null
+	@version="$$(docker inspect --format '{{range .Config.Env}}{{println .}}{{end}}' $(BASE_IMAGE) \
+		| sed -n 's/^PYTHON_VERSION=//p')"; \
+	digest="$$(docker inspect --format '{{index .RepoDigests 0}}' $(BASE_IMAGE))"; \
+	echo "FROM python:$$version-slim-bookworm@$${digest#*@}"
 
 # Known vulnerabilities in the pinned runtime dependencies (docs/security.md).
 audit: install

@@ -1,7 +1,8 @@
-"""The edge (Debian's nginx with deploy/nginx/) in front of the real API, and the API's own
-bounds behind it (api/http_protocol.py). The committed configuration runs as it is, with
-only its ports, upstream address and two timeouts changed (``_edit`` fails loudly when the
-configuration no longer has what it replaces)."""
+"""The edge (Debian's nginx with deploy/nginx/) in front of the real API and a real Flower, and
+the API's own bounds behind it (api/http_protocol.py). The committed configuration runs as it
+is, with only its ports, upstream addresses, two timeouts and the cache directory changed
+(``_edit`` fails loudly when the configuration no longer has what it replaces); Flower's login
+file is made by the documented ``make flower-htpasswd``."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import httpx
 import pytest
 
 from api.upload_stream import UPLOAD_ROLE
-from devstack.services import free_port
+from devstack.services import Service, flower_command, free_port
 from shared.gunzip_file_writer import part_files
 from shared.settings import Settings
 from tests.conftest import wait_for
@@ -32,12 +33,16 @@ HEADER_S = 2  # the edge's client_header_timeout / client_body_timeout in this t
 BODY_S = 2
 API_HEADER_S = 3  # HTTP_HEADER_TIMEOUT_S of the tests' API (tests/conftest.py)
 MARGIN_S = 3.0  # a loaded 2-core machine: how late a timeout may fire and still count
+# The Flower login of this test: FLOWER_BASIC_AUTH for Flower, the edge's htpasswd from it.
+FLOWER_LOGIN = ("flower-ops", "a-long-flower-test-password")
 
 
 @dataclass
 class Edge:
     port: int
     ca: Path
+    flower_port: int  # where the edge looks for Flower (started by the ``flower`` fixture)
+    logs: Path
 
     @property
     def url(self) -> str:
@@ -79,6 +84,19 @@ def edge(api_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edg
     _edit(conf / "edge" / "server.conf", "listen 8443 ssl;", f"listen 127.0.0.1:{port} ssl;")
     api_port = urlsplit(api_url).port
     _edit(conf / "edge" / "upstream.conf", "server api:1321", f"server 127.0.0.1:{api_port}")
+    flower_port = free_port()
+    _edit(
+        conf / "edge" / "flower.conf",
+        "set $flower_upstream flower:5555;",
+        f"set $flower_upstream 127.0.0.1:{flower_port};",
+    )
+    # The documented command, writing where compose mounts deploy/edge-auth (auth/).
+    subprocess.run(
+        ["make", "-s", "-C", str(ROOT), "flower-htpasswd", f"EDGE_AUTH_DIR={conf / 'auth'}"],
+        env={**os.environ, "FLOWER_BASIC_AUTH": ":".join(FLOWER_LOGIN)},
+        check=True,
+        capture_output=True,
+    )
     limits = conf / "edge" / "limits.conf"
     _edit(limits, "client_header_timeout 10s;", f"client_header_timeout {HEADER_S}s;")
     _edit(limits, "client_body_timeout 30s;", f"client_body_timeout {BODY_S}s;")
@@ -108,7 +126,7 @@ def edge(api_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edg
     )
     try:
         wait_for(lambda: _accepts(port), 20)
-        yield Edge(port, conf / "tls" / "tls.crt")
+        yield Edge(port, conf / "tls" / "tls.crt", flower_port, root)
     finally:
         proc.terminate()
         proc.wait(10)
@@ -296,3 +314,50 @@ def test_lookups_keep_answering_while_500_idle_connections_are_open(edge: Edge) 
     finally:
         for sock in idle:
             sock.close()
+
+
+@pytest.fixture(scope="module")
+def flower(edge: Edge) -> Iterator[str]:
+    """A real Flower on the test broker, as compose runs it: under /flower/, with its own
+    login. Its direct address (the compose network's view) is returned."""
+    svc = Service(
+        "flower",
+        [*flower_command(edge.flower_port), "--url_prefix=flower"],
+        env={"FLOWER_BASIC_AUTH": ":".join(FLOWER_LOGIN)},
+        port=edge.flower_port,
+        log_path=edge.logs / "flower.log",
+    )
+    svc.start().wait_ready(60)
+    try:
+        yield f"http://127.0.0.1:{edge.flower_port}"
+    finally:
+        svc.stop()
+
+
+def test_flower_answers_through_the_edge_only_with_the_login_on_every_path(
+    edge: Edge, flower: str
+) -> None:
+    paths = ("/flower/", "/flower/metrics", "/flower/healthcheck", "/flower/api/workers")
+    user, password = FLOWER_LOGIN
+    with httpx.Client(base_url=edge.url, verify=edge.context(), timeout=15) as client:
+        for path in paths:
+            for auth in (None, (user, "wrong-password"), ("someone", password)):
+                r = client.get(path, auth=auth)
+                # The edge's refusal (Flower's realm is "flower"; it would serve two of these).
+                assert r.status_code == 401, (path, auth, r.status_code)
+                assert r.headers["www-authenticate"] == 'Basic realm="Flower"', (path, auth)
+        # Without the slash: nginx's redirect to /flower/, nothing of Flower's.
+        bare = client.get("/flower")
+        assert bare.status_code == 301 and bare.headers["location"].endswith("/flower/")
+        # With the login: Flower's answers, over the edge's TLS (HSTS).
+        health = client.get("/flower/healthcheck", auth=FLOWER_LOGIN)
+        assert health.status_code == 200 and health.text == "OK", health.text
+        assert health.headers["strict-transport-security"].startswith("max-age=")
+        metrics = client.get("/flower/metrics", auth=FLOWER_LOGIN)
+        assert metrics.status_code == 200 and "flower_events_total" in metrics.text
+        page = client.get("/flower/", auth=FLOWER_LOGIN)
+        assert page.status_code == 200 and "/flower/static/" in page.text, page.text[:300]
+    # Why the edge must ask on every path: Flower's own login leaves these two open.
+    assert httpx.get(f"{flower}/flower/metrics").status_code == 200
+    assert httpx.get(f"{flower}/flower/healthcheck").status_code == 200
+    assert httpx.get(f"{flower}/flower/").status_code == 401

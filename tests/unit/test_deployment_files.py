@@ -57,10 +57,24 @@ def test_store_and_broker_are_pinned_private_and_authenticated(compose: dict[str
     assert 'role: "readWrite", db: "vervedb"' in init and "MONGO_APP_PASSWORD" in init
 
 
+# A slim Python of an exact version, pinned by the digest of its image (docs/security.md,
+# "Base image"): the tag alone can be moved to another image.
+_PINNED_BASE = r"python:\d+\.\d+\.\d+-slim(-[a-z]+)?@sha256:[0-9a-f]{64}"
+
+
+def _base_image(dockerfile: str) -> str:
+    [line] = re.findall(r"^FROM .*$", (ROOT / dockerfile).read_text(), re.M)
+    return line.removeprefix("FROM ").strip()
+
+
+def test_both_images_build_on_the_same_pinned_base() -> None:
+    assert _base_image("Dockerfile.api") == _base_image("Dockerfile.worker")
+
+
 @pytest.mark.parametrize("dockerfile", ["Dockerfile.api", "Dockerfile.worker"])
 def test_images_are_slim_pinned_non_root_and_runtime_only(dockerfile: str) -> None:
     text = (ROOT / dockerfile).read_text()
-    assert re.search(r"^FROM python:\d+\.\d+\.\d+-slim", text, re.M)
+    assert re.fullmatch(_PINNED_BASE, _base_image(dockerfile)), _base_image(dockerfile)
     assert re.search(r"^USER (?!root)\w+", text, re.M)
     assert "requirements-dev" not in text and "secantus" not in text
     assert "secantus" not in (ROOT / "requirements.txt").read_text()
@@ -153,11 +167,10 @@ def test_the_development_env_file_does_not_leak_into_the_stack() -> None:
 def test_only_the_edge_is_published_and_each_container_gets_only_its_secrets() -> None:
     services = _stack_services()
     published = {name for name, service in services.items() if service.get("ports")}
-    assert published == {"edge", "flower", "prometheus", "grafana"}
+    assert published == {"edge", "prometheus", "grafana"}
     [edge] = services["edge"]["ports"]
     assert str(edge.get("target", edge)).endswith("8443")
-    # Flower answers /metrics without its login, Prometheus has no login and Grafana's is
-    # plain HTTP: this host's loopback only.
+    # Prometheus has no login and Grafana's is plain HTTP: this host's loopback only.
     for name in published - {"edge"}:
         for port in services[name]["ports"]:
             host = port.get("host_ip") if isinstance(port, dict) else str(port)
@@ -168,6 +181,58 @@ def test_only_the_edge_is_published_and_each_container_gets_only_its_secrets() -
         assert set(env) & _SECRETS == wanted, role
     mounts = " ".join(str(v) for v in services["edge"]["volumes"])
     assert "deploy/nginx/nginx.conf" in mounts and "deploy/tls" in mounts
+
+
+def _nginx_blocks(text: str, head: str) -> list[str]:
+    """The bodies of the blocks opened by ``head`` (e.g. ``location /flower/``)."""
+    bodies = []
+    for match in re.finditer(re.escape(head) + r"\s*\{", text):
+        depth, start = 1, match.end()
+        end = start
+        while depth:
+            depth += {"{": 1, "}": -1}.get(text[end], 0)
+            end += 1
+        bodies.append(text[start : end - 1])
+    return bodies
+
+
+def _nginx_directives(text: str) -> str:
+    return "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+
+
+def test_flower_is_reached_only_through_the_edge_with_a_login_on_every_path() -> None:
+    """Flower serves /metrics and /healthcheck without its own login: it is never published,
+    and the edge asks for a login on everything under /flower/ (tests/e2e/test_edge.py runs
+    it). Flower keeps its own login too."""
+    services = _stack_services()
+    flower = services["flower"]
+    assert not flower.get("ports"), "Flower must not be published"
+    assert "--url_prefix=flower" in " ".join(flower["command"])
+    assert flower["environment"]["FLOWER_BASIC_AUTH"] == _COMPOSE_ENV["FLOWER_BASIC_AUTH"]
+    # The edge holds only the login's hash (a mounted file), no secret in its environment.
+    assert not services["edge"].get("environment")
+    # Compose clients write a volume as "source:target:mode" or as a mapping.
+    mounts = [
+        f"{v['source']}:{v['target']}" if isinstance(v, dict) else str(v).removesuffix(":ro")
+        for v in services["edge"]["volumes"]
+    ]
+    assert any(m.endswith("deploy/edge-auth:/etc/nginx/auth") for m in mounts), mounts
+    edge = ROOT / "deploy" / "nginx" / "edge"
+    server = _nginx_directives((edge / "server.conf").read_text())
+    [location] = _nginx_blocks(server, "location /flower/")
+    assert location.split() == ["include", "edge/flower.conf;"]
+    flower_conf = _nginx_directives((edge / "flower.conf").read_text())
+    assert re.search(r"^auth_basic \"[^\"]+\";", flower_conf, re.M)
+    assert re.search(r"^auth_basic_user_file auth/flower\.htpasswd;", flower_conf, re.M)
+    assert "proxy_pass http://$flower_upstream;" in flower_conf
+    assert "set $flower_upstream flower:5555;" in flower_conf
+    # Nothing turns the login off, and only that location reaches Flower.
+    for conf in edge.parent.rglob("*.conf"):
+        text = _nginx_directives(conf.read_text())
+        assert "auth_basic off" not in text, conf
+        if conf.name != "flower.conf":
+            assert "flower:" not in text and "$flower_upstream" not in text, conf
+    assert "deploy/edge-auth/" in (ROOT / ".gitignore").read_text().split()
 
 
 def test_compose_check_rejects_a_broken_file_and_missing_secrets(tmp_path: Path) -> None:
