@@ -286,10 +286,16 @@ class LookupService:
         return found
 
     async def prefill(self, version: int) -> None:
-        """Before this process serves ``version``: copy the hot ids' answers that the
-        warm-up put in Redis into the local cache. Bounded by ``PREFILL_SECONDS``; failures
-        only mean a colder start."""
-        if self.local.max_bytes <= 0 or self.prefill_ids <= 0:
+        """Before this process serves ``version``: a new local cache replaces the previous
+        version's, holding the hot ids' answers that the warm-up put in Redis. Filled aside
+        (the previous version is served from the old one meanwhile) and swapped in whole,
+        so the old entries are freed at once (``LocalCache.adopt``). Bounded by
+        ``PREFILL_SECONDS``; failures only mean a colder start."""
+        if self.local.max_bytes <= 0:
+            return
+        fresh = LocalCache(self.local.max_bytes)
+        if self.prefill_ids <= 0:
+            self.local.adopt(fresh)
             return
         started = time.monotonic()
         copied = 0
@@ -302,7 +308,7 @@ class LookupService:
                 bodies = await self.cache.get_many(version, batch, count=False)
                 for key, body in zip(batch, bodies, strict=True):
                     if body is not None:
-                        self.local.put(version, key, body)
+                        fresh.put(version, key, body)
                         copied += 1
 
         try:
@@ -311,6 +317,7 @@ class LookupService:
             log.info("local cache prefill for version %d cut at %.2f s", version, PREFILL_SECONDS)
         except Exception as exc:
             log.warning("local cache prefill for version %d failed: %s", version, exc)
+        self.local.adopt(fresh)
         log.info(
             "local cache: %d answers of version %d copied in %.3f s",
             copied,

@@ -31,8 +31,12 @@ def cache_key(version: int, key: str) -> str:
 
 
 def answer_body(promotion: dict[str, Any] | None) -> bytes:
-    """The cached bytes of one answer, the same in every writer (lookups, warm-up)."""
-    return orjson.dumps(promotion) if promotion else NEGATIVE
+    """The cached bytes of one answer, the same in every writer (lookups, warm-up).
+
+    Copied to a bytes object of its own length: orjson hands its output back in the buffer
+    it wrote it into, at least ~4 KiB however short the answer (tracemalloc: 4,089 B held
+    for a 105-byte answer), and caches keep answers by the hundred thousand."""
+    return memoryview(orjson.dumps(promotion)).tobytes() if promotion else NEGATIVE
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pymongo
 from pymongo.errors import (
     ConnectionFailure,
     ExecutionTimeout,
@@ -46,6 +47,11 @@ class CircuitOpen(StoreUnavailable):
 
 class StoreBusy(TransientError):
     """The store answered, but with a failover, migration or interruption in progress."""
+
+
+class DropTimedOut(StoreBusy):
+    """A collection's drop outlived its own deadline (``DROP_TIMEOUT_S``): the store may
+    still be dropping it; a later cleanup finishes the removal."""
 
 
 class BrokerUnavailable(TransientError):
@@ -113,3 +119,18 @@ def store_errors() -> Iterator[None]:
         if ours is None:
             raise
         raise ours from exc
+
+
+@contextmanager
+def drop_deadline(seconds: float, what: str) -> Iterator[None]:
+    """Store calls inside get ``seconds`` in all (the driver's client-side operation
+    timeout, which also replaces the client's socket timeout for them), and running out
+    of it raises ``DropTimedOut``; other driver errors go through unchanged, for
+    ``store_errors`` to sort."""
+    try:
+        with pymongo.timeout(seconds):
+            yield
+    except PyMongoError as exc:
+        if not exc.timeout:
+            raise
+        raise DropTimedOut(f"{what} took over {seconds:g} s: {str(exc)[:200]}") from exc

@@ -45,6 +45,7 @@ from shared.datasets import (
     collection_name,
     version_doc_id,
 )
+from shared.errors import drop_deadline
 from shared.timeutil import now
 
 log = logging.getLogger(__name__)
@@ -328,9 +329,21 @@ def collections_to_remove(
 ) -> list[int]:
     """Versions whose collection nothing will read again: failed or retired before
     ``cutoff``, barred, or with no record at all; and not named by the pointer since
-    ``cutoff``."""
+    ``cutoff``. Also failed or retired versions that are barred and whose collection is
+    gone: a drop that outlived its deadline, which the store finished by itself, still
+    has its record moved to removed."""
     by_name = {r.collection: r for r in records}
-    out = []
+    present = set(names)
+    out = [
+        r.version
+        for r in records
+        if r.collection not in present
+        and r.version in pointer.barred
+        and r.state in (FAILED_VERSION, RETIRED)
+        and r.since is not None
+        and r.since < cutoff
+        and not pointer.named_since(r.version, cutoff)
+    ]
     for name in names:
         suffix = name.removeprefix(COLLECTION_PREFIX)
         if not name.startswith(COLLECTION_PREFIX) or not suffix.isdigit():
@@ -907,10 +920,19 @@ def retire_version(db: Database[Any], version: int) -> bool:
     return True
 
 
-def remove_version(db: Database[Any], version: int, grace_s: float) -> bool:
+def remove_version(
+    db: Database[Any], version: int, grace_s: float, drop_timeout_s: float = 600.0
+) -> bool:
     """failed | retired (or no record) -> removed: barred on the pointer only if the pointer
     has not named it for ``grace_s``, then its collection is dropped. Repeat-safe: a
-    remover that died after barring is finished by the next one."""
+    remover that died after barring is finished by the next one.
+
+    The drop has a deadline of its own (``drop_timeout_s``, not the client's socket
+    timeout): dropping tens of millions of rows may take a store minutes. Past it,
+    ``DropTimedOut`` is raised and the record keeps its state (barred, so never served
+    again); the store may finish the drop by itself meanwhile, and a later cleanup marks the
+    version removed either way (``collections_to_remove``). The bar just before is a plain
+    store call, so a store that is down fails it fast, not after ``drop_timeout_s``."""
     cutoff = now() - timedelta(seconds=grace_s)
     if not _bar(
         db,
@@ -919,7 +941,9 @@ def remove_version(db: Database[Any], version: int, grace_s: float) -> bool:
         _not_named_since(version, cutoff),
     ):
         return False
-    db.drop_collection(collection_name(version))
+    name = collection_name(version)
+    with drop_deadline(drop_timeout_s, f"dropping {name}"):
+        db.drop_collection(name)
     # Barred, so never live again: whatever its record says (an activation attempt that
     # lost to the bar may have revived it).
     _version_update(db, version, "remove_version", {"removed_at": now()}, why="collection dropped")

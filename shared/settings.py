@@ -172,6 +172,10 @@ class Settings(BaseSettings):
     # if the pointer has not named them for this long: readers still on the previous
     # version (<= 1 s) and a racing rollback never lose their data.
     drop_grace_s: float = Field(default=120, ge=0)
+    # A version collection's drop gets this long, instead of TASK_STORE_TIMEOUT_S: a store
+    # may take minutes to drop tens of millions of rows. A drop past it is left to the next
+    # cleanup (the version stays retired and barred, never served again).
+    drop_timeout_s: float = Field(default=600, gt=0)
 
     # Full reject reports (<data_dir>/rejects, GET /jobs/{id}/rejects) are kept this long
     # after their job ends, then removed by the watchdog's sweep.

@@ -1,7 +1,9 @@
 """A TCP proxy that delays every answer of the server it fronts: a slow store, on demand.
 
 It runs its own event loop in a thread; ``delay_s`` may be changed at any time and applies
-to data the server sends from then on (order is kept).
+to data the server sends from then on (order is kept). ``hold_requests`` delays, instead,
+only what a client sends that contains a given byte string (one command, say), by its
+value in seconds: the server gets that request late, every other one at once.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class DelayProxy:
         self.upstream_port = upstream_port
         self.port = free_port()
         self.delay_s = 0.0
+        self.hold_requests: dict[bytes, float] = {}
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="delay-proxy", daemon=True)
@@ -56,7 +59,7 @@ class DelayProxy:
         async def read() -> None:
             try:
                 while data := await reader.read(65536):
-                    queue.put_nowait((time.monotonic() + (self.delay_s if delayed else 0), data))
+                    queue.put_nowait((time.monotonic() + self._delay(data, delayed), data))
             finally:
                 queue.put_nowait(None)
 
@@ -73,6 +76,11 @@ class DelayProxy:
 
         await asyncio.gather(read(), write(), return_exceptions=True)
 
+    def _delay(self, data: bytes, answer: bool) -> float:
+        if answer:
+            return self.delay_s
+        return max((s for part, s in self.hold_requests.items() if part in data), default=0.0)
+
     def start(self) -> DelayProxy:
         self._thread.start()
         self._ready.wait(10)
@@ -82,9 +90,10 @@ class DelayProxy:
         async def close() -> None:
             if self._server is not None:
                 self._server.close()
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(close(), self._loop).result(5)

@@ -8,7 +8,9 @@ backoff) decides.
 Not the client-side operation timeout (``timeoutMS``) the API's requests use: under it,
 server selection waits for the whole remaining budget, so a store that is down (refusing
 connections) would cost every task attempt the full budget instead of
-``MONGO_TIMEOUT_MS``."""
+``MONGO_TIMEOUT_MS``. The one exception is a version collection's drop, which may take a
+store minutes: it runs under its own operation timeout (``DROP_TIMEOUT_S``, which replaces
+the socket timeout for it; ``shared.lifecycle.remove_version``)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from pymongo import MongoClient
 from pymongo.database import Database
 
 from shared.mongo import sync_client
-from shared.settings import get_settings
+from shared.settings import Settings, get_settings
 
 _client: MongoClient[Any] | None = None
 _pid: int | None = None
@@ -28,7 +30,10 @@ _pid: int | None = None
 def database() -> Database[Any]:
     global _client, _pid
     if _client is None or _pid != os.getpid():
-        settings = get_settings()
-        _client = sync_client(settings, socket_timeout_ms=int(settings.task_store_timeout_s * 1000))
+        _client = task_client(get_settings())
         _pid = os.getpid()
     return _client[get_settings().mongo_db]
+
+
+def task_client(settings: Settings) -> MongoClient[Any]:
+    return sync_client(settings, socket_timeout_ms=int(settings.task_store_timeout_s * 1000))

@@ -332,8 +332,7 @@ def cleanup_datasets(file_name: str | None = None) -> None:
     db = database()
     with store_errors():
         lifecycle.migrate_legacy_states(db)  # before anything reads the records
-        plan = upkeep.plan_cleanup(db, settings.versions_to_keep, settings.drop_grace_s, now())
-        upkeep.apply_cleanup(db, plan, settings.drop_grace_s)
+        upkeep.cleanup(db, settings, now())
     if file_name and UPLOAD_NAME.fullmatch(file_name):
         job = db[lifecycle.JOBS].find_one({"file": file_name}, {"status": 1})
         if job is None or job["status"] in lifecycle.FINISHED:  # never under a running job

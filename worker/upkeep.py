@@ -18,6 +18,7 @@ from typing import Any
 from pymongo.database import Database
 
 from shared import job_records, lifecycle
+from shared.errors import DropTimedOut
 from shared.settings import Settings
 from worker import inbox_files, shuffle_files
 
@@ -92,12 +93,30 @@ def plan_cleanup(db: Database[Any], keep: int, grace_s: float, at: datetime) -> 
     )
 
 
-def apply_cleanup(db: Database[Any], plan: CleanupPlan, grace_s: float) -> None:
+def apply_cleanup(
+    db: Database[Any], plan: CleanupPlan, grace_s: float, drop_timeout_s: float = 600.0
+) -> list[int]:
+    """Returns the versions whose drop outlived ``drop_timeout_s``: they stay retired (or
+    failed) and barred, and the next cleanup (periodic, beat) finishes them; the other
+    versions of the plan are removed meanwhile."""
     lifecycle.repair_live_version(db)
     for version in plan.retire:
         lifecycle.retire_version(db, version)
+    postponed = []
     for version in plan.remove:
-        lifecycle.remove_version(db, version, grace_s)
+        try:
+            lifecycle.remove_version(db, version, grace_s, drop_timeout_s)
+        except DropTimedOut as exc:
+            log.warning("version %d: not removed yet, the next cleanup retries: %s", version, exc)
+            postponed.append(version)
+    return postponed
+
+
+def cleanup(db: Database[Any], settings: Settings, at: datetime) -> list[int]:
+    """One cleanup run (the cleanup task's store work): plan, then apply. Returns the
+    versions whose drop was postponed (``apply_cleanup``)."""
+    plan = plan_cleanup(db, settings.versions_to_keep, settings.drop_grace_s, at)
+    return apply_cleanup(db, plan, settings.drop_grace_s, settings.drop_timeout_s)
 
 
 def sweep_uploads(db: Database[Any], uploads_dir: Path, cutoff_ts: float) -> None:

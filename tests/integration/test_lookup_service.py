@@ -5,10 +5,12 @@ answers only the callers it concerns."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+import redis
 from pymongo import AsyncMongoClient, monitoring
 from redis.asyncio import Redis as AsyncRedis
 
@@ -17,9 +19,9 @@ from api.lookup_service import MAX_BATCH, LookupService
 from api.store_breaker import StoreBreaker
 from api.store_gate import StoreGate
 from shared import datasets
-from shared.cache import NEGATIVE, PromotionCache
+from shared.cache import NEGATIVE, PromotionCache, cache_key
 from shared.errors import StoreUnavailable
-from shared.hot_ids import HotIdSampler
+from shared.hot_ids import HotIdSampler, window_key
 from shared.local_cache import LocalCache
 from shared.settings import Settings
 from tests.helpers import load_dataset
@@ -51,9 +53,13 @@ class Finds(monitoring.CommandListener):
 
 
 def run_with_service(
-    settings: Settings, scenario: Callable[[LookupService, Finds], Awaitable[None]]
+    settings: Settings,
+    scenario: Callable[[LookupService, Finds], Awaitable[None]],
+    local: LocalCache | None = None,
+    prefill_ids: int = 0,
 ) -> None:
-    """A LookupService built as the app builds it (no local cache: every call a miss)."""
+    """A LookupService built as the app builds it (by default no local cache: every call a
+    miss)."""
 
     async def main() -> None:
         finds = Finds()
@@ -65,7 +71,13 @@ def run_with_service(
         sampler = HotIdSampler(redis, 16, 60, 100)
         gate = StoreGate(StoreBreaker(5, 0.5, 2.0))
         service = LookupService(
-            client[settings.mongo_db], cache, LocalCache(0), sampler, 0, gate, 2.0
+            client[settings.mongo_db],
+            cache,
+            LocalCache(0) if local is None else local,
+            sampler,
+            prefill_ids,
+            gate,
+            2.0,
         )
         try:
             await scenario(service, finds)
@@ -138,3 +150,29 @@ def test_a_failed_read_of_one_version_fails_only_that_versions_callers(
                 await future
 
     run_with_service(settings, scenario)
+
+
+def test_a_switch_replaces_the_local_cache_whole_with_the_new_versions_hot_answers(
+    mongo_db: Any, settings: Settings
+) -> None:
+    """The previous version's entries go at once (freed together, not evicted one by one
+    into fragmented memory), the warm-up's answers of the hot ids come in; the process
+    keeps the one cache object (its bound, other holders)."""
+    hot = PRESENT[:20]
+    shared = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    shared.zadd(window_key(time.time()), {key: 100 - n for n, key in enumerate(hot)})
+    for key in hot:
+        shared.set(cache_key(2, key), f'{{"id":"{key}","v":2}}'.encode())
+    shared.close()
+    local = LocalCache(1 << 20)
+    for key in PRESENT:
+        local.put(1, key, b'{"v":1}')
+
+    async def scenario(service: LookupService, finds: Finds) -> None:
+        await service.prefill(2)
+        assert service.local is local
+        assert len(local) == len(hot)
+        assert all(local.get(1, key) is None for key in PRESENT)
+        assert all(local.get(2, key) == f'{{"id":"{key}","v":2}}'.encode() for key in hot)
+
+    run_with_service(settings, scenario, local=local, prefill_ids=100)

@@ -30,6 +30,7 @@ def test_parse_bench_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str]) -> 
         "bench.zipf",
         "bench.http_protocol",
         "bench.stall",
+        "bench.api_memory",
     ],
 )
 def test_bench_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -226,6 +226,23 @@ def test_a_barred_version_goes_whatever_its_record_says_unless_still_building() 
     assert collections_to_remove(names, records, p, CUTOFF) == [1]
 
 
+def test_a_barred_expired_version_whose_collection_is_gone_is_still_removed() -> None:
+    """A drop past its deadline that the store finished by itself: the record still moves
+    to removed. Not barred (no remover passed the grace check), not expired, or named since
+    the cutoff: it stays as it is."""
+    records = [
+        record(1, "retired", BEFORE),
+        record(2, "failed", BEFORE),
+        record(3, "retired", BEFORE),
+        record(4, "retired", AFTER),
+        record(5, "retired", BEFORE),
+        record(6, "removed", BEFORE),
+        record(7),
+    ]
+    p = pointer(7, history=((5, AFTER),), barred=frozenset({1, 2, 4, 5, 6}))
+    assert collections_to_remove(["promotions_v7"], records, p, CUTOFF) == [1, 2]
+
+
 def test_a_collection_the_pointer_named_after_the_cutoff_stays() -> None:
     names = ["promotions_v1", "promotions_v2"]
     records = [record(1, "retired", BEFORE), record(2, "retired", BEFORE)]
