@@ -86,7 +86,7 @@ test-cluster: install
 # Mutation testing of the core modules (mutmut; docs/development.md): score per module
 # and surviving mutants in mutation/REPORT.md; fails when a module is under 85 %. About
 # 15-20 minutes on 2 cores, so not part of `make test`: run it before merging a change to a
-# core module. MUTATION_ARGS='shared.chunking.*' runs one module's mutants only.
+# core module. MUTATION_ARGS='worker.chunking.*' runs one module's mutants only.
 mutation: install
 	$(PY) -m mutation.run $(MUTATION_ARGS)
 

@@ -17,9 +17,9 @@ from pymongo.asynchronous.database import AsyncDatabase
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared.datasets import ActiveDataset, read_active
+from shared.dataset.datasets import ActiveDataset, read_active
 from shared.errors import TransientError, store_errors
-from shared.pointer_channel import ACTIVE_VERSION_CHANNEL
+from shared.readpath.pointer_channel import ACTIVE_VERSION_CHANNEL
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from api.routes.promotions import (
     router,
 )
 from shared.errors import TransientError, store_errors
-from shared.promotion_rows import is_valid_id
+from shared.fileformat.promotion_rows import is_valid_id
 
 PREFIX = "/promotions/"
 _PREFIX_LENGTH = len(PREFIX)

@@ -5,7 +5,7 @@ Two bounds it lacks (defence in depth behind the edge, deploy/nginx/): a request
 must arrive within ``HTTP_HEADER_TIMEOUT_S`` (a connection that sends nothing, or stops
 mid-header, is closed), and they may not grow past ``MAX_RAW_HEADER_BYTES`` while they
 arrive. httptools keeps an unfinished header in memory until its end: without this, a 64 MiB
-header was read whole before the 431 of ``api.request_limits`` could answer. The usual
+header was read whole before the 431 of ``api.middleware.request_limits`` could answer. The usual
 request (headers in one read) costs two attribute checks: the timer is set only for a
 connection's first request and for headers that span reads.
 
@@ -27,11 +27,11 @@ from typing import Any
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from api.request_limits import MAX_HEADER_BYTES, MAX_URL_BYTES
+from api.middleware.request_limits import MAX_HEADER_BYTES, MAX_URL_BYTES
 from shared.settings import get_settings
 
 # The request line and every header line with its ": " and CRLF: room above the limits
-# that api.request_limits applies to the parsed URL and headers, so those keep answering
+# that api.middleware.request_limits applies to the parsed URL and headers, so those keep answering
 # with their own sentences.
 MAX_RAW_HEADER_BYTES = MAX_URL_BYTES + MAX_HEADER_BYTES + 8 * 1024
 

@@ -6,8 +6,8 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 
 from shared.errors import BrokerUnavailable
+from shared.infra.task_names import PLAN_JOB
 from shared.settings import Settings
-from shared.task_names import PLAN_JOB
 
 
 class JobQueue:

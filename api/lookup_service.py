@@ -36,15 +36,15 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
+from api.local_cache import LocalCache
 from api.metrics import STORE_LOOKUP_LATENCY
 from api.store_gate import StoreGate, deadline_in, left
-from shared import datasets
-from shared.cache import PromotionCache, answer_body
-from shared.datasets import ActiveDataset
+from shared.dataset import datasets
+from shared.dataset.datasets import ActiveDataset
 from shared.errors import DeadlineExceeded
-from shared.hot_ids import HotIdSampler, read_hot_ids_async
-from shared.local_cache import LocalCache
-from shared.read_latency import ReadLatencyPublisher
+from shared.readpath.cache import PromotionCache, answer_body
+from shared.readpath.hot_ids import HotIdSampler, read_hot_ids_async
+from shared.readpath.read_latency import ReadLatencyPublisher
 
 log = logging.getLogger(__name__)
 # The part of a lookup's remaining budget its Redis read may take (a hit takes well under a

@@ -23,23 +23,23 @@ from api.errors import install_error_handlers
 from api.fast_lookup import FastLookupMiddleware
 from api.http_caching import LookupCachePolicy
 from api.job_queue import JobQueue
+from api.local_cache import LocalCache
 from api.lookup_service import LookupService
 from api.metrics import STORE_BREAKER_OPEN, MetricsExporter
+from api.middleware.request_context import RequestContextMiddleware
+from api.middleware.security_headers import SecurityHeaders
 from api.openapi_doc import install as install_openapi_doc
-from api.request_context import RequestContextMiddleware
 from api.routes import datasets, health, jobs, metrics, promotions, ui, uploads
-from api.security_headers import SecurityHeaders
 from api.services import Services
 from api.store_breaker import StoreBreaker
 from api.store_gate import StoreGate
 from api.upload_stream import UPLOAD_ROLE
-from shared.cache import PromotionCache
-from shared.gunzip_file_writer import sweep_orphan_parts
-from shared.hot_ids import HotIdSampler
-from shared.local_cache import LocalCache
-from shared.logging_setup import configure_logging
-from shared.mongo import async_client, sync_client
-from shared.read_latency import ReadLatencyPublisher
+from shared.fileformat.gunzip_file_writer import sweep_orphan_parts
+from shared.infra.logging_setup import configure_logging
+from shared.infra.mongo import async_client, sync_client
+from shared.readpath.cache import PromotionCache
+from shared.readpath.hot_ids import HotIdSampler
+from shared.readpath.read_latency import ReadLatencyPublisher
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)

@@ -26,9 +26,9 @@ from redis.asyncio import Redis
 
 from api.active_version import ActiveVersionWatcher
 from api.ops_metrics import OpsCollector, OpsReader
-from shared import job_records
-from shared.cache import CacheCounters
+from shared.dataset import job_records
 from shared.errors import TransientError, store_errors
+from shared.readpath.cache import CacheCounters
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from shared.promotion_rows import DATE_GRAMMAR, MAX_ID_LENGTH, MAX_LINE_LENGTH
+from shared.fileformat.promotion_rows import DATE_GRAMMAR, MAX_ID_LENGTH, MAX_LINE_LENGTH
 from shared.settings import Settings
 
 

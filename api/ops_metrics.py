@@ -29,9 +29,10 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from api.active_version import ActiveVersionWatcher
-from shared import job_progress, worker_presence
+from shared.dataset import job_progress
+from shared.dataset.lifecycle import FINISHED, JOBS
 from shared.errors import PermanentError, TransientError, store_errors
-from shared.lifecycle import FINISHED, JOBS
+from shared.infra import worker_presence
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)

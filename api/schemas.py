@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared import lifecycle
+from shared.dataset import lifecycle
 
 
 class Promotion(BaseModel):

@@ -17,9 +17,9 @@ from api.job_queue import JobQueue
 from api.lookup_service import LookupService
 from api.metrics import MetricsExporter
 from api.store_gate import StoreGate
-from shared.cache import PromotionCache
-from shared.hot_ids import HotIdSampler
-from shared.read_latency import ReadLatencyPublisher
+from shared.readpath.cache import PromotionCache
+from shared.readpath.hot_ids import HotIdSampler
+from shared.readpath.read_latency import ReadLatencyPublisher
 from shared.settings import Settings
 
 
@@ -28,7 +28,7 @@ class Services:
     settings: Settings
     mongo: AsyncMongoClient[Any]
     db: AsyncDatabase[Any]
-    # Rare operator actions (rollback) run ``shared.lifecycle``, the one implementation of
+    # Rare operator actions (rollback) run ``shared.dataset.lifecycle``, the one implementation of
     # every state change, in a thread on this small synchronous client.
     lifecycle_db: Database[Any]
     redis: Redis

@@ -25,15 +25,15 @@ from typing import Any
 import httpx
 import psutil
 
+from api.local_cache import LocalCache
 from bench.common import add_common_args, report, table
 from bench.lookups import wait_live
 from bench.stack import stack
-from shared import lifecycle
-from shared.cache import answer_body
-from shared.local_cache import LocalCache
-from shared.pointer_channel import announce_active
+from shared.dataset import lifecycle
+from shared.readpath.cache import answer_body
+from shared.readpath.pointer_channel import announce_active
+from shared.readpath.warmup import warm_before_switch
 from shared.settings import get_settings
-from shared.warmup import warm_before_switch
 from tests.helpers import write_version
 
 DATE = "2018-08-04 05:32:31 +0200 CEST"

@@ -19,7 +19,7 @@ from bench.common import add_common_args, report, table
 from bench.lookups import load
 from bench.parse import data_file
 from bench.stack import stack
-from shared import datasets
+from shared.dataset import datasets
 
 SIZES = (1, 8, 16, 32, 64, 128, 256, 500)
 

@@ -31,12 +31,12 @@ from bson.raw_bson import RawBSONDocument
 from bench.common import add_common_args, interleave, medians, paired_ratio, report, table
 from bench.parse import data_file
 from bench.stack import Stack, stack
-from shared import datasets
-from shared.bucket_layout import buckets_for
-from shared.chunking import plan_chunks, read_range
-from shared.promotion_rows import ChunkStats, parse_chunk, parse_chunk_rows
+from shared.dataset import datasets
+from shared.fileformat.bucket_layout import buckets_for
+from shared.fileformat.promotion_rows import ChunkStats, parse_chunk, parse_chunk_rows
 from shared.settings import get_settings
 from worker.bucket_writer import insert_batches, merge
+from worker.chunking import plan_chunks, read_range
 from worker.shuffle_files import PartitionRows
 
 ROW_TARGET = 10.0  # x raw one-document-per-row insert_many

@@ -24,7 +24,7 @@ from bson.raw_bson import RawBSONDocument
 
 from bench.common import add_common_args, report, table
 from devstack.services import Service, free_port, mongo_command
-from shared.bucket_layout import bucket_document, buckets_for, encode_element, reversal
+from shared.fileformat.bucket_layout import bucket_document, buckets_for, encode_element, reversal
 
 ROW_BYTES = 60
 

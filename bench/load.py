@@ -11,7 +11,7 @@ against "off" is the throttle's cost.
 
 To explain the figures, each run also reports p99 of the cold (store-read) and hot (cached)
 lookups separately, the CPU each process used during the job (share of one core), what the
-API published as its store reads' p90 (``shared.read_latency``, sampled from Redis), and
+API published as its store reads' p90 (``shared.readpath.read_latency``, sampled from Redis), and
 how often the workers' throttle slowed down (from their logs). ``bench/out/load-*.json``
 keeps a per-second timeline of each run.
 """
@@ -41,8 +41,8 @@ from bench.open_loop import window, zipf_sequence
 from bench.parse import data_file
 from bench.stack import Stack, _wait_for_log, stack
 from devstack.services import Service, worker_command
-from shared import datasets
-from shared.read_latency import read_latencies
+from shared.dataset import datasets
+from shared.readpath.read_latency import read_latencies
 
 TARGET = 3.0
 IDLE_S = 10.0

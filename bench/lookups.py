@@ -31,9 +31,9 @@ from bench.common import ROOT, add_common_args, interleave, medians, paired_rati
 from bench.parse import data_file
 from bench.stack import Stack, stack
 from devstack.services import Service, free_port
-from shared import datasets, lifecycle
-from shared.bucket_layout import bucket_count
-from shared.promotion_rows import ChunkStats, parse_chunk, parse_chunk_rows
+from shared.dataset import datasets, lifecycle
+from shared.fileformat.bucket_layout import bucket_count
+from shared.fileformat.promotion_rows import ChunkStats, parse_chunk, parse_chunk_rows
 from worker.bucket_writer import write_rows
 
 LUA = ROOT / "bench" / "lookups.lua"

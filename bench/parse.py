@@ -24,8 +24,8 @@ import bson
 
 from bench.common import OUT, add_common_args, interleave, medians, paired_ratio, report, table
 from cli.generate import generate
-from shared.chunking import plan_chunks, read_range
-from shared.promotion_rows import ChunkStats, parse_chunk, parse_chunk_strict
+from shared.fileformat.promotion_rows import ChunkStats, parse_chunk, parse_chunk_strict
+from worker.chunking import plan_chunks, read_range
 
 TARGET = 500_000
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")

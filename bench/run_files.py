@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench.common import add_common_args, report, table
 from bench.parse import data_file
-from shared.promotion_rows import ChunkStats, parse_chunk_rows
+from shared.fileformat.promotion_rows import ChunkStats, parse_chunk_rows
 from shared.settings import get_settings
 from worker.shuffle_files import (
     RUN_BYTES_PER_ROW,

@@ -38,8 +38,8 @@ import psutil
 from bench.common import add_common_args, report, table
 from bench.parse import data_file
 from bench.stack import Stack, stack
-from shared import datasets, lifecycle
-from shared.task_names import WRITE_PARTITION
+from shared.dataset import datasets, lifecycle
+from shared.infra.task_names import WRITE_PARTITION
 
 IDLE_S = 10.0
 CLIENT_START_S = 5.0  # the open-loop client reads its schedule before the first request

@@ -30,10 +30,10 @@ from bench.lookups import _warm, load, require_wrk, wait_live, wrk
 from bench.open_loop import window, zipf_sequence
 from bench.parse import data_file
 from bench.stack import Stack, stack
-from shared import lifecycle
-from shared.pointer_channel import announce_active
+from shared.dataset import lifecycle
+from shared.readpath.pointer_channel import announce_active
+from shared.readpath.warmup import warm_before_switch
 from shared.settings import get_settings
-from shared.warmup import warm_before_switch
 
 TARGET = 1.5
 SETTLE_S = 4.0  # first seconds of a run: caches and hot ids fill, not measured

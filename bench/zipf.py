@@ -42,7 +42,7 @@ from bench.open_loop import window, zipf_sequence
 from devstack.edge import edge_service
 from devstack.run import wait_until_listening
 from devstack.services import Service, api_command, free_port, mongo_command, redis_command
-from shared import datasets
+from shared.dataset import datasets
 
 LUA = ROOT / "bench" / "zipf.lua"
 ROUTE = 'route="/promotions/{promotion_id}"'

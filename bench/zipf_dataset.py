@@ -3,7 +3,7 @@
 A regular load of 20M rows (upload, map, shuffle, reduce) takes far too long on the dev store
 of a shared 2-core machine, so the version is written the way the reduce step writes it
 (``bucket_document`` of ``encode_element`` rows, ``insert_many`` of bucket documents) and
-then registered, marked ready and activated through ``shared.lifecycle`` as a job would:
+then registered, marked ready and activated through ``shared.dataset.lifecycle`` as a job would:
 what the API reads is the same layout. Ids are a function of the row number (``id_of``),
 so the load generator (bench/zipf.lua) draws them without an id list. The store directory
 is kept between runs and reused when it holds the same dataset (``dataset.json``).
@@ -20,9 +20,9 @@ from typing import Any
 import redis
 from bson.raw_bson import RawBSONDocument
 
-from shared import datasets, lifecycle
-from shared.bucket_layout import bucket_document, buckets_of, encode_element
-from shared.cache import answer_body, cache_key
+from shared.dataset import datasets, lifecycle
+from shared.fileformat.bucket_layout import bucket_document, buckets_of, encode_element
+from shared.readpath.cache import answer_body, cache_key
 
 VERSION = 1
 ROWS_PER_BUCKET = 100

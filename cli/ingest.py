@@ -19,7 +19,7 @@ from cli.client import (
     job_path,
 )
 from cli.progress import CountingReader, Reporter, human_seconds
-from shared.lifecycle import FAILED, FINISHED, HELD
+from shared.dataset.lifecycle import FAILED, FINISHED, HELD
 
 
 def upload(api: Api, path: Path, reporter: Reporter) -> dict[str, Any]:

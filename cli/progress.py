@@ -19,7 +19,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from shared.lifecycle import FINISHED, SUCCEEDED
+from shared.dataset.lifecycle import FINISHED, SUCCEEDED
 
 
 def human_bytes(n: float) -> str:

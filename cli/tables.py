@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cli.progress import human_bytes, human_seconds
-from shared.safe_text import escape_controls
+from shared.infra.safe_text import escape_controls
 
 STATUS_STYLE = {
     "succeeded": "green",

@@ -35,15 +35,15 @@ TARGET = 0.85
 # functions are (the rest of the module is exercised by integration tests with real services,
 # too slow to run once per mutant); their mutants are counted as "not scored".
 SCOPE: dict[str, list[str] | None] = {
-    "shared/promotion_rows.py": None,
-    "shared/bulk_rows.py": None,
-    "shared/chunking.py": None,
+    "shared/fileformat/promotion_rows.py": None,
+    "shared/fileformat/fast_parser.py": None,
+    "worker/chunking.py": None,
     "worker/bucket_writer.py": ["check_bulk_error", "write_buckets", "merge", "insert_batches"],
     "worker/shuffle_files.py": None,
-    "shared/bucket_layout.py": None,
+    "shared/fileformat/bucket_layout.py": None,
     "shared/errors.py": None,
-    "shared/cache.py": None,
-    "shared/lifecycle.py": [
+    "shared/readpath/cache.py": None,
+    "shared/dataset/lifecycle.py": [
         "Pointer.from_doc",
         "Pointer.named_since",
         "Pointer.ever_named",
@@ -62,9 +62,9 @@ KILLED = ("killed", "timeout", "caught by type check")
 
 @dataclass
 class Mutant:
-    name: str  # shared.chunking.x_plan_chunks__mutmut_3
+    name: str  # worker.chunking.x_plan_chunks__mutmut_3
     status: str
-    module: str  # shared/chunking.py
+    module: str  # worker/chunking.py
     function: str  # plan_chunks, or Pointer.named_since
     diff: str = ""
     reason: str | None = None  # set when allow-listed as equivalent
@@ -272,7 +272,7 @@ def main() -> int:
     parser.add_argument(
         "--report-only", action="store_true", help="rewrite the report from mutants/ only"
     )
-    parser.add_argument("globs", nargs="*", help="only these mutants, e.g. 'shared.chunking.*'")
+    parser.add_argument("globs", nargs="*", help="only these mutants, e.g. 'worker.chunking.*'")
     args = parser.parse_args()
     command = (
         "make mutation" if not sys.argv[1:] else "python -m mutation.run " + " ".join(sys.argv[1:])

@@ -211,7 +211,7 @@ class Settings(BaseSettings):
     hot_id_max: int = Field(default=20_000, ge=1)
     # Warm-up before a switch: at most warmup_max_ids hot ids, at most warmup_max_seconds;
     # 0 ids turns it off. It never fails a job and never holds a switch longer than that
-    # (plus at most one 0.5 s Redis timeout; shared/warmup.py).
+    # (plus at most one 0.5 s Redis timeout; shared/readpath/warmup.py).
     # 10 s is a small share of the 30-minute cycle and enough for 10k ids even on a slow
     # store (docs/decisions/warm-up-batches.md).
     warmup_max_ids: int = Field(default=10_000, ge=0)
@@ -229,7 +229,7 @@ class Settings(BaseSettings):
     ingest_min_rows_per_s: float = Field(default=1000, gt=0)
     ingest_max_rows_per_s: float = Field(default=0, ge=0)
     # ... and on what readers see: each API process publishes its store reads' latencies to
-    # Redis every read_latency_publish_s (0: never; see shared/read_latency.py); when the
+    # Redis every read_latency_publish_s (0: never; see shared/readpath/read_latency.py); when the
     # readers' p90 since a worker's last decision is above ingest_read_slowdown times their
     # calm baseline (and above ingest_read_floor_ms), it halves its rate, else adds to it.
     # No signal (no misses, Redis unreachable): the insert-latency rule alone.

@@ -10,9 +10,9 @@ from typing import Any
 
 import redis
 
-from shared import datasets, lifecycle
-from shared.bucket_layout import bucket_count
-from shared.promotion_rows import ChunkStats, parse_chunk_rows
+from shared.dataset import datasets, lifecycle
+from shared.fileformat.bucket_layout import bucket_count
+from shared.fileformat.promotion_rows import ChunkStats, parse_chunk_rows
 from shared.settings import Settings
 from worker.bucket_writer import write_rows
 
@@ -34,7 +34,7 @@ def quiet_worker(node: str) -> None:
     versions exist then, so it would retire or bar the versions a later test is building
     by hand. Queued tasks are purged, clean-ups the worker ``node`` holds are revoked, one
     already running is let finish."""
-    from shared.task_names import CLEANUP_DATASETS
+    from shared.infra.task_names import CLEANUP_DATASETS
     from worker.celery_app import app
 
     inspector = app.control.inspect(destination=[node], timeout=10, limit=1)

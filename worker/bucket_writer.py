@@ -20,8 +20,8 @@ from bson.raw_bson import RawBSONDocument
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError
 
-from shared.bucket_layout import bucket_document, buckets_of
 from shared.errors import PermanentError, StoreBusy, is_transient_code
+from shared.fileformat.bucket_layout import bucket_document, buckets_of
 from worker.shuffle_files import PartitionRows
 
 DUPLICATE_KEY = 11000

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from celery import Celery
 
-from shared.logging_setup import configure_logging
+from shared.infra.logging_setup import configure_logging
+from shared.infra.task_names import CLEANUP_DATASETS, FAIL_STALLED_JOBS, SCAN_INBOX
 from shared.settings import get_settings
-from shared.task_names import CLEANUP_DATASETS, FAIL_STALLED_JOBS, SCAN_INBOX
 from worker import heartbeat  # noqa: F401  (the node's presence: started with the worker)
 
 

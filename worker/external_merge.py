@@ -23,7 +23,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import BinaryIO
 
-from shared.bucket_layout import bucket_document, buckets_of
+from shared.fileformat.bucket_layout import bucket_document, buckets_of
 from worker.shuffle_files import PartitionRows, job_dir
 
 _RECORD = struct.Struct("<iHI")  # bucket, key length, element length

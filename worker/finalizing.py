@@ -12,9 +12,9 @@ from typing import Any
 
 from pymongo.database import Database
 
-from shared import datasets, job_records, lifecycle
+from shared.dataset import datasets, job_records, lifecycle
+from shared.readpath.warmup import warm_before_switch
 from shared.settings import Settings
-from shared.warmup import warm_before_switch
 from worker.job_steps import rejection_problem
 
 
@@ -80,7 +80,7 @@ def finalize_steps(
         )
         yield "held"
         return
-    warm_before_switch(db, version)  # bounded, never raises (shared/warmup.py)
+    warm_before_switch(db, version)  # bounded, never raises (shared/readpath/warmup.py)
     outcome = lifecycle.activate_if_newest(db, version, distinct, job_id)
     yield "switched"
     if outcome == "barred":

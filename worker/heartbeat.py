@@ -1,4 +1,4 @@
-"""Each worker node says it is alive on the broker (``shared.worker_presence``), from a thread
+"""Each worker node says it is alive on the broker (``shared.infra.worker_presence``), from a thread
 of its main process: busy pool processes never delay a beat, and the API counts live nodes
 without asking Celery."""
 
@@ -12,7 +12,7 @@ from celery.signals import worker_ready, worker_shutdown
 from redis import Redis
 from redis.exceptions import RedisError
 
-from shared import worker_presence
+from shared.infra import worker_presence
 from shared.settings import get_settings
 
 log = logging.getLogger(__name__)

@@ -18,21 +18,21 @@ from typing import Any, BinaryIO
 from kombu.exceptions import OperationalError
 from pymongo.database import Database
 
-from shared import datasets, job_records, lifecycle
+from shared.dataset import datasets, job_records, lifecycle
 from shared.errors import TransientError, store_errors
-from shared.file_checks import GZIP_MAGIC
-from shared.gunzip_file_writer import (
+from shared.fileformat.file_checks import GZIP_MAGIC
+from shared.fileformat.gunzip_file_writer import (
     STORE_FILE_ROLE,
     StoredFileError,
     StoreLimits,
     part_files,
     store_file,
 )
-from shared.log_context import job_id_var
-from shared.safe_files import UnsafeFile, open_regular
-from shared.safe_text import escape_name
+from shared.infra.log_context import job_id_var
+from shared.infra.safe_files import UnsafeFile, open_regular
+from shared.infra.safe_text import escape_name
+from shared.infra.task_names import SCAN_INBOX
 from shared.settings import get_settings
-from shared.task_names import SCAN_INBOX
 from worker import inbox_files
 from worker.celery_app import app
 from worker.inbox_files import claim, ready_files

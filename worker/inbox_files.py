@@ -13,7 +13,7 @@ scan finds it and gives it back instead of letting the sweep of old uploads dele
 
 Names are whatever the partner's system wrote: bytes that need not be UTF-8 and may hold
 control characters. The marker keeps them as bytes (the file goes back under exactly its
-name); what is shown or stored in a job record is the escaped form (``shared.safe_text``).
+name); what is shown or stored in a job record is the escaped form (``shared.infra.safe_text``).
 A claimed name that turns out to be no plain file of its own (a symbolic link, a hard link,
 a FIFO swapped in after the scan looked) goes to ``<data_dir>/quarantine/`` with a reason.
 """
@@ -24,7 +24,7 @@ import os
 import time
 from pathlib import Path
 
-from shared.safe_text import escape_name
+from shared.infra.safe_text import escape_name
 
 IGNORED_SUFFIXES = (".part", ".tmp")
 SECOND_LOOK_MAX_S = 1.0

@@ -8,7 +8,7 @@ can run it. Loading is a shuffle (docs/architecture.md):
   (``worker/shuffle_files.py``) and record the exact rows per slice;
 - layout, once every chunk is mapped: the bucket count from the real row count, and the
   slices coalesced into reduce tasks of at most ``ROWS_PER_PARTITION`` rows
-  (``shared.bucket_layout``);
+  (``shared.fileformat.bucket_layout``);
 - reduce, one task per partition: read its slices from every run file, keep each id's last
   row, insert the bucket documents. A partition over the bound (one hash range alone holds
   more) is merged externally (``worker/external_merge.py``), never read whole.
@@ -30,16 +30,16 @@ from typing import Any, Literal
 
 from pymongo.database import Database
 
-from shared import datasets, job_records, lifecycle, reject_report
-from shared.bucket_layout import buckets_for, coalesce, group_slices
-from shared.chunking import LineTooLong, chunk_size_for, plan_chunks, read_range
+from shared.dataset import datasets, job_records, lifecycle, reject_report
 from shared.errors import PermanentError
-from shared.file_checks import SNIFF_BYTES, sniff_problem
-from shared.promotion_rows import MAX_REJECTS_KEPT, ChunkStats, parse_chunk_rows
-from shared.safe_files import UnsafeFile, open_regular
+from shared.fileformat.bucket_layout import buckets_for, coalesce, group_slices
+from shared.fileformat.file_checks import SNIFF_BYTES, sniff_problem
+from shared.fileformat.promotion_rows import MAX_REJECTS_KEPT, ChunkStats, parse_chunk_rows
+from shared.infra.safe_files import UnsafeFile, open_regular
 from shared.settings import Settings
 from worker import shuffle_files
 from worker.bucket_writer import insert_batches, merge, write_buckets
+from worker.chunking import LineTooLong, chunk_size_for, plan_chunks, read_range
 from worker.external_merge import Counts, merge_external
 from worker.throttle import paced
 

@@ -2,8 +2,8 @@
 (reduce), on the shared volume so that any worker host can read any of them.
 
 One file per chunk, ``<runs_dir>/<job id>/c<chunk>.run``: a segment per slice of the
-shuffle's fixed hash space (``shared.bucket_layout``, SHUFFLE_SLICES), then a directory of
-the segments. A segment holds the chunk's last row of each of its ids, in file order, as
+shuffle's fixed hash space (``shared.fileformat.bucket_layout``, SHUFFLE_SLICES), then a directory
+of the segments. A segment holds the chunk's last row of each of its ids, in file order, as
 columns each read back in one C call: keys (joined by newlines: ids never hold one) and
 row elements (lengths, then the bytes). One file per chunk rather than per (chunk,
 slice): thousands of slices. A reduce task reads a contiguous range of slices, so one
@@ -33,8 +33,8 @@ from itertools import accumulate
 from pathlib import Path
 from typing import BinaryIO
 
-from shared.bucket_layout import MIN_LINE_BYTES, slices_of
 from shared.errors import PermanentError
+from shared.fileformat.bucket_layout import MIN_LINE_BYTES, slices_of
 
 # Run files hold the file's bytes again plus some bytes per row (key and BSON element with
 # their lengths, bucket number, segment directory); 64 per row stays above what is written,

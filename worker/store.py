@@ -10,7 +10,7 @@ server selection waits for the whole remaining budget, so a store that is down (
 connections) would cost every task attempt the full budget instead of
 ``MONGO_TIMEOUT_MS``. The one exception is a version collection's drop, which may take a
 store minutes: it runs under its own operation timeout (``DROP_TIMEOUT_S``, which replaces
-the socket timeout for it; ``shared.lifecycle.remove_version``)."""
+the socket timeout for it; ``shared.dataset.lifecycle.remove_version``)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import Any
 from pymongo import MongoClient
 from pymongo.database import Database
 
-from shared.mongo import sync_client
+from shared.infra.mongo import sync_client
 from shared.settings import Settings, get_settings
 
 _client: MongoClient[Any] | None = None

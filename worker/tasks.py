@@ -1,5 +1,5 @@
 """Celery tasks of ingestion: thin callers of ``worker.job_steps``, ``worker.finalizing``
-and ``worker.upkeep``, which hold the work, and ``shared.lifecycle``, which holds every
+and ``worker.upkeep``, which hold the work, and ``shared.dataset.lifecycle``, which holds every
 state change.
 
 Every task may run more than once (late acks, redelivery after a crash), so each one is
@@ -23,7 +23,7 @@ from celery import Task
 from celery.exceptions import Reject, TaskPredicate
 from kombu.exceptions import OperationalError
 
-from shared import job_records, lifecycle, reject_report
+from shared.dataset import job_records, lifecycle, reject_report
 from shared.errors import (
     BrokerUnavailable,
     PermanentError,
@@ -31,10 +31,8 @@ from shared.errors import (
     TransientError,
     store_errors,
 )
-from shared.log_context import job_id_var
-from shared.pointer_channel import announce_active
-from shared.settings import get_settings
-from shared.task_names import (
+from shared.infra.log_context import job_id_var
+from shared.infra.task_names import (
     CLEANUP_DATASETS,
     FAIL_STALLED_JOBS,
     FINALIZE_JOB,
@@ -42,7 +40,9 @@ from shared.task_names import (
     PLAN_JOB,
     WRITE_PARTITION,
 )
-from shared.timeutil import now
+from shared.infra.timeutil import now
+from shared.readpath.pointer_channel import announce_active
+from shared.settings import get_settings
 from worker import job_steps, shuffle_files, upkeep
 from worker.celery_app import app
 from worker.finalizing import finalize_steps

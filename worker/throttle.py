@@ -3,7 +3,7 @@ see of the store and by how fast the store takes the batches.
 
 Two congestion signals drive one AIMD rate (rows/s per worker process):
 
-- **The readers' signal** (``shared.read_latency``): every API process publishes a
+- **The readers' signal** (``shared.readpath.read_latency``): every API process publishes a
   histogram of its store reads' latencies and its calm baseline (the p90 it sees when
   nothing loads). At most every ``read_every_s`` (and so at least once per paced batch) the
   throttle reads them and takes, per process, the p90 of the reads *since its previous
@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 from redis import Redis
 
-from shared.read_latency import ReadLatency, read_latencies, window
+from shared.readpath.read_latency import ReadLatency, read_latencies, window
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)

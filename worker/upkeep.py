@@ -17,7 +17,7 @@ from typing import Any
 
 from pymongo.database import Database
 
-from shared import job_records, lifecycle
+from shared.dataset import job_records, lifecycle
 from shared.errors import DropTimedOut
 from shared.settings import Settings
 from worker import inbox_files, shuffle_files

@@ -14,11 +14,11 @@ from api.responses import json_response
 from api.schemas import ActiveDatasetOut, DatasetVersionOut, Problem
 from api.services import Services, get_services
 from api.store_gate import deadline_in
-from shared.datasets import ActiveDataset, list_versions_async, read_active
-from shared.lifecycle import ActivationRefused, VersionRecord, activate_by_hand
-from shared.pointer_channel import announce_active_async
-from shared.timeutil import iso
-from shared.warmup import warm_version_async
+from shared.dataset.datasets import ActiveDataset, list_versions_async, read_active
+from shared.dataset.lifecycle import ActivationRefused, VersionRecord, activate_by_hand
+from shared.infra.timeutil import iso
+from shared.readpath.pointer_channel import announce_active_async
+from shared.readpath.warmup import warm_version_async
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["datasets"])

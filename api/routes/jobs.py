@@ -11,7 +11,7 @@ from api.responses import json_response
 from api.schemas import JobStatus, Problem
 from api.services import Services, get_services
 from api.store_gate import deadline_in
-from shared import job_records, lifecycle, reject_report
+from shared.dataset import job_records, lifecycle, reject_report
 
 router = APIRouter(tags=["ingestion"])
 

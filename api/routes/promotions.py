@@ -14,9 +14,9 @@ from api.http_caching import LookupCachePolicy, as_str, etag, if_none_match_of, 
 from api.responses import json_response
 from api.schemas import Problem, Promotion
 from api.services import Services, get_services
-from shared.cache import NEGATIVE
 from shared.errors import StoreUnavailable
-from shared.promotion_rows import ID_PATTERN, MAX_ID_LENGTH
+from shared.fileformat.promotion_rows import ID_PATTERN, MAX_ID_LENGTH
+from shared.readpath.cache import NEGATIVE
 
 router = APIRouter(tags=["promotions"])
 

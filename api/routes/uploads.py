@@ -18,9 +18,9 @@ from api.services import Services, get_services
 from api.store_gate import deadline_in
 from api.upload_names import clean_name
 from api.upload_stream import RAW_CONTENT_TYPES, UploadError, UploadPace, receive_upload
-from shared import datasets, job_records
+from shared.dataset import datasets, job_records
 from shared.errors import BrokerUnavailable, CircuitOpen, TransientError, store_errors
-from shared.gunzip_file_writer import StoreLimits
+from shared.fileformat.gunzip_file_writer import StoreLimits
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["ingestion"])

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from cli.generate import generate
-from shared import lifecycle
+from shared.dataset import lifecycle
 from tests.cluster.cluster import API_HOSTS, Cluster, node_name, wait_until
 from tests.cluster.netns import netns_pids
 from tests.helpers import expected_rows, wait_job

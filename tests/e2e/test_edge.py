@@ -23,7 +23,7 @@ import pytest
 
 from api.upload_stream import UPLOAD_ROLE
 from devstack.services import Service, flower_command, free_port
-from shared.gunzip_file_writer import part_files
+from shared.fileformat.gunzip_file_writer import part_files
 from shared.settings import Settings
 from tests.helpers import wait_for
 

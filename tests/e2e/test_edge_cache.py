@@ -23,7 +23,7 @@ import redis
 
 from devstack.edge import edge_service, nginx_binary
 from devstack.services import Service, api_command, free_port, mongo_command
-from shared import lifecycle
+from shared.dataset import lifecycle
 from shared.settings import Settings
 from tests.helpers import load_dataset, wait_for
 

@@ -13,13 +13,13 @@ import pytest
 import redis
 from redis.asyncio import Redis as AsyncRedis
 
-from shared import lifecycle
-from shared.cache import NEGATIVE, cache_key
-from shared.hot_ids import window_key
-from shared.mongo import async_client
-from shared.pointer_channel import announce_active
+from shared.dataset import lifecycle
+from shared.infra.mongo import async_client
+from shared.readpath.cache import NEGATIVE, cache_key
+from shared.readpath.hot_ids import window_key
+from shared.readpath.pointer_channel import announce_active
+from shared.readpath.warmup import warm_before_switch, warm_version_async
 from shared.settings import Settings
-from shared.warmup import warm_before_switch, warm_version_async
 from tests.helpers import load_dataset, write_version
 
 DATE = "2018-08-04 05:32:31 +0200 CEST"

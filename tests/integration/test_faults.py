@@ -27,10 +27,10 @@ from pydantic import SecretStr
 from api.main import create_app
 from cli.generate import generate
 from devstack.services import Service, api_command, free_port, redis_command
-from shared import datasets, job_records, lifecycle
-from shared.cache import cache_key
+from shared.dataset import datasets, job_records, lifecycle
+from shared.infra.timeutil import now
+from shared.readpath.cache import cache_key
 from shared.settings import Settings
-from shared.timeutil import now
 from tests.helpers import expected_rows, load_dataset, stored_rows, wait_for, wait_job
 from worker import upkeep
 

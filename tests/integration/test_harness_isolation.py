@@ -8,9 +8,9 @@ from typing import Any
 
 import redis
 
-from shared import datasets, lifecycle
+from shared.dataset import datasets, lifecycle
+from shared.infra.task_names import CLEANUP_DATASETS
 from shared.settings import Settings
-from shared.task_names import CLEANUP_DATASETS
 from tests.helpers import StateReset, load_dataset, wait_for
 from worker.celery_app import app
 

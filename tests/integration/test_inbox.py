@@ -15,7 +15,7 @@ import pytest
 
 from cli.generate import generate
 from devstack.services import Service, beat_command
-from shared import lifecycle
+from shared.dataset import lifecycle
 from shared.settings import Settings
 from tests.helpers import expected_rows, stored_rows, wait_for
 from worker.inbox import scan_inbox
@@ -188,7 +188,7 @@ def test_a_worker_killed_mid_claim_gives_the_file_back_never_deletes_it(
 def test_claim_leftovers_of_a_recorded_job_go_and_an_inflating_claim_is_left_alone(
     mongo_db: Any, settings: Settings
 ) -> None:
-    from shared import job_records
+    from shared.dataset import job_records
     from worker import inbox_files
     from worker.inbox import CLAIM_STALE_S, recover_dead_claims
 

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from cli.generate import generate
-from shared import datasets
+from shared.dataset import datasets
 from shared.settings import Settings
 from tests.helpers import expected_rows, stored_rows, wait_for, wait_job
 
@@ -235,7 +235,7 @@ def upload_when_creating_the_job_does(
 
     def upload(create_job: CreateJob) -> Any:
         from api.main import create_app
-        from shared import job_records
+        from shared.dataset import job_records
 
         monkeypatch.setattr(job_records, "create_job", create_job)
         path = tmp_path / "p.csv"
@@ -262,7 +262,7 @@ def test_an_insert_whose_answer_is_lost_leaves_no_job_behind_the_503(
     it would fail for want of its file: a phantom failed job next to the client's retry)."""
     from pymongo.errors import AutoReconnect
 
-    from shared import job_records
+    from shared.dataset import job_records
 
     real_create_job = job_records.create_job
 

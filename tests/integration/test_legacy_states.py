@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from shared import datasets, lifecycle
-from shared.timeutil import now
+from shared.dataset import datasets, lifecycle
+from shared.infra.timeutil import now
 from tests.helpers import load_dataset
 from worker import upkeep
 
@@ -31,7 +31,7 @@ def test_a_dropped_record_becomes_retired_once_and_cleanup_then_removes_it(
         {"_id": datasets.version_doc_id(1)},
         {"$set": {"state": "dropped", "dropped_at": dropped_at}},
     )
-    with caplog.at_level(logging.INFO, logger="shared.lifecycle"):
+    with caplog.at_level(logging.INFO, logger="shared.dataset.lifecycle"):
         assert lifecycle.migrate_legacy_states(mongo_db) == 1
     assert "version 1 dropped -> retired" in caplog.text
     doc = meta.find_one({"_id": datasets.version_doc_id(1)})

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient, MongoClient, monitoring
 
-from shared import datasets, job_records, lifecycle
+from shared.dataset import datasets, job_records, lifecycle
 from shared.errors import PermanentError
+from shared.infra.timeutil import now
 from shared.settings import Settings
-from shared.timeutil import now
 from tests.helpers import load_dataset, stored_rows
 from worker import job_steps, shuffle_files, upkeep
 from worker.finalizing import finalize_steps

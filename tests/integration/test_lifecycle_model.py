@@ -4,8 +4,8 @@ Hypothesis interleaves, in any order: uploads starting (some whose plan task nev
 the broker, as a drop-folder claim whose enqueue failed), plans, chunk deliveries
 (duplicates and redeliveries included), finalizers that run to the end or die after any of
 their steps, cleanup from a fresh or a stale snapshot, rollbacks, the watchdog and the clock
-moving on. After every step it checks the invariants of ``shared.lifecycle``. With the fix of
-issue #9's defect 1, 2 or 3 reverted, it finds a counterexample (see the commit message).
+moving on. After every step it checks the invariants of ``shared.dataset.lifecycle``. With the fix
+of issue #9's defect 1, 2 or 3 reverted, it finds a counterexample (see the commit message).
 
 The clock is the test's own (lifecycle times are compared with it), so grace periods and
 stall timeouts are exact, and nothing here sleeps.
@@ -32,7 +32,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from shared import datasets, job_records, lifecycle
+from shared.dataset import datasets, job_records, lifecycle
 from shared.settings import Settings
 from tests.helpers import StateReset, stored_rows
 from worker import job_steps, upkeep
@@ -257,7 +257,7 @@ class Lifecycle(RuleBasedStateMachine):
     @invariant()
     def every_change_of_state_is_one_the_tables_allow(self) -> None:
         """Jobs, versions and the pointer's view of each version move only along the rows
-        of shared.lifecycle's tables (a barred version, say, is never named again)."""
+        of shared.dataset.lifecycle's tables (a barred version, say, is never named again)."""
         jobs = {j["_id"]: j["status"] for j in self.db[lifecycle.JOBS].find({}, {"status": 1})}
         versions: dict[Any, str] = {v: r.state for v, r in self._records().items()}
         pointer = lifecycle.read_pointer(self.db)

@@ -15,14 +15,14 @@ from pymongo import AsyncMongoClient, monitoring
 from redis.asyncio import Redis as AsyncRedis
 
 from api import lookup_service
+from api.local_cache import LocalCache
 from api.lookup_service import MAX_BATCH, LookupService
 from api.store_breaker import StoreBreaker
 from api.store_gate import StoreGate
-from shared import datasets
-from shared.cache import NEGATIVE, PromotionCache, cache_key
+from shared.dataset import datasets
 from shared.errors import StoreUnavailable
-from shared.hot_ids import HotIdSampler, window_key
-from shared.local_cache import LocalCache
+from shared.readpath.cache import NEGATIVE, PromotionCache, cache_key
+from shared.readpath.hot_ids import HotIdSampler, window_key
 from shared.settings import Settings
 from tests.helpers import load_dataset
 

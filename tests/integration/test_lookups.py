@@ -11,9 +11,9 @@ from pydantic import SecretStr
 
 from api.main import create_app
 from devstack.services import Service, free_port, mongo_command
-from shared import datasets
-from shared.cache import cache_key
-from shared.pointer_channel import announce_active
+from shared.dataset import datasets
+from shared.readpath.cache import cache_key
+from shared.readpath.pointer_channel import announce_active
 from shared.settings import Settings
 from tests.helpers import load_dataset, wait_for
 

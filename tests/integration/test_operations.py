@@ -14,7 +14,7 @@ from pydantic import SecretStr
 
 from api.main import create_app
 from devstack.services import Service, api_command, free_port
-from shared import datasets, job_records, lifecycle
+from shared.dataset import datasets, job_records, lifecycle
 from shared.settings import Settings
 from tests.helpers import load_dataset, wait_for
 

@@ -16,9 +16,9 @@ from pydantic import SecretStr
 
 from api.main import create_app
 from devstack.services import free_port
-from shared import job_records, lifecycle
+from shared.dataset import job_records, lifecycle
+from shared.infra.timeutil import now
 from shared.settings import Settings
-from shared.timeutil import now
 from tests.helpers import load_dataset, wait_for
 
 ROW = "a1,1.5,2018-08-04 05:32:31 +0200 CEST"

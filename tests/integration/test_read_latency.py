@@ -1,5 +1,6 @@
 """Loads yield to readers, over a real Redis: the API publishes its store reads' latency
-(shared/read_latency.py) and a worker's throttle (worker/throttle.py) reads and acts on it."""
+(shared/readpath/read_latency.py) and a worker's throttle (worker/throttle.py) reads and acts on
+it."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from redis.asyncio import Redis as AsyncRedis
 
 from api.main import create_app
 from devstack.services import free_port
-from shared.read_latency import (
+from shared.readpath.read_latency import (
     BASELINE_MIN_PERIODS,
     INDEX_KEY,
     ReadLatencyPublisher,

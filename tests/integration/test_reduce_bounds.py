@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from shared import datasets, job_records, lifecycle
+from shared.dataset import datasets, job_records, lifecycle
 from shared.settings import Settings
 from tests.helpers import stored_rows
 from worker import external_merge, job_steps

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from shared import job_records, lifecycle, reject_report
+from shared.dataset import job_records, lifecycle, reject_report
+from shared.infra.timeutil import now
 from shared.settings import Settings
-from shared.timeutil import now
 from tests.helpers import wait_job
 
 pytestmark = pytest.mark.usefixtures("worker")

@@ -16,9 +16,9 @@ import pytest
 from pydantic import SecretStr
 from pymongo.uri_parser import parse_uri
 
-from shared import datasets, lifecycle
+from shared.dataset import datasets, lifecycle
+from shared.infra.timeutil import now
 from shared.settings import Settings
-from shared.timeutil import now
 from tests.delay_proxy import DelayProxy, delay_proxy
 from tests.helpers import load_dataset
 from worker import upkeep

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from shared import datasets, job_records, lifecycle
+from shared.dataset import datasets, job_records, lifecycle
 from shared.settings import Settings
 from worker import job_steps, shuffle_files
 

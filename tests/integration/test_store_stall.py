@@ -24,8 +24,8 @@ from pydantic import SecretStr
 
 from api.main import create_app
 from devstack.services import Service, free_port, mongo_command
-from shared.cache import cache_key
 from shared.errors import TransientError, store_errors
+from shared.readpath.cache import cache_key
 from shared.settings import Settings, get_settings
 from tests.delay_proxy import delay_proxy
 from tests.helpers import load_dataset, wait_for

@@ -15,8 +15,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.main import create_app
-from shared import job_records
-from shared.gunzip_file_writer import free_bytes
+from shared.dataset import job_records
+from shared.fileformat.gunzip_file_writer import free_bytes
 from shared.settings import GiB, MiB, Settings
 from tests.helpers import wait_for
 from worker import inbox

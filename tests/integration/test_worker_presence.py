@@ -1,4 +1,4 @@
-"""Worker presence on the broker (shared/worker_presence.py, worker/heartbeat.py) with a real
+"""Worker presence on the broker (shared/infra/worker_presence.py, worker/heartbeat.py) with a real
 Redis: what promotions_workers_online counts."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 import redis
 from redis.asyncio import Redis as AsyncRedis
 
-from shared import worker_presence
+from shared.infra import worker_presence
 from shared.settings import Settings
 from tests.helpers import wait_for
 from worker.heartbeat import Heartbeat

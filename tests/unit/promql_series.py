@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY, Metric
 import api.metrics  # noqa: F401  (registers the API's counters and histograms)
 from api.metrics import ScrapeTimeCollector
 from api.ops_metrics import OpsCollector, OpsState
-from shared.datasets import ActiveDataset
+from shared.dataset.datasets import ActiveDataset
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

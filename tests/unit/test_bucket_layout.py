@@ -9,7 +9,7 @@ import bson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared import bucket_layout as layout
+from shared.fileformat import bucket_layout as layout
 
 
 def test_an_ids_bucket_is_pinned_across_releases() -> None:

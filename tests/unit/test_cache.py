@@ -16,14 +16,20 @@ from typing import Any, TypeVar
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-import shared.cache
-from shared.cache import MAX_PENDING_FILLS, NEGATIVE, PromotionCache, answer_body, cache_key
+import shared.readpath.cache
+from shared.readpath.cache import (
+    MAX_PENDING_FILLS,
+    NEGATIVE,
+    PromotionCache,
+    answer_body,
+    cache_key,
+)
 
 T = TypeVar("T")
 
 
 class Clock:
-    """Stands in for the ``time`` module in shared.cache: ``monotonic()`` moves only when
+    """Stands in for the ``time`` module in shared.readpath.cache: ``monotonic()`` moves only when
     the test says so."""
 
     def __init__(self) -> None:
@@ -94,7 +100,7 @@ class FlakyPipeline:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     fake = Clock()
-    monkeypatch.setattr(shared.cache, "time", fake)
+    monkeypatch.setattr(shared.readpath.cache, "time", fake)
     return fake
 
 
@@ -195,7 +201,7 @@ def test_a_failing_put_starts_the_cool_down_too(
     cache: PromotionCache, redis: FlakyRedis, caplog: pytest.LogCaptureFixture
 ) -> None:
     redis.down = True
-    with caplog.at_level(logging.WARNING, logger="shared.cache"):
+    with caplog.at_level(logging.WARNING, logger="shared.readpath.cache"):
         run(cache.put(1, "a", b"{}"))
     assert cache.degraded and cache.counters.errors == 1
     assert caplog.messages == ["cache unavailable, serving from the store: Connection refused"]
@@ -230,7 +236,7 @@ def test_one_warning_per_outage_however_many_lookups_were_in_flight(
     async def three_lookups() -> list[bytes | None]:
         return await asyncio.gather(*(cache.get(1, k) for k in "abc"))
 
-    with caplog.at_level(logging.WARNING, logger="shared.cache"):
+    with caplog.at_level(logging.WARNING, logger="shared.readpath.cache"):
         assert run(three_lookups()) == [None, None, None]
     assert cache.counters.errors == 3
     assert [r.getMessage() for r in caplog.records] == [

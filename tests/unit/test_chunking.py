@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.chunking import (
+from worker.chunking import (
     MAX_CHUNKS,
     MAX_LINE_BYTES,
     MIN_CHUNK_BYTES,
@@ -86,7 +86,7 @@ def _winners(data: bytes, chunk_size: int) -> dict[str, bytes]:
     file is loaded with this chunk plan (largest ``o`` over every chunk and batch)."""
     import bson
 
-    from shared.promotion_rows import ChunkStats, parse_chunk
+    from shared.fileformat.promotion_rows import ChunkStats, parse_chunk
 
     best: dict[str, tuple[int, bytes]] = {}
     for start, end in plan_chunks(io.BytesIO(data), len(data), chunk_size):

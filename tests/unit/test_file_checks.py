@@ -2,7 +2,7 @@ import gzip
 
 import pytest
 
-from shared.file_checks import sniff_problem
+from shared.fileformat.file_checks import sniff_problem
 
 GOOD = b"d018ef0b-dbd9-48f1-ac1a-eb4d90e57118,60.683466,2018-08-04 05:32:31 +0200 CEST\n"
 

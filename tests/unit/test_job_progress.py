@@ -8,8 +8,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.job_progress import phase_durations, progress_fields
-from shared.job_records import new_job, public_job
+from shared.dataset.job_progress import phase_durations, progress_fields
+from shared.dataset.job_records import new_job, public_job
 
 T0 = datetime(2026, 11, 25, 14, 0, 0, tzinfo=UTC)
 

@@ -16,12 +16,12 @@ import bson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared import bucket_layout
-from shared.chunking import plan_chunks, read_range
-from shared.promotion_rows import ChunkStats, parse_chunk_rows
+from shared.fileformat import bucket_layout
+from shared.fileformat.promotion_rows import ChunkStats, parse_chunk_rows
 from shared.settings import Settings
 from worker import job_steps, shuffle_files
 from worker.bucket_writer import insert_batches
+from worker.chunking import plan_chunks, read_range
 from worker.external_merge import Counts
 
 DATE = "2018-08-04 05:32:31 +0200 CEST"

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from shared.lifecycle import (
+from shared.dataset.lifecycle import (
     HISTORY_KEPT,
     Pointer,
     VersionRecord,

@@ -1,4 +1,4 @@
-"""The lifecycle diagram in the docs is the one the tables in shared/lifecycle.py draw."""
+"""The lifecycle diagram in the docs is the one the tables in shared/dataset/lifecycle.py draw."""
 
 from __future__ import annotations
 
@@ -6,8 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from shared import lifecycle, lifecycle_diagram
-from shared.lifecycle_diagram import BEGIN, END, MarkersMissing, block_in, mermaid, with_diagram
+from shared.dataset import lifecycle, lifecycle_diagram
+from shared.dataset.lifecycle_diagram import (
+    BEGIN,
+    END,
+    MarkersMissing,
+    block_in,
+    mermaid,
+    with_diagram,
+)
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "lifecycle.md"
 
@@ -15,7 +22,7 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "lifecycle.md"
 def test_the_diagram_in_the_docs_is_the_one_the_tables_draw() -> None:
     assert block_in(DOC.read_text()) == mermaid(), (
         "docs/lifecycle.md disagrees with the tables: run "
-        "python -m shared.lifecycle_diagram --write docs/lifecycle.md"
+        "python -m shared.dataset.lifecycle_diagram --write docs/lifecycle.md"
     )
 
 

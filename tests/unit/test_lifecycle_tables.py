@@ -18,9 +18,9 @@ import pytest
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from shared import lifecycle
-from shared.datasets import ACTIVE_ID, META_COLLECTION, version_doc_id
-from shared.lifecycle import JOBS, JobStatus, PointerRole, Transition, VersionState
+from shared.dataset import lifecycle
+from shared.dataset.datasets import ACTIVE_ID, META_COLLECTION, version_doc_id
+from shared.dataset.lifecycle import JOBS, JobStatus, PointerRole, Transition, VersionState
 
 CHECKED = ("status", "phase", "state", "version", "barred", "_id")
 
@@ -305,12 +305,12 @@ def test_every_transition_logs_from_and_to(
         role: PointerRole = "live" if row.rule == "_revive" else "unnamed"
         db = _store(version=source, role=role)
         call, key = VERSION_CALLS[row.rule], "1"
-    with caplog.at_level(logging.DEBUG, logger="shared.lifecycle"):
+    with caplog.at_level(logging.DEBUG, logger="shared.dataset.lifecycle"):
         call(db)
     assert any(m.startswith(f"{kind} {key} {source} -> {row.target}") for m in caplog.messages)
 
 
 def test_a_new_version_logs_its_creation(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="shared.lifecycle"):
+    with caplog.at_level(logging.INFO, logger="shared.dataset.lifecycle"):
         lifecycle.register_version(Store(), 3, "j")  # type: ignore[arg-type]
     assert caplog.messages == ["version 3 new -> building: job j"]

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared.cache import answer_body
-from shared.local_cache import LocalCache
+from api.local_cache import LocalCache
+from shared.readpath.cache import answer_body
 
 DATE = "2018-08-04T05:32:31+02:00"
 ENTRIES = 20_000

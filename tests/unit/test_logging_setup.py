@@ -2,8 +2,8 @@ import json
 import logging
 import sys
 
-from shared.log_context import ContextFilter, job_id_var, request_id_var
-from shared.logging_setup import TEXT_FORMAT, JsonFormatter, TextFormatter
+from shared.infra.log_context import ContextFilter, job_id_var, request_id_var
+from shared.infra.logging_setup import TEXT_FORMAT, JsonFormatter, TextFormatter
 
 
 def _record(msg: str, *args: object, exc: bool = False) -> logging.LogRecord:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from api.main import create_app
-from shared.promotion_rows import DATE_GRAMMAR
+from shared.fileformat.promotion_rows import DATE_GRAMMAR
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "file-format.md"
 WRITES = {("post", "/add-promotions/"), ("post", "/uploadfile/")}

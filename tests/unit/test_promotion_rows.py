@@ -9,8 +9,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from shared.bulk_rows import FAST_LINE_RE
-from shared.promotion_rows import (
+from shared.fileformat.fast_parser import FAST_LINE_RE
+from shared.fileformat.promotion_rows import (
     ChunkStats,
     RowError,
     check_expiration_date,

@@ -1,10 +1,10 @@
-"""The readers' latency summary an API process publishes (shared/read_latency.py): what one
+"""The readers' latency summary an API process publishes (shared/readpath/read_latency.py): what one
 period says, when a baseline exists, and the wire format. No Redis here (see
 tests/integration/test_read_latency.py)."""
 
 from __future__ import annotations
 
-from shared.read_latency import (
+from shared.readpath.read_latency import (
     BASELINE_MIN_PERIODS,
     BASELINE_MIN_READS,
     BUCKETS,

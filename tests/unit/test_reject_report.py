@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared import reject_report
-from shared.chunking import plan_chunks, read_range
-from shared.promotion_rows import ChunkStats, parse_chunk
-from shared.reject_report import ChunkReport, _offsets_from_chunks
+from shared.dataset import reject_report
+from shared.dataset.reject_report import ChunkReport, _offsets_from_chunks
+from shared.fileformat.promotion_rows import ChunkStats, parse_chunk
+from worker.chunking import plan_chunks, read_range
 
 JOB = "0123456789abcdef0123456789abcdef"
 GOOD = "a{i},1.5,2018-08-04 05:32:31 +0200 CEST"

@@ -7,7 +7,7 @@ import calendar
 
 import pytest
 
-from shared.promotion_rows import (
+from shared.fileformat.promotion_rows import (
     MAX_LINE_LENGTH,
     ChunkStats,
     RowError,

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 import bson
 import pytest
 
-from shared.promotion_rows import (
+from shared.fileformat.promotion_rows import (
     MAX_REJECTS_KEPT,
     ChunkStats,
     RowError,

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.safe_files import UnsafeFile, open_regular
-from shared.safe_text import escape_controls, escape_name
+from shared.infra.safe_files import UnsafeFile, open_regular
+from shared.infra.safe_text import escape_controls, escape_name
 
 
 def test_a_regular_file_is_read_through_its_handle(tmp_path: Path) -> None:

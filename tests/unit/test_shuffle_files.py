@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from shared.errors import PermanentError
-from shared.promotion_rows import ChunkStats, parse_chunk_rows
+from shared.fileformat.promotion_rows import ChunkStats, parse_chunk_rows
 from worker import shuffle_files
 
 DATA = b"".join(b"id%d,%d.5,2018-08-04 05:32:31\n" % (i, i) for i in range(500))

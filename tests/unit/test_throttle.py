@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from shared.read_latency import (
+from shared.readpath.read_latency import (
     BASELINE_MIN_PERIODS,
     BASELINE_QUANTILE,
     ReadLatency,
@@ -114,7 +114,7 @@ def test_a_ceiling_paces_even_a_fast_store() -> None:
     assert throttle.slept == pytest.approx(2.0)
 
 
-# The readers' signal (worker/throttle.py, shared/read_latency.py).
+# The readers' signal (worker/throttle.py, shared/readpath/read_latency.py).
 
 PERIOD_S = 0.5
 

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from shared.bulk_rows import FAST_LINE_RE, QUOTED_LINE_RE
-from shared.promotion_rows import RowError, check_expiration_date
+from shared.fileformat.fast_parser import FAST_LINE_RE, QUOTED_LINE_RE
+from shared.fileformat.promotion_rows import RowError, check_expiration_date
 
 DIGITS = "0123456789"
 NAME_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+_/-")

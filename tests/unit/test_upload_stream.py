@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from api.upload_stream import UploadError, UploadPace, _MultipartFile, paced
-from shared.gunzip_file_writer import (
+from shared.fileformat.gunzip_file_writer import (
     GunzipFileWriter,
     StoredFileError,
     StoreLimits,

@@ -13,11 +13,11 @@ import pytest
 from pydantic import SecretStr
 from pymongo import MongoClient
 
-from shared.cache import NEGATIVE
-from shared.hot_ids import HotIdSampler, merge_ranked, window_key
-from shared.local_cache import ENTRY_OVERHEAD, LocalCache
+from api.local_cache import ENTRY_OVERHEAD, LocalCache
+from shared.readpath.cache import NEGATIVE
+from shared.readpath.hot_ids import HotIdSampler, merge_ranked, window_key
+from shared.readpath.warmup import REDIS_TIMEOUT_S, run_warmup, warm_before_switch
 from shared.settings import Settings
-from shared.warmup import REDIS_TIMEOUT_S, run_warmup, warm_before_switch
 
 BATCH_IDS = 32
 

@@ -145,7 +145,8 @@ def encode_run(run: bytes, run_offset: int, quoted: bool = False) -> tuple[list[
 
 
 # Element ``key: {p: price, e: expiration_date, [i: id]}`` of a bucket's ``r`` document
-# (``shared.bucket_layout.encode_element``): the bytes between key and date, and after it.
+# (``shared.fileformat.bucket_layout.encode_element``): the bytes between key and date, and after
+# it.
 _ELEMENT_MID = struct.Struct(
     "<1si3sd3si"
 ).pack  # "\x00", size, "\x01p\x00", price, "\x02e\x00", len

@@ -1,8 +1,9 @@
 """Versioned datasets: one collection per loaded file and one pointer document naming the
-live one. This module names and reads them; every change of state is in ``shared.lifecycle``.
+live one. This module names and reads them; every change of state is in
+``shared.dataset.lifecycle``.
 
-A version's collection holds bucket documents (``shared.bucket_layout``); its record keeps
-the bucket count. A version without one was loaded by an earlier release, one document per
+A version's collection holds bucket documents (``shared.fileformat.bucket_layout``); its record
+keeps the bucket count. A version without one was loaded by an earlier release, one document per
 row: it is still read (rollback to it works) but no longer written.
 
 Going live is a single-document update of the pointer, which every MongoDB deployment
@@ -24,7 +25,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.database import Database
 from pymongo.errors import CollectionInvalid, DuplicateKeyError
 
-from shared import bucket_layout
+from shared.fileformat import bucket_layout
 
 META_COLLECTION = "datasets"
 ACTIVE_ID = "active"

@@ -2,7 +2,7 @@
 balancer) sent a sane one, generated otherwise, echoed back in the response and put on every
 log line of the request through a context variable.
 
-Applied by ``api.request_context``, which also sets the log context variable.
+Applied by ``api.middleware.request_context``, which also sets the log context variable.
 """
 
 from __future__ import annotations

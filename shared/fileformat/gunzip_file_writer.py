@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from shared.file_checks import GZIP_MAGIC
+from shared.fileformat.file_checks import GZIP_MAGIC
 from shared.settings import Settings
 
 FLUSH_BYTES = 1024 * 1024

@@ -10,9 +10,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.lifecycle import FINISHED, JOB_PHASES, JobPhase
+from shared.dataset.lifecycle import FINISHED, JOB_PHASES, JobPhase
 
-# The timed phases, in the order a job goes through them (shared.lifecycle.JobPhase).
+# The timed phases, in the order a job goes through them (shared.dataset.lifecycle.JobPhase).
 PHASES: tuple[JobPhase, ...] = tuple(p for p in JOB_PHASES if p != "done")
 
 

@@ -8,7 +8,7 @@ window (``WINDOW_S``), which expires two windows later, and readers merge the cu
 the previous window. So an id hot an hour ago but cold now drops out, and the structure
 never holds more than ``2 * max_ids`` members.
 
-The warm-up (``shared.warmup``) reads the top ids before a switch.
+The warm-up (``shared.readpath.warmup``) reads the top ids before a switch.
 """
 
 from __future__ import annotations

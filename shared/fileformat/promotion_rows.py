@@ -14,8 +14,13 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from shared.bucket_layout import encode_element
-from shared.bulk_rows import encode_run, encode_run_elements, fast_run_end, quoted_run_end
+from shared.fileformat.bucket_layout import encode_element
+from shared.fileformat.fast_parser import (
+    encode_run,
+    encode_run_elements,
+    fast_run_end,
+    quoted_run_end,
+)
 
 MAX_ID_LENGTH = 64
 MAX_LINE_LENGTH = 1024
@@ -370,8 +375,8 @@ def parse_chunk(
     file position, never collides between chunks and does not depend on the chunk plan.
 
     Same results as ``parse_chunk_strict``, batch for batch: runs of well-formed lines are
-    validated and encoded in bulk (``shared.bulk_rows``); any other line, such as a header,
-    a blank line or an invalid row, goes through the strict validator for its reason.
+    validated and encoded in bulk (``shared.fileformat.fast_parser``); any other line, such as a
+    header, a blank line or an invalid row, goes through the strict validator for its reason.
     """
     index = 0
     batch: dict[str, bytes] = {}
@@ -408,7 +413,7 @@ def parse_chunk_rows(
     data: bytes, chunk_start: int, stats: ChunkStats
 ) -> tuple[list[bytes], list[bytes]]:
     """Every valid row of a line-aligned chunk, in file order: keys (ids lower-cased) and
-    bucket row elements (``shared.bucket_layout``). The order is what decides duplicates
+    bucket row elements (``shared.fileformat.bucket_layout``). The order is what decides duplicates
     (the row nearest the end of the file wins), so nothing is merged here.
 
     Same validation as ``parse_chunk``: runs of well-formed lines in bulk, any other line

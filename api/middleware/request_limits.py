@@ -3,7 +3,7 @@
 uvicorn's httptools parser enforces neither, so a client could send megabytes of headers to
 every worker; these are refused (414/431) before any route runs. A proxy in front should
 bound them too, since by now the bytes were already read. Applied by
-``api.request_context``.
+``api.middleware.request_context``.
 """
 
 from __future__ import annotations

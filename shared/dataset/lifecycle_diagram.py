@@ -1,7 +1,7 @@
-"""The lifecycle's Mermaid state diagram, drawn from the tables in ``shared.lifecycle`` so
+"""The lifecycle's Mermaid state diagram, drawn from the tables in ``shared.dataset.lifecycle`` so
 that the picture in the docs cannot drift from what the code allows.
 
-``python -m shared.lifecycle_diagram`` prints it; ``--write docs/lifecycle.md`` replaces
+``python -m shared.dataset.lifecycle_diagram`` prints it; ``--write docs/lifecycle.md`` replaces
 the block between the marker lines there (a unit test fails while they disagree).
 """
 
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from shared.lifecycle import (
+from shared.dataset.lifecycle import (
     JOB_TRANSITIONS,
     PHASE_TRANSITIONS,
     POINTER_TRANSITIONS,

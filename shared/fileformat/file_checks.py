@@ -3,7 +3,7 @@ fails in a second with a clear reason, instead of after loading every chunk."""
 
 from __future__ import annotations
 
-from shared.promotion_rows import ChunkStats, parse_chunk
+from shared.fileformat.promotion_rows import ChunkStats, parse_chunk
 
 SNIFF_BYTES = 64 * 1024
 GZIP_MAGIC = b"\x1f\x8b"

@@ -38,9 +38,9 @@ from typing import IO, Any
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.database import Database
 
-from shared.job_records import CHUNKS
-from shared.lifecycle import FINISHED, JOBS
-from shared.timeutil import now
+from shared.dataset.job_records import CHUNKS
+from shared.dataset.lifecycle import FINISHED, JOBS
+from shared.infra.timeutil import now
 
 log = logging.getLogger(__name__)
 

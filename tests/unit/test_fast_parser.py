@@ -12,9 +12,14 @@ import bson
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from shared.bucket_layout import encode_element
-from shared.bulk_rows import FAST_LINE_RE, QUOTED_LINE_RE, encode_run, encode_run_elements
-from shared.promotion_rows import (
+from shared.fileformat.bucket_layout import encode_element
+from shared.fileformat.fast_parser import (
+    FAST_LINE_RE,
+    QUOTED_LINE_RE,
+    encode_run,
+    encode_run_elements,
+)
+from shared.fileformat.promotion_rows import (
     ChunkStats,
     RowError,
     encode_document,

@@ -1,6 +1,6 @@
 """Job records: one MongoDB document per ingestion job, plus one result document per chunk.
 This module holds their shape, counters and queries; status changes are in
-``shared.lifecycle``.
+``shared.dataset.lifecycle``.
 
 Counters on the job document move by atomic ``$inc`` guarded by ``$addToSet`` of the chunk
 index, so a redelivered chunk is counted once; pollers read one document instead of asking
@@ -22,10 +22,10 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from shared import job_progress, lifecycle
-from shared.lifecycle import FINALIZING, FINISHED, JOB_STATUSES, JOBS, RUNNING
-from shared.promotion_rows import MAX_REJECTS_KEPT, ChunkStats
-from shared.timeutil import iso, now
+from shared.dataset import job_progress, lifecycle
+from shared.dataset.lifecycle import FINALIZING, FINISHED, JOB_STATUSES, JOBS, RUNNING
+from shared.fileformat.promotion_rows import MAX_REJECTS_KEPT, ChunkStats
+from shared.infra.timeutil import iso, now
 
 CHUNKS = "job_chunks"
 PARTITIONS = "job_partitions"

@@ -30,9 +30,9 @@ from pymongo.database import Database
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
-from shared import datasets, lifecycle
-from shared.cache import NEGATIVE, answer_body, cache_key
-from shared.hot_ids import read_hot_ids, read_hot_ids_async
+from shared.dataset import datasets, lifecycle
+from shared.readpath.cache import NEGATIVE, answer_body, cache_key
+from shared.readpath.hot_ids import read_hot_ids, read_hot_ids_async
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)

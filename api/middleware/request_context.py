@@ -11,11 +11,11 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.request_id import HEADER, request_id_for
-from api.request_limits import limit_problem
-from api.request_metrics import RequestMetrics
+from api.middleware.request_id import HEADER, request_id_for
+from api.middleware.request_limits import limit_problem
+from api.middleware.request_metrics import RequestMetrics
 from api.responses import json_response
-from shared.log_context import request_id_var
+from shared.infra.log_context import request_id_var
 
 
 class RequestContextMiddleware:

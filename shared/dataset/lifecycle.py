@@ -36,7 +36,7 @@ from pymongo import ReturnDocument
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from shared.datasets import (
+from shared.dataset.datasets import (
     ACTIVE_ID,
     COLLECTION_PREFIX,
     META_COLLECTION,
@@ -46,7 +46,7 @@ from shared.datasets import (
     version_doc_id,
 )
 from shared.errors import drop_deadline
-from shared.timeutil import now
+from shared.infra.timeutil import now
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class Transition(Generic[State]):
 
 # The tables below are the lifecycle: each transition function finds its row by ``rule`` and
 # derives its store guard from the row's sources, so a change of what is allowed is a change
-# here. ``shared.lifecycle_diagram`` draws them (docs/lifecycle.md).
+# here. ``shared.dataset.lifecycle_diagram`` draws them (docs/lifecycle.md).
 JOB_TRANSITIONS: tuple[Transition[JobStatus], ...] = (
     Transition("new_job", (), QUEUED, "upload stored / inbox file claimed"),
     Transition("requeue_job", (QUEUED,), QUEUED, "plan task lost or never sent"),
@@ -483,7 +483,7 @@ class Plan:
     """How a job's file is split and shuffled; the first plan recorded is the job's."""
 
     chunk_size: int
-    slices: int  # the shuffle's hash space (shared.bucket_layout)
+    slices: int  # the shuffle's hash space (shared.fileformat.bucket_layout)
 
 
 def record_plan(

@@ -1,0 +1,1 @@
+"""The ASGI layers every request passes: limits, request id, metrics, headers."""

@@ -1,0 +1,1 @@
+"""The dataset model: jobs, versions and the pointer, and their lifecycle."""

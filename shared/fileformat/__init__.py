@@ -1,0 +1,1 @@
+"""The partner file format: parsing, validation, the stored row encoding."""

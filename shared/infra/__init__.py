@@ -1,0 +1,1 @@
+"""Plumbing: store clients, logging, safe file and text handling, task names."""

@@ -1,0 +1,1 @@
+"""What serves and protects lookups: caches, hot ids, warm-up, read latency."""
