@@ -29,6 +29,7 @@ from shared.fileformat.gunzip_file_writer import (
     store_file,
 )
 from shared.infra.log_context import job_id_var
+from shared.infra.mongo import task_database as database
 from shared.infra.safe_files import UnsafeFile, open_regular
 from shared.infra.safe_text import escape_name
 from shared.infra.task_names import SCAN_INBOX
@@ -36,7 +37,6 @@ from shared.settings import get_settings
 from worker import inbox_files
 from worker.celery_app import app
 from worker.inbox_files import claim, ready_files
-from worker.store import database
 from worker.tasks import send_plan
 
 log = logging.getLogger(__name__)

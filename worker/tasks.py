@@ -32,6 +32,7 @@ from shared.errors import (
     store_errors,
 )
 from shared.infra.log_context import job_id_var
+from shared.infra.mongo import task_database as database
 from shared.infra.task_names import (
     CLEANUP_DATASETS,
     FAIL_STALLED_JOBS,
@@ -46,7 +47,6 @@ from shared.settings import get_settings
 from worker import job_steps, shuffle_files, upkeep
 from worker.celery_app import app
 from worker.finalizing import finalize_steps
-from worker.store import database
 
 log = logging.getLogger(__name__)
 settings = get_settings()

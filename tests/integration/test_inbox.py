@@ -128,7 +128,7 @@ _KILLED_MID_CLAIM = """
 import os, signal, sys
 from pathlib import Path
 import worker.inbox as inbox
-from worker.store import database
+from shared.infra.mongo import task_database
 
 def killed(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
@@ -137,7 +137,7 @@ if sys.argv[1] == "before storing":
     inbox.datasets.allocate_version_sync = killed
 else:
     inbox._create_job = killed
-inbox.ingest_file(database(), Path(sys.argv[2]))
+inbox.ingest_file(task_database(), Path(sys.argv[2]))
 """
 
 

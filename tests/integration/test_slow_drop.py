@@ -17,12 +17,12 @@ from pydantic import SecretStr
 from pymongo.uri_parser import parse_uri
 
 from shared.dataset import datasets, lifecycle
+from shared.infra.mongo import task_client
 from shared.infra.timeutil import now
 from shared.settings import Settings
 from tests.delay_proxy import DelayProxy, delay_proxy
 from tests.helpers import load_dataset
 from worker import upkeep
-from worker.store import task_client
 
 pytestmark = pytest.mark.usefixtures("clean_state")
 
@@ -41,7 +41,7 @@ def proxy(mongo_db: Any, settings: Settings) -> Iterator[DelayProxy]:
 
 
 def worker_db(settings: Settings, proxy: DelayProxy, **update: Any) -> Any:
-    """The store as a worker process sees it (``worker.store``), through the proxy."""
+    """The store as a worker process sees it (``shared.infra.mongo``), through the proxy."""
     cfg = settings.model_copy(
         update={
             "mongo_url": SecretStr(f"mongodb://127.0.0.1:{proxy.port}/?directConnection=true"),

@@ -211,7 +211,7 @@ def test_a_worker_store_call_is_bounded_by_its_timeout_on_a_paused_store(
     """A task's store call returns a transient error within about twice
     TASK_STORE_TIMEOUT_S (the driver retries a read once; then its retry policy takes over)
     instead of holding the task for 120 s, twice."""
-    from worker import store as worker_store
+    from shared.infra import mongo
 
     assert store.port is not None
     outcome: list[BaseException | None] = []
@@ -228,10 +228,10 @@ def test_a_worker_store_call_is_bounded_by_its_timeout_on_a_paused_store(
         patch.setenv("MONGO_URL", f"mongodb://127.0.0.1:{store.port}")
         patch.setenv("TASK_STORE_TIMEOUT_S", "1")
         patch.setenv("MONGO_TIMEOUT_MS", "500")  # the retry's connection handshake
-        patch.setattr(worker_store, "_client", None)
+        patch.setattr(mongo, "_task_client", None)
         get_settings.cache_clear()
         try:
-            db = worker_store.database()
+            db = mongo.task_database()
             db.command("ping")  # connected while the store answers
             pause(store)
             started = time.monotonic()
