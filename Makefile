@@ -61,6 +61,7 @@ lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy api worker cli devstack shared mutation
+	$(VENV)/bin/lint-imports --no-logo
 
 # The documentation site (mkdocs.yml) into site/, in strict mode: a broken link or anchor, or a
 # page missing from the nav, fails the build. Not --quiet: mkdocs 1.6 then drops the warnings
@@ -171,4 +172,4 @@ bench-scale: install
 	$(PY) -m bench.scale --rows $(SCALE_ROWS) $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) data mutants .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) data mutants .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .hypothesis
