@@ -52,16 +52,25 @@ async def _run(
             try:
                 head = await reader.readuntil(b"\r\n\r\n")
                 length = 0
+                closing = False
                 for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
+                    lower = line.lower()
+                    if lower.startswith(b"content-length:"):
                         length = int(line.split(b":", 1)[1])
+                    elif lower.startswith(b"connection:") and b"close" in lower:
+                        closing = True
                 await reader.readexactly(length)
                 status[i] = int(head[9:12])
             except (OSError, asyncio.IncompleteReadError):
                 status[i] = -1  # socket error
+                closing = True
+            latency[i] = time.perf_counter() - scheduled
+            if closing:
+                # The server ends the keep-alive stream after this answer (nginx does after
+                # keepalive_requests), as an HTTP client would see it: open a new one, not an
+                # error on the next request.
                 writer.close()
                 reader, writer = await asyncio.open_connection(host, port)
-            latency[i] = time.perf_counter() - scheduled
         writer.close()
 
     workers = [asyncio.create_task(connection()) for _ in range(connections)]
