@@ -203,7 +203,7 @@ class Settings(BaseSettings):
     lookup_stale_if_error_s: int = Field(default=0, ge=0)
     # First cache level, in each API process: answers by (version, id), bounded in bytes
     # (body + id + ~440 bytes of bookkeeping per entry); 0 turns it off.
-    local_cache_max_bytes: int = Field(default=64 * MiB, ge=0)
+    local_cache_max_bytes: int = Field(default=48 * MiB, ge=0)
     # Hot ids: one lookup in hot_id_sample_every is counted; each process sends its counts
     # to a Redis sorted set every hot_id_flush_seconds; the set keeps hot_id_max ids.
     hot_id_sample_every: int = Field(default=16, ge=1)

@@ -142,3 +142,13 @@ def test_every_setting_has_a_row_in_the_configuration_page() -> None:
     documented = {name for row in rows for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", row)}
     missing = sorted({name.upper() for name in Settings.model_fields} - documented)
     assert not missing, f"settings without a row in docs/configuration.md: {missing}"
+
+
+def test_the_default_process_cache_keeps_an_api_process_under_its_memory_budget() -> None:
+    """An API process is ~77 MiB before lookups and needs up to ~1.4x its cache's bound on
+    top when answers turn over (bench.api_memory, docs/scaling.md "API memory"); the
+    default must keep it within the 150 MiB each API process is allowed."""
+    mib = 1 << 20
+    idle_mib, turnover, budget_mib = 77, 1.4, 150
+    cache_mib = Settings(_env_file=None).local_cache_max_bytes / mib  # type: ignore[call-arg]
+    assert idle_mib + turnover * cache_mib <= budget_mib
