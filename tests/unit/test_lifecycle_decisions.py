@@ -340,3 +340,24 @@ def test_a_much_smaller_file_is_held_instead_of_replacing_the_dataset(
     active_rows: int | None, new_rows: int, min_ratio: float, refused: str | None
 ) -> None:
     assert shrink_refusal(active_rows, new_rows, min_ratio, 7) == refused
+
+
+def test_a_version_record_reads_whether_the_shrink_guard_held_it() -> None:
+    held = {"version": 5, "state": "ready", "held_at": BEFORE}
+    assert VersionRecord.from_doc(held).held
+    assert not VersionRecord.from_doc({"version": 5, "state": "ready"}).held
+
+
+def test_a_held_version_that_went_live_by_hand_is_settled_not_released() -> None:
+    """v5 was held, activated by hand (high water 5), then rolled back from to v4; v7 is
+    held now. v5 once served: the keep policy counts it like any settled version, a newer
+    held version never releases it."""
+    records = [record(4), _held(5), _held(7)]
+    assert versions_to_retire(records, pointer(4, high_water=5), keep=2) == []
+    assert versions_to_retire(records, pointer(4, high_water=5), keep=1) == [5]
+
+
+def test_a_gone_collection_retired_exactly_at_the_cutoff_is_not_yet_removed() -> None:
+    records = [record(1, "retired", CUTOFF), record(2)]
+    p = pointer(2, barred=frozenset({1}))
+    assert collections_to_remove(["promotions_v2"], records, p, CUTOFF) == []
