@@ -87,13 +87,17 @@ class PromotionCache:
         except (RedisError, OSError) as exc:
             self._failed(exc)
             return None
+        self._count(value)
+        return value
+
+    def _count(self, value: bytes | None) -> None:
+        """One lookup's outcome in the counters (a miss, a known miss, a hit)."""
         if value is None:
             self.counters.misses += 1
         elif value == NEGATIVE:
             self.counters.negative_hits += 1
         else:
             self.counters.hits += 1
-        return value
 
     async def put(self, version: int, key: str, body: bytes) -> None:
         if self.degraded:
@@ -149,10 +153,5 @@ class PromotionCache:
         values: list[bytes | None] = [v.encode() if isinstance(v, str) else v for v in raw]
         if count:
             for value in values:
-                if value is None:
-                    self.counters.misses += 1
-                elif value == NEGATIVE:
-                    self.counters.negative_hits += 1
-                else:
-                    self.counters.hits += 1
+                self._count(value)
         return values
