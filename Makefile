@@ -76,12 +76,12 @@ docs: install
 # (tests/unit/test_prometheus_rules.py) and fires the alerts on a real Prometheus
 # (tests/e2e/test_alerts.py).
 test: lint docs
-	$(PY) -m pytest -q -rs -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
+	$(PY) -m pytest -q -rfEs -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 # Only the multi-host cluster test.
 test-cluster: install
-	$(PY) -m pytest -q -rs -p no:cacheprovider tests/cluster $(PYTEST_ARGS); rc=$$?; \
+	$(PY) -m pytest -q -rfEs -p no:cacheprovider tests/cluster $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 # Mutation testing of the core modules (mutmut; docs/development.md): score per module

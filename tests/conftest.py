@@ -10,6 +10,7 @@ module changes nothing.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import socket
@@ -97,6 +98,8 @@ def pytest_configure(config: pytest.Config) -> None:
         patch.setenv(name, value)
     get_settings.cache_clear()
     config.stash[_ENV_PATCH] = patch
+    # One line per HTTP request at INFO drowns a failure's own output (CI shows the tail).
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     config.stash[HARNESS] = Harness(tmp, mongo_port, redis_port, external_mongo, env)
 
 

@@ -124,11 +124,40 @@ def expected_rows(path: Path) -> dict[str, tuple[str, float, str]]:
     return out
 
 
-def wait_job(client: Any, job_id: str, timeout: float = 120.0) -> dict[str, Any]:
+# An API process learns of a switch by the pointer channel, or by its poll at the latest
+# (POINTER_POLL_SECONDS <= 1 s): a lookup right after the job says "succeeded" may still be
+# answered by the version before (docs/lifecycle.md). Waited for, with room on a busy machine.
+SERVED_WITHIN_S = 10.0
+
+
+def wait_job(
+    client: Any, job_id: str, timeout: float = 120.0, served: bool = True
+) -> dict[str, Any]:
+    """Until the job has finished and, if it made its version live (``served``), the API
+    process behind ``client`` serves that version (or a newer one)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job: dict[str, Any] = client.get(f"/jobs/{job_id}").json()
         if job["status"] in lifecycle.FINISHED:
+            if served and job["status"] == lifecycle.SUCCEEDED and not job.get("superseded"):
+                wait_served(client, int(job["dataset_version"]))
             return job
         time.sleep(0.2)
     raise TimeoutError(f"job {job_id} did not finish in {timeout}s: {job}")
+
+
+def wait_served(client: Any, version: int) -> None:
+    seen: list[Any] = []
+
+    def serves() -> bool:
+        r = client.get("/datasets/active")
+        seen[:] = [r.status_code, r.text[:200]]
+        return r.status_code == 200 and int(r.json()["version"]) >= version
+
+    try:
+        wait_for(serves, SERVED_WITHIN_S)
+    except TimeoutError:
+        raise AssertionError(
+            f"version {version} is live but the API did not serve it within "
+            f"{SERVED_WITHIN_S:.0f} s; /datasets/active said {seen}"
+        ) from None

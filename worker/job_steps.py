@@ -220,9 +220,10 @@ def load(
         report.save()
     if not job_records.heartbeat(db, job_id):
         return "skipped"  # ended meanwhile: its chunk results were already removed
-    job_records.save_chunk_result(
+    if not job_records.save_chunk_result(
         db, job_id, index, start, end, stats, duplicates, counts, report.listed, report.by_reason
-    )
+    ):
+        return "skipped"  # ended while this delivery stalled after the heartbeat
     counted = job_records.count_chunk_done(db, job_id, index, stats, end - start)
     if counted is not None and hopeless(counted, settings.reject_ratio):
         return "ended" if _fail_for_rejects(db, settings, job_id, early=True) else "skipped"
@@ -376,9 +377,10 @@ def write_partition(
         written = _reduce(db, settings, job, partition, owner, counts)
         if written is None or not job_records.heartbeat(db, job_id):
             return "skipped"  # the job ended, or another delivery took the partition over
-        job_records.save_partition_result(
+        if not job_records.save_partition_result(
             db, job_id, partition, counts.rows, counts.duplicates, written
-        )
+        ):
+            return "skipped"  # ended while this delivery stalled after the heartbeat
         counted = job_records.count_partition_done(db, job_id, partition)
     finally:
         job_records.release_partition(db, job_id, partition, owner)

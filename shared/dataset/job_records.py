@@ -188,8 +188,9 @@ def save_chunk_result(
     slice_counts: list[int] | None = None,
     listed: int | None = None,
     by_reason: dict[str, int] | None = None,
-) -> None:
-    """Replaces what an earlier delivery of the chunk recorded. ``duplicates``: rows an
+) -> bool:
+    """Replaces what an earlier delivery of the chunk recorded; False (nothing kept) if the
+    job has ended (``kept_unless_ended``). ``duplicates``: rows an
     id met again later in the chunk (the map keeps only the last); ``slice_counts``: the
     rows it wrote to each slice of the shuffle, the exact figures the reduce side is sized
     from (uint32s, deflated: mostly zeros for small chunks, 16 KiB at most for 4096);
@@ -214,6 +215,21 @@ def save_chunk_result(
         },
         upsert=True,
     )
+    return _kept_unless_ended(db, CHUNKS, f"{job_id}:{index}", job_id)
+
+
+def _kept_unless_ended(db: Database[Any], collection: str, record_id: str, job_id: str) -> bool:
+    """A job's clean-up deletes its per-chunk and per-partition records once the job has
+    ended. A write that lands after that would stay forever: a worker that checked the job
+    was running, then stalled before its write (its host cut off from the network, seen in
+    the cluster test) writes when it is back, long after. So the job is read again *after*
+    the write: ended by then, the record is taken back here; still running, its clean-up
+    comes later and takes this record with the others."""
+    job = db[JOBS].find_one({"_id": job_id}, {"status": 1})
+    if job is not None and job["status"] not in FINISHED:
+        return True
+    db[collection].delete_one({"_id": record_id})
+    return False
 
 
 def rejects_by_reason(db: Database[Any], job_id: str) -> list[dict[str, Any]]:
@@ -402,9 +418,10 @@ def done_partition_indexes(db: Database[Any], job_id: str) -> set[int]:
 
 def save_partition_result(
     db: Database[Any], job_id: str, partition: int, rows: int, duplicates: int, buckets: int
-) -> None:
+) -> bool:
     """Replaces what an earlier delivery recorded (the same figures: the run files are
-    the same). ``rows``: distinct ids written; ``duplicates``: rows an id met again."""
+    the same); False (nothing kept) if the job has ended. ``rows``: distinct ids written;
+    ``duplicates``: rows an id met again."""
     db[PARTITIONS].replace_one(
         {"_id": f"{job_id}:{partition}"},
         {
@@ -416,6 +433,7 @@ def save_partition_result(
         },
         upsert=True,
     )
+    return _kept_unless_ended(db, PARTITIONS, f"{job_id}:{partition}", job_id)
 
 
 def count_partition_done(db: Database[Any], job_id: str, partition: int) -> dict[str, Any] | None:

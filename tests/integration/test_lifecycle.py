@@ -517,3 +517,44 @@ def test_a_partition_is_never_reduced_by_two_deliveries_at_once(
     # Counted already: a redelivery does no work, and still sends the finalizer.
     monkeypatch.setattr(job_steps, "partition_documents", None)
     assert job_steps.write_partition(mongo_db, one, "lease", 0) == "last"
+
+
+def _ended_during(db: Any, monkeypatch: pytest.MonkeyPatch, name: str, job_id: str) -> None:
+    """The delivery stalls between its check that the job runs and its write (its host cut
+    off): meanwhile the job ends and its clean-up removes the job's records; then the write
+    lands."""
+    write = getattr(job_records, name)
+
+    def stalled(*args: Any, **kwargs: Any) -> Any:
+        assert lifecycle.fail_job(db, job_id, "the watchdog, while this delivery stalled")
+        job_records.delete_chunk_results(db, job_id)
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(job_records, name, stalled)
+
+
+def test_a_chunk_result_landing_after_the_job_ended_is_not_left_behind(
+    mongo_db: Any, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (settings.uploads_dir / "late.csv").write_text(f"{ROW}\n")
+    mongo_db[lifecycle.JOBS].insert_one(job_records.new_job("late", 1, "late.csv", 10, "upload"))
+    chunks: list[tuple[int, int, int]] = []
+    assert not job_steps.plan(mongo_db, settings, "late", lambda *c: chunks.append(c))
+    _ended_during(mongo_db, monkeypatch, "save_chunk_result", "late")
+    assert job_steps.load(mongo_db, settings, "late", *chunks[0]) == "skipped"
+    assert mongo_db[job_records.CHUNKS].count_documents({"job_id": "late"}) == 0
+
+
+def test_a_partition_result_landing_after_the_job_ended_is_not_left_behind(
+    mongo_db: Any, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (settings.uploads_dir / "late.csv").write_text(f"{ROW}\n")
+    mongo_db[lifecycle.JOBS].insert_one(job_records.new_job("late", 1, "late.csv", 10, "upload"))
+    chunks: list[tuple[int, int, int]] = []
+    assert not job_steps.plan(mongo_db, settings, "late", lambda *c: chunks.append(c))
+    assert [job_steps.load(mongo_db, settings, "late", *c) for c in chunks][-1] == "last"
+    partitions: list[int] = []
+    assert not job_steps.after_loading(mongo_db, settings, "late", partitions.append)
+    _ended_during(mongo_db, monkeypatch, "save_partition_result", "late")
+    assert job_steps.write_partition(mongo_db, settings, "late", partitions[0]) == "skipped"
+    assert mongo_db[job_records.PARTITIONS].count_documents({"job_id": "late"}) == 0
