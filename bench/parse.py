@@ -23,7 +23,7 @@ from typing import Any
 import bson
 
 from bench.common import OUT, add_common_args, interleave, medians, paired_ratio, report, table
-from cli.generate import generate
+from cli.generate import generate, generate_distinct
 from shared.fileformat.promotion_rows import ChunkStats, parse_chunk, parse_chunk_strict
 from worker.chunking import plan_chunks, read_range
 
@@ -41,8 +41,10 @@ def data_file(rows: int, seed: int = 1, clean: bool = False) -> Path:
     if not path.exists():
         OUT.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        ratio = 0.0 if clean else 0.001
-        generate(rows, tmp, seed=seed, bad_ratio=ratio, duplicate_ratio=ratio * 10)
+        if clean:
+            generate_distinct(rows, tmp, seed=seed)
+        else:
+            generate(rows, tmp, seed=seed, bad_ratio=0.001, duplicate_ratio=0.01)
         tmp.rename(path)
     return path
 

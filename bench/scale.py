@@ -200,8 +200,10 @@ def _wait_removed(db: Any, version: int, timeout: float) -> float | None:
 
 
 def run(args: argparse.Namespace) -> str:
-    first = data_file(args.rows, seed=11, clean=True)
-    second = data_file(args.rows, seed=12, clean=True)
+    # One file: the first load alone (a store holding nothing else); two: the second
+    # replaces the first, as every upload after the first does.
+    files = [data_file(args.rows, seed=11 + n, clean=True) for n in range(args.files)]
+    first = files[0]
     env = {
         "VERSIONS_TO_KEEP": "1",
         "DROP_GRACE_S": "10",
@@ -211,7 +213,7 @@ def run(args: argparse.Namespace) -> str:
         assert st.api_url is not None
         sampler = Sampler(st)
         sampler.start()
-        keys = _ids(first)[:50_000] + _ids(second)[:50_000]
+        keys = [key for path in files for key in _ids(path)[:50_000]]
         picks = random.Random(1).choices(keys, k=int(args.rate * args.max_seconds))
         keys_file = st.tmp / f"scale-keys-{uuid.uuid4().hex[:6]}"
         keys_file.write_text("\n".join(picks) + "\n")
@@ -228,7 +230,7 @@ def run(args: argparse.Namespace) -> str:
         loads = []
         checks = []
         with httpx.Client(base_url=st.api_url, timeout=600) as http:
-            for n, path in enumerate((first, second), start=1):
+            for n, path in enumerate(files, start=1):
                 loads.append(_upload_and_wait(http, path))
                 job = loads[-1]["job"]
                 assert job["status"] == "succeeded", job
@@ -239,7 +241,11 @@ def run(args: argparse.Namespace) -> str:
                 sampler.paused.set()
                 checks.append(asyncio.run(_check(st.api_url, expect)))
                 sampler.paused.clear()
-        removed_at = _wait_removed(db, int(loads[0]["job"]["dataset_version"]), 600)
+        removed_at = (
+            _wait_removed(db, int(loads[0]["job"]["dataset_version"]), 600)
+            if len(loads) > 1
+            else None
+        )
         time.sleep(2.0)
         client.terminate()
         client.wait()
@@ -250,7 +256,7 @@ def run(args: argparse.Namespace) -> str:
         log = (st.tmp / "logs" / "worker.log").read_text()
         versions = [int(load["job"]["dataset_version"]) for load in loads]
         live = datasets.read_active_sync(db)
-        assert live is not None and live.version == versions[1]
+        assert live is not None and live.version == versions[-1]
     return _report(args, loads, phases, checks, result, sampler, log, removed_at, start_at)
 
 
@@ -300,9 +306,10 @@ def _report(
     )
     parts = _partition_seconds(log)
     if parts:
-        per = args.rows / max(1, len(parts) // 2)
+        per = args.rows / max(1, len(parts) // args.files)
         body += (
-            f"\n\nReduce tasks: {len(parts)} over both loads, mean {sum(parts) / len(parts):.2f} s "
+            f"\n\nReduce tasks: {len(parts)} over {args.files} load(s), "
+            f"mean {sum(parts) / len(parts):.2f} s "
             f"(max {max(parts):.2f} s) for ~{per:,.0f} rows each: "
             f"{per / (sum(parts) / len(parts)):,.0f} rows/s per worker process."
         )
@@ -326,16 +333,20 @@ def _report(
     size = Path(data_file(args.rows, seed=11, clean=True)).stat().st_size
     body += (
         f"\n\n{args.rows:,} rows per file ({size / mib:,.0f} MiB), {args.processes} worker "
-        f"processes, {args.rate:.0f} lookups/s (open loop, ids of both files) throughout. "
+        f"processes, {args.rate:.0f} lookups/s (open loop, ids of every file) throughout. "
         "Phases from the job record (map = loading, reduce = writing, switch = activating "
         "incl. warm-up); time to live from the upload's first byte."
     )
-    return report(f"Scale run: {args.rows:,} rows, twice", body, 1, args.append_results)
+    times = "twice" if args.files == 2 else "once"
+    return report(f"Scale run: {args.rows:,} rows, {times}", body, 1, args.append_results)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=2_000_000, help="rows in each file")
+    parser.add_argument(
+        "--files", type=int, choices=(1, 2), default=2, help="1: one load; 2: a second replaces it"
+    )
     parser.add_argument("--rate", type=float, default=200.0, help="lookups per second")
     parser.add_argument("--processes", type=int, default=2, help="worker processes")
     parser.add_argument("--sample", type=int, default=20_000, help="ids checked per switch")

@@ -26,6 +26,7 @@ from devstack.services import (
     redis_command,
     worker_command,
 )
+from shared.settings import get_settings
 
 
 @dataclass
@@ -87,7 +88,9 @@ def stack(
             (tmp / "mongo").mkdir()
             mongo = Service(
                 "mongo",
-                mongo_command(mongo_port, str(tmp / "mongo")),
+                mongo_command(
+                    mongo_port, str(tmp / "mongo"), cache=get_settings().devstack_store_cache
+                ),
                 port=mongo_port,
                 log_path=logs / "mongo.log",
             )

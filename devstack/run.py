@@ -80,7 +80,10 @@ def plan_services() -> list[Service]:
         (data / "mongo").mkdir(parents=True, exist_ok=True)
         services.append(
             Service(
-                "mongo", mongo_command(port, str(data / "mongo")), port=port, die_with_parent=True
+                "mongo",
+                mongo_command(port, str(data / "mongo"), cache=settings.devstack_store_cache),
+                port=port,
+                die_with_parent=True,
             )
         )
     settings.uploads_dir.mkdir(parents=True, exist_ok=True)

@@ -40,8 +40,9 @@ def _tool(name: str) -> str:
     return str(local) if local.exists() else (shutil.which(name) or name)
 
 
-def mongo_command(port: int, storage: str, host: str = "127.0.0.1") -> list[str]:
-    """secantusd: the MongoDB-wire-compatible dev/test server (never used in production)."""
+def mongo_command(port: int, storage: str, host: str = "127.0.0.1", cache: str = "1G") -> list[str]:
+    """secantusd: the MongoDB-wire-compatible dev/test server (never used in production);
+    ``cache``: its WiredTiger cache (``DEVSTACK_STORE_CACHE``)."""
     return [
         _tool("secantusd-py"),
         "--host",
@@ -50,6 +51,8 @@ def mongo_command(port: int, storage: str, host: str = "127.0.0.1") -> list[str]
         str(port),
         "--storage-path",
         storage,
+        "--cache-size",
+        cache,
         "--log-level",
         "WARNING",
     ]

@@ -256,6 +256,9 @@ class Settings(BaseSettings):
     # How long `make run` waits for each service to listen (0: as long as it runs; a store
     # opening a big data directory can take minutes). Progress is printed every 10 s.
     devstack_start_timeout_s: float = Field(default=0, ge=0)
+    # `make run` and the benchmarks only: the dev store's WiredTiger cache (secantusd's
+    # --cache-size, as MongoDB's storage.wiredTiger.engineConfig.cacheSizeGB), e.g. "1G".
+    devstack_store_cache: str = Field(default="1G", pattern=r"^[1-9][0-9]*[MG]$")
 
     # `make run` only: also start a local Prometheus with deploy/prometheus's rules, scraping
     # this stack's API, on this port (docs/operations.md).
