@@ -125,17 +125,22 @@ def _upload_and_wait(http: httpx.Client, path: Path) -> dict[str, Any]:
     return {"job": job, "began": began, "uploaded": uploaded, "ended": time.time()}
 
 
-async def _check(url: str, expect: dict[str, str | None]) -> tuple[int, int]:
-    """(exact, wrong) over sampled ids: ``expect`` maps an id to its line's price field, or
-    None where the id must not be served."""
+async def _check(url: str, expect: dict[str, str | None]) -> tuple[int, int, int]:
+    """(exact, wrong, unanswered) over sampled ids: ``expect`` maps an id to its line's price
+    field, or None where the id must not be served. Unanswered: a status other than 200 or
+    404 (a 503 while the store is unavailable: the lookups' error count says more); wrong: an
+    answer that is not the file's."""
     sem = asyncio.Semaphore(16)
-    exact = wrong = 0
+    exact = wrong = unanswered = 0
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
 
         async def one(key: str, price: str | None) -> None:
-            nonlocal exact, wrong
+            nonlocal exact, wrong, unanswered
             async with sem:
                 r = await client.get(f"/promotions/{key}")
+            if r.status_code not in (200, 404):
+                unanswered += 1
+                return
             ok = (
                 r.status_code == 404
                 if price is None
@@ -145,7 +150,7 @@ async def _check(url: str, expect: dict[str, str | None]) -> tuple[int, int]:
             wrong += not ok
 
         await asyncio.gather(*(one(k, p) for k, p in expect.items()))
-    return exact, wrong
+    return exact, wrong, unanswered
 
 
 def _sample(path: Path, n: int, seed: int) -> dict[str, str | None]:
@@ -264,7 +269,7 @@ def _report(
     args: argparse.Namespace,
     loads: list[dict[str, Any]],
     phases: list[dict[str, float]],
-    checks: list[tuple[int, int]],
+    checks: list[tuple[int, int, int]],
     result: dict[str, Any],
     sampler: Sampler,
     log: str,
@@ -273,7 +278,8 @@ def _report(
 ) -> str:
     mib = 1024 * 1024
     rows: list[list[object]] = []
-    for n, (load, ph, (exact, wrong)) in enumerate(zip(loads, phases, checks, strict=True), 1):
+    for n, (load, ph, check) in enumerate(zip(loads, phases, checks, strict=True), 1):
+        exact, wrong, unanswered = check
         job = load["job"]
         rows.append(
             [
@@ -286,7 +292,7 @@ def _report(
                 f"{job['rows_loaded'] / max(1e-9, ph.get('loading', 0)):,.0f}",
                 f"{job['rows_loaded'] / max(1e-9, ph.get('writing', 0)):,.0f}",
                 f"{job.get('partitions_total')}",
-                f"{exact:,} exact, {wrong} wrong",
+                f"{exact:,} exact, {wrong} wrong, {unanswered} unanswered",
             ]
         )
     body = table(

@@ -350,7 +350,11 @@ WriteOutcome = Literal["written", "last", "ended", "skipped", "busy"]
 
 
 def write_partition(
-    db: Database[Any], settings: Settings, job_id: str, partition: int
+    db: Database[Any],
+    settings: Settings,
+    job_id: str,
+    partition: int,
+    insert_db: Database[Any] | None = None,
 ) -> WriteOutcome:
     """Reduce one partition: its rows from every run file, the last row of each id, bucket
     documents inserted in batches. ``last``: every partition is written (finalize next);
@@ -359,7 +363,10 @@ def write_partition(
     One delivery at a time per partition, by a lease (``job_records.claim_partition``)
     as long as the broker's visibility timeout and renewed with every heartbeat: a copy
     redelivered while the first still works finds it held; one whose holder died finds it
-    run out. A partition already counted is not reduced again."""
+    run out. A partition already counted is not reduced again.
+
+    ``insert_db``: the handle the bucket inserts go through (a worker passes
+    ``task_insert_database``: without retryable writes); ``db`` when not given."""
     job = job_records.load_job(db, job_id)
     if job is None or job["status"] != lifecycle.RUNNING or job.get("phase") != "writing":
         return "skipped"
@@ -374,7 +381,8 @@ def write_partition(
         return "busy"
     try:
         counts = Counts()
-        written = _reduce(db, settings, job, partition, owner, counts)
+        inserts = db if insert_db is None else insert_db
+        written = _reduce(db, inserts, settings, job, partition, owner, counts)
         if written is None or not job_records.heartbeat(db, job_id):
             return "skipped"  # the job ended, or another delivery took the partition over
         if not job_records.save_partition_result(
@@ -389,6 +397,7 @@ def write_partition(
 
 def _reduce(
     db: Database[Any],
+    insert_db: Database[Any],
     settings: Settings,
     job: dict[str, Any],
     partition: int,
@@ -400,7 +409,7 @@ def _reduce(
     job_id = job["_id"]
     first, end = job_records.partition_slices(db, job_id, partition)
     documents = partition_documents(settings, job, partition, first, end, counts)
-    coll = db[datasets.collection_name(job["version"])]
+    coll = insert_db[datasets.collection_name(job["version"])]
     beat_at = time.monotonic()
     written = 0
     for count, batch in insert_batches(documents, settings.insert_batch_rows):

@@ -33,6 +33,7 @@ from shared.errors import (
 )
 from shared.infra.log_context import job_id_var
 from shared.infra.mongo import task_database as database
+from shared.infra.mongo import task_insert_database
 from shared.infra.task_names import (
     CLEANUP_DATASETS,
     FAIL_STALLED_JOBS,
@@ -272,7 +273,9 @@ BUSY_PARTITION_AGAIN_S = 30
 
 @app.task(base=IngestTask, name=WRITE_PARTITION, bind=True)
 def write_partition(self: Task, job_id: str, partition: int) -> None:
-    outcome = job_steps.write_partition(database(), settings, job_id, partition)
+    outcome = job_steps.write_partition(
+        database(), settings, job_id, partition, insert_db=task_insert_database()
+    )
     if outcome == "busy":
         write_partition.apply_async(
             args=[job_id, partition],

@@ -228,7 +228,7 @@ def test_a_worker_store_call_is_bounded_by_its_timeout_on_a_paused_store(
         patch.setenv("MONGO_URL", f"mongodb://127.0.0.1:{store.port}")
         patch.setenv("TASK_STORE_TIMEOUT_S", "1")
         patch.setenv("MONGO_TIMEOUT_MS", "500")  # the retry's connection handshake
-        patch.setattr(mongo, "_task_client", None)
+        patch.setattr(mongo, "_task_clients", {})
         get_settings.cache_clear()
         try:
             db = mongo.task_database()
