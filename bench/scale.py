@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -105,9 +106,10 @@ class Sampler(threading.Thread):
             self.peak_bytes["both"] = max(self.peak_bytes["both"], volume + in_store)
 
 
-def _ids(path: Path) -> list[str]:
+def _ids(path: Path, n: int) -> list[str]:
+    """The first ``n`` ids (a 100M-row file read whole would take ~10 GB here)."""
     with path.open() as f:
-        return [line.split(",", 1)[0] for line in f]
+        return [line.split(",", 1)[0] for line in itertools.islice(f, n)]
 
 
 def _upload_and_wait(http: httpx.Client, path: Path) -> dict[str, Any]:
@@ -154,13 +156,22 @@ async def _check(url: str, expect: dict[str, str | None]) -> tuple[int, int, int
 
 
 def _sample(path: Path, n: int, seed: int) -> dict[str, str | None]:
-    rows = {}
-    with path.open() as f:
-        for line in f:
-            key, price, _ = line.rstrip("\n").split(",", 2)
+    """About ``n`` ids and their price fields, from the lines that follow ``n`` random byte
+    offsets: no read of the whole file (a 100M-row file as a dict would not fit in memory).
+    The bench's files hold every id once (``generate_distinct``), so each line is the row
+    its id must be served as."""
+    rng = random.Random(seed)
+    size = path.stat().st_size
+    rows: dict[str, str | None] = {}
+    with path.open("rb") as f:
+        for offset in sorted(rng.randrange(size) for _ in range(n)):
+            f.seek(offset)
+            if offset:
+                f.readline()  # the rest of the line the offset fell in
+            line = f.readline() or (f.seek(0) or f.readline())
+            key, price, _ = line.decode().rstrip("\n").split(",", 2)
             rows[key] = price
-    keys = random.Random(seed).sample(sorted(rows), min(n, len(rows)))
-    return {k: rows[k] for k in keys}
+    return rows
 
 
 def _window(result: dict[str, Any], begin: float, end: float) -> dict[str, float]:
@@ -218,7 +229,7 @@ def run(args: argparse.Namespace) -> str:
         assert st.api_url is not None
         sampler = Sampler(st)
         sampler.start()
-        keys = [key for path in files for key in _ids(path)[:50_000]]
+        keys = [key for path in files for key in _ids(path, 50_000)]
         picks = random.Random(1).choices(keys, k=int(args.rate * args.max_seconds))
         keys_file = st.tmp / f"scale-keys-{uuid.uuid4().hex[:6]}"
         keys_file.write_text("\n".join(picks) + "\n")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import tempfile
 import time
 import uuid
@@ -62,10 +63,17 @@ def _wait_for_log(svc: Service, text: str, timeout: float) -> None:
     raise TimeoutError(f"{svc.name} not ready in {timeout}s; see {svc.log_path}")
 
 
+def _exit_on_term(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 @contextlib.contextmanager
 def stack(
     *, api: bool = False, workers: int = 0, extra_env: dict[str, str] | None = None
 ) -> Iterator[Stack]:
+    # A bench stopped with SIGTERM (kill, timeout) unwinds like ^C, so its services stop
+    # with it instead of running on (and loading the machine) after it.
+    signal.signal(signal.SIGTERM, _exit_on_term)
     tmp = Path(tempfile.mkdtemp(prefix="promotions-bench-"))
     logs = tmp / "logs"
     external = os.environ.get("MONGO_URL")

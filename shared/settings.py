@@ -116,8 +116,10 @@ class Settings(BaseSettings):
     # Ingestion
     chunk_size_bytes: int = Field(default=32 * MiB, ge=1)
     # Rows per insert: a partition task writes bucket documents holding about this many rows
-    # per insert_many.
-    insert_batch_rows: int = Field(default=5000, ge=1)
+    # per insert_many. Small, so a lookup waits behind at most a short insert on a store that
+    # serves one request at a time (docs/decisions/bucket-inserts.md: 500 against 250, 1000
+    # and 5000, measured).
+    insert_batch_rows: int = Field(default=500, ge=1)
     # Bucketed layout (docs/architecture.md): about this many rows per bucket document, and
     # at most this many rows per partition (what one partition task holds in memory, ~200
     # bytes a row), with at least min_partitions partitions so every worker process writes.

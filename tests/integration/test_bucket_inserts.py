@@ -11,9 +11,10 @@ import pymongo
 import pytest
 from pymongo import monitoring
 
-from shared.dataset import datasets, job_records, lifecycle
+from shared.dataset import datasets
 from shared.infra import mongo
 from shared.settings import Settings
+from tests.integration.staged_jobs import mapped_job
 from worker import job_steps
 
 pytestmark = pytest.mark.usefixtures("clean_state")
@@ -66,13 +67,7 @@ def test_a_partitions_buckets_go_through_the_insert_handle(
     mongo_db: Any, settings: Settings
 ) -> None:
     rows = [f"id{i},1,2018-08-04 05:32:31 +0200" for i in range(500)]
-    (settings.uploads_dir / "b.csv").write_text("".join(f"{x}\n" for x in rows))
-    mongo_db[lifecycle.JOBS].insert_one(job_records.new_job("b", 1, "b.csv", 10, "upload"))
-    chunks: list[tuple[int, int, int]] = []
-    assert not job_steps.plan(mongo_db, settings, "b", lambda *c: chunks.append(c))
-    assert [job_steps.load(mongo_db, settings, "b", *c) for c in chunks][-1] == "last"
-    partitions: list[int] = []
-    assert not job_steps.after_loading(mongo_db, settings, "b", partitions.append)
+    partitions = mapped_job(mongo_db, settings, "b", 1, rows)
     inserts = Inserts()
     client: pymongo.MongoClient[Any] = pymongo.MongoClient(
         settings.mongo_url.get_secret_value(), retryWrites=False, event_listeners=[inserts]

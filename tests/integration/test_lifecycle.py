@@ -17,6 +17,7 @@ from shared.errors import PermanentError
 from shared.infra.timeutil import now
 from shared.settings import Settings
 from tests.helpers import load_dataset, stored_rows
+from tests.integration.staged_jobs import mapped_job, stored_job
 from worker import job_steps, shuffle_files, upkeep
 from worker.finalizing import finalize_steps
 
@@ -35,16 +36,7 @@ def _cleanup(db: Any, keep: int, grace_s: float) -> upkeep.CleanupPlan:
 
 def _job(db: Any, settings: Settings, job_id: str, version: int, lines: list[str]) -> None:
     """A job whose file is stored and whose chunks all loaded: ready to finalize."""
-    (settings.uploads_dir / f"{job_id}.csv").write_text("".join(f"{x}\n" for x in lines))
-    db[lifecycle.JOBS].insert_one(
-        job_records.new_job(job_id, version, f"{job_id}.csv", 10, "upload")
-    )
-    chunks: list[tuple[int, int, int]] = []
-    assert not job_steps.plan(db, settings, job_id, lambda *c: chunks.append(c))
-    outcomes = [job_steps.load(db, settings, job_id, *c) for c in chunks]
-    assert outcomes[-1] == "last"
-    partitions: list[int] = []
-    assert not job_steps.after_loading(db, settings, job_id, partitions.append)
+    partitions = mapped_job(db, settings, job_id, version, lines)
     written = [job_steps.write_partition(db, settings, job_id, p) for p in partitions]
     assert written[-1] == "last"
 
@@ -536,10 +528,7 @@ def _ended_during(db: Any, monkeypatch: pytest.MonkeyPatch, name: str, job_id: s
 def test_a_chunk_result_landing_after_the_job_ended_is_not_left_behind(
     mongo_db: Any, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (settings.uploads_dir / "late.csv").write_text(f"{ROW}\n")
-    mongo_db[lifecycle.JOBS].insert_one(job_records.new_job("late", 1, "late.csv", 10, "upload"))
-    chunks: list[tuple[int, int, int]] = []
-    assert not job_steps.plan(mongo_db, settings, "late", lambda *c: chunks.append(c))
+    chunks = stored_job(mongo_db, settings, "late", 1, [ROW])
     _ended_during(mongo_db, monkeypatch, "save_chunk_result", "late")
     assert job_steps.load(mongo_db, settings, "late", *chunks[0]) == "skipped"
     assert mongo_db[job_records.CHUNKS].count_documents({"job_id": "late"}) == 0
@@ -548,13 +537,7 @@ def test_a_chunk_result_landing_after_the_job_ended_is_not_left_behind(
 def test_a_partition_result_landing_after_the_job_ended_is_not_left_behind(
     mongo_db: Any, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (settings.uploads_dir / "late.csv").write_text(f"{ROW}\n")
-    mongo_db[lifecycle.JOBS].insert_one(job_records.new_job("late", 1, "late.csv", 10, "upload"))
-    chunks: list[tuple[int, int, int]] = []
-    assert not job_steps.plan(mongo_db, settings, "late", lambda *c: chunks.append(c))
-    assert [job_steps.load(mongo_db, settings, "late", *c) for c in chunks][-1] == "last"
-    partitions: list[int] = []
-    assert not job_steps.after_loading(mongo_db, settings, "late", partitions.append)
+    partitions = mapped_job(mongo_db, settings, "late", 1, [ROW])
     _ended_during(mongo_db, monkeypatch, "save_partition_result", "late")
     assert job_steps.write_partition(mongo_db, settings, "late", partitions[0]) == "skipped"
     assert mongo_db[job_records.PARTITIONS].count_documents({"job_id": "late"}) == 0
