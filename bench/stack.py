@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 import pymongo
 
 from devstack.services import (
+    DEV_STORE_ENV,
     Service,
     api_command,
     free_port,
@@ -87,6 +89,7 @@ def stack(
         "CONFIG_FILE": str(tmp / "no-config.json"),
         "VERSIONS_TO_KEEP": "1000",  # no background drops while other runs are measured
         "LOG_LEVEL": "WARNING",
+        **({} if external else DEV_STORE_ENV),
         **(extra_env or {}),
     }
     os.environ.update(env)  # in-process code (settings) sees the same configuration
@@ -135,4 +138,11 @@ def stack(
         if external:
             with contextlib.suppress(Exception):
                 pymongo.MongoClient(env["MONGO_URL"]).drop_database(env["MONGO_DB"])
+        # The logs stay to be read; the store and the shared volume go (a 100M-row run
+        # leaves ~30 GB otherwise).
+        for path in tmp.iterdir():
+            if path.is_dir() and path != logs:
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.is_file():
+                path.unlink()
         print(f"service logs in {logs}")

@@ -25,6 +25,7 @@ from devstack.services import (
     Service,
     api_command,
     beat_command,
+    dev_store_env,
     flower_command,
     mongo_command,
     port_open,
@@ -76,7 +77,8 @@ def plan_services() -> list[Service]:
                     )
                 )
     host, port = _host_port(settings.mongo_url.get_secret_value(), 27017)
-    if host in ("127.0.0.1", "localhost") and not port_open(host, port):
+    starts_store = host in ("127.0.0.1", "localhost") and not port_open(host, port)
+    if starts_store:
         (data / "mongo").mkdir(parents=True, exist_ok=True)
         services.append(
             Service(
@@ -96,9 +98,13 @@ def plan_services() -> list[Service]:
         shutil.rmtree(prom, ignore_errors=True)
         prom.mkdir(parents=True)
         api_env["PROMETHEUS_MULTIPROC_DIR"] = str(prom)
+    worker_env = dev_store_env(settings.model_fields_set) if starts_store else {}
     services += [
         Service(
-            "worker", worker_command(settings.worker_concurrency, "worker"), die_with_parent=True
+            "worker",
+            worker_command(settings.worker_concurrency, "worker"),
+            env=worker_env,
+            die_with_parent=True,
         ),
         Service("beat", beat_command(str(data / "celerybeat-schedule")), die_with_parent=True),
         Service(

@@ -178,6 +178,11 @@ class Settings(BaseSettings):
     # may take minutes to drop tens of millions of rows. A drop past it is left to the next
     # cleanup (the version stays retired and barred, never served again).
     drop_timeout_s: float = Field(default=600, gt=0)
+    # Documents per delete when a removed version's collection is emptied before its drop,
+    # paced like a load's inserts (worker/paced_removal.py); 0: drop at once. Off for
+    # MongoDB, whose drop does not hold reads; `make run`, the tests and the benches set it
+    # for the dev store they start, whose drop blocks it for the whole drop (docs/scaling.md).
+    remove_batch_docs: int = Field(default=0, ge=0, le=10_000)
 
     # Full reject reports (<data_dir>/rejects, GET /jobs/{id}/rejects) are kept this long
     # after their job ends, then removed by the watchdog's sweep.

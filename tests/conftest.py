@@ -26,6 +26,7 @@ import pytest
 import redis
 
 from devstack.services import (
+    DEV_STORE_ENV,
     Service,
     api_command,
     free_port,
@@ -93,6 +94,8 @@ def pytest_configure(config: pytest.Config) -> None:
     mongo_port, redis_port = free_port(), free_port()
     tmp = Path(tempfile.mkdtemp(prefix="promotions-tests-"))
     env = _test_env(tmp, external_mongo or f"mongodb://127.0.0.1:{mongo_port}", redis_port)
+    if not external_mongo:
+        env.update(DEV_STORE_ENV)
     patch = pytest.MonkeyPatch()
     for name, value in env.items():
         patch.setenv(name, value)

@@ -20,7 +20,7 @@ from pymongo.database import Database
 from shared.dataset import job_records, lifecycle
 from shared.errors import DropTimedOut
 from shared.settings import Settings
-from worker import inbox_files, shuffle_files
+from worker import inbox_files, paced_removal, shuffle_files
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,11 @@ def plan_cleanup(db: Database[Any], keep: int, grace_s: float, at: datetime) -> 
 
 
 def apply_cleanup(
-    db: Database[Any], plan: CleanupPlan, grace_s: float, drop_timeout_s: float = 600.0
+    db: Database[Any],
+    plan: CleanupPlan,
+    grace_s: float,
+    drop_timeout_s: float = 600.0,
+    empty: lifecycle.Emptier | None = None,
 ) -> list[int]:
     """Returns the versions whose drop outlived ``drop_timeout_s``: they stay retired (or
     failed) and barred, and the next cleanup (periodic, beat) finishes them; the other
@@ -105,7 +109,7 @@ def apply_cleanup(
     postponed = []
     for version in plan.remove:
         try:
-            lifecycle.remove_version(db, version, grace_s, drop_timeout_s)
+            lifecycle.remove_version(db, version, grace_s, drop_timeout_s, empty)
         except DropTimedOut as exc:
             log.warning("version %d: not removed yet, the next cleanup retries: %s", version, exc)
             postponed.append(version)
@@ -116,7 +120,8 @@ def cleanup(db: Database[Any], settings: Settings, at: datetime) -> list[int]:
     """One cleanup run (the cleanup task's store work): plan, then apply. Returns the
     versions whose drop was postponed (``apply_cleanup``)."""
     plan = plan_cleanup(db, settings.versions_to_keep, settings.drop_grace_s, at)
-    return apply_cleanup(db, plan, settings.drop_grace_s, settings.drop_timeout_s)
+    empty = paced_removal.emptier(db, settings)
+    return apply_cleanup(db, plan, settings.drop_grace_s, settings.drop_timeout_s, empty)
 
 
 def sweep_uploads(db: Database[Any], uploads_dir: Path, cutoff_ts: float) -> None:

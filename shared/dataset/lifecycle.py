@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Generic, Literal, TypeVar, get_args
@@ -920,8 +921,16 @@ def retire_version(db: Database[Any], version: int) -> bool:
     return True
 
 
+# Empties a barred version's collection before its drop: (version, buckets) -> None.
+Emptier = Callable[[int, int], None]
+
+
 def remove_version(
-    db: Database[Any], version: int, grace_s: float, drop_timeout_s: float = 600.0
+    db: Database[Any],
+    version: int,
+    grace_s: float,
+    drop_timeout_s: float = 600.0,
+    empty: Emptier | None = None,
 ) -> bool:
     """failed | retired (or no record) -> removed: barred on the pointer only if the pointer
     has not named it for ``grace_s``, then its collection is dropped. Repeat-safe: a
@@ -932,7 +941,13 @@ def remove_version(
     ``DropTimedOut`` is raised and the record keeps its state (barred, so never served
     again); the store may finish the drop by itself meanwhile, and a later cleanup marks the
     version removed either way (``collections_to_remove``). The bar just before is a plain
-    store call, so a store that is down fails it fast, not after ``drop_timeout_s``."""
+    store call, so a store that is down fails it fast, not after ``drop_timeout_s``.
+
+    ``empty`` (``REMOVE_BATCH_DOCS``) deletes the collection's documents in paced batches
+    first, under the same deadline: a store whose drop works document by document under
+    one lock (the dev store) then drops an empty collection instead of blocking every
+    lookup for the whole drop. Only once barred, so a version emptied part way is never
+    served; only with the bucket count recorded, else the plain drop."""
     cutoff = now() - timedelta(seconds=grace_s)
     if not _bar(
         db,
@@ -943,11 +958,29 @@ def remove_version(
         return False
     name = collection_name(version)
     with drop_deadline(drop_timeout_s, f"dropping {name}"):
+        buckets = _buckets(db, version)
+        if empty is not None and buckets:
+            empty(version, buckets)
         db.drop_collection(name)
     # Barred, so never live again: whatever its record says (an activation attempt that
     # lost to the bar may have revived it).
     _version_update(db, version, "remove_version", {"removed_at": now()}, why="collection dropped")
     return True
+
+
+def emptied_below(db: Database[Any], version: int) -> int:
+    """Buckets below this are already deleted from a barred version's collection (progress
+    of ``remove_version``'s emptying, so that a drop postponed by its deadline resumes)."""
+    doc = db[META_COLLECTION].find_one({"_id": version_doc_id(version)}, {"emptied_below": 1})
+    return int((doc or {}).get("emptied_below", 0))
+
+
+def record_emptied(db: Database[Any], version: int, below: int) -> None:
+    """Progress only, never a state: ``$max``, so a slower concurrent remover cannot move it
+    back."""
+    db[META_COLLECTION].update_one(
+        {"_id": version_doc_id(version)}, {"$max": {"emptied_below": below}}
+    )
 
 
 def repair_live_version(db: Database[Any]) -> None:
