@@ -9,15 +9,22 @@ timeouts and retries instead let a paused store hold a lookup for 9 s.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import pymongo
 from pymongo.errors import PyMongoError
 
 from api.store_breaker import StoreBreaker
 from shared.errors import CircuitOpen, DeadlineExceeded, TransientError, store_errors
+
+T = TypeVar("T")
+
+# How often a caller waiting out an open breaker looks again while a probe is out.
+WAIT_STEP_S = 0.05
 
 
 def deadline_in(seconds: float) -> float:
@@ -67,3 +74,19 @@ class StoreGate:
             raise
         else:
             self.breaker.succeeded()
+
+    async def call_waiting(self, deadline: float, op: Callable[[], Awaitable[T]]) -> T:
+        """``op`` through ``call``, waiting out an open breaker until ``deadline`` instead of
+        failing at once: for an upload whose file is already stored (refusing it would
+        throw away gigabytes for a store hiccup of a second or two, as a 100M-row upload
+        was; the lookups that opened the breaker keep their fast 503). Only a refusal is
+        waited out: a call that went to the store and failed is not repeated."""
+        while True:
+            try:
+                with self.call(deadline):
+                    return await op()
+            except CircuitOpen:
+                pause = max(WAIT_STEP_S, self.breaker.retry_after_s())
+                if time.monotonic() + pause >= deadline:
+                    raise
+                await asyncio.sleep(pause)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,9 +33,12 @@ from worker.throttle import InsertThrottle, from_settings
 
 log = logging.getLogger(__name__)
 
-# Progress is recorded at most this often: a drop postponed by its deadline resumes from
-# there (finding the first remaining bucket would be a full scan on the dev store).
+# Progress is recorded, and the lease renewed, at most this often: a drop postponed by its
+# deadline resumes from there (finding the first remaining bucket would be a full scan on
+# the dev store).
 RECORD_EVERY_S = 2.0
+# One remover at a time (``lifecycle.claim_removal``); a dead one's lease runs out after this.
+LEASE_S = 60.0
 
 Paced = Callable[[int], contextlib.AbstractContextManager[None]]
 
@@ -45,9 +50,17 @@ def empty_version(
     batch_docs: int,
     paced: Paced,
     clock: Callable[[], float] = time.monotonic,
-) -> int:
+    lease_s: float = LEASE_S,
+) -> bool:
     """Deletes buckets ``emptied_below .. buckets-1`` of a barred version, ``batch_docs``
-    per delete, each batch inside ``paced``. Returns the documents deleted."""
+    per delete, each batch inside ``paced``. False if another remover holds the version
+    (from the start, or took it over from this one after a stall)."""
+    # The process, not the call: a cleanup of the same process resumes a removal its
+    # deadline cut at once (its lease could not be given back after the deadline).
+    owner = f"{socket.gethostname()}:{os.getpid()}"
+    if not lifecycle.claim_removal(db, version, owner, lease_s):
+        log.info("version %d: another cleanup is emptying it", version)
+        return False
     coll = db[collection_name(version)]
     start = lifecycle.emptied_below(db, version)
     deleted = 0
@@ -57,11 +70,15 @@ def empty_version(
         with paced(hi - lo):
             deleted += coll.delete_many({"_id": {"$in": list(range(lo, hi))}}).deleted_count
         if clock() - recorded_at >= RECORD_EVERY_S:
-            lifecycle.record_emptied(db, version, hi)
+            if not lifecycle.record_emptied(db, version, hi, owner, lease_s):
+                log.warning("version %d: another cleanup took its emptying over", version)
+                return False
             recorded_at = clock()
+    # Emptied: the lease given back (the drop is repeat-safe; another remover may do it).
+    lifecycle.record_emptied(db, version, buckets, owner, lease_s=0)
     if start < buckets:
         log.info("version %d: %d bucket documents deleted before its drop", version, deleted)
-    return deleted
+    return True
 
 
 _throttles: dict[int, InsertThrottle | None] = {}
@@ -84,7 +101,7 @@ def emptier(db: Database[Any], settings: Settings) -> lifecycle.Emptier | None:
     def paced(docs: int) -> contextlib.AbstractContextManager[None]:
         return throttle.paced(docs) if throttle is not None else contextlib.nullcontext()
 
-    def empty(version: int, buckets: int) -> None:
-        empty_version(db, version, buckets, settings.remove_batch_docs, paced)
+    def empty(version: int, buckets: int) -> bool:
+        return empty_version(db, version, buckets, settings.remove_batch_docs, paced)
 
     return empty

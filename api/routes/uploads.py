@@ -147,8 +147,9 @@ async def accept_upload(
             original_name=clean_name(name) or stored.name,
             allow_shrink=allow_shrink,
         )
-        with services.gate.call(deadline_in(record_s)):
-            await job_records.create_job(services.db, doc)
+        await services.gate.call_waiting(
+            deadline_in(record_s), lambda: job_records.create_job(services.db, doc)
+        )
         await asyncio.to_thread(services.queue.enqueue_plan, job_id)
     except Exception as exc:  # the store, the broker (BrokerUnavailable), or a bug
         # The client hears "not kept": neither the file nor a job may stay. The record goes

@@ -921,8 +921,9 @@ def retire_version(db: Database[Any], version: int) -> bool:
     return True
 
 
-# Empties a barred version's collection before its drop: (version, buckets) -> None.
-Emptier = Callable[[int, int], None]
+# Empties a barred version's collection before its drop: (version, buckets) -> False when
+# another remover holds it (``claim_removal``), then it is not dropped here.
+Emptier = Callable[[int, int], bool]
 
 
 def remove_version(
@@ -959,13 +960,28 @@ def remove_version(
     name = collection_name(version)
     with drop_deadline(drop_timeout_s, f"dropping {name}"):
         buckets = _buckets(db, version)
-        if empty is not None and buckets:
-            empty(version, buckets)
+        if empty is not None and buckets and not empty(version, buckets):
+            return False
         db.drop_collection(name)
     # Barred, so never live again: whatever its record says (an activation attempt that
     # lost to the bar may have revived it).
     _version_update(db, version, "remove_version", {"removed_at": now()}, why="collection dropped")
     return True
+
+
+def claim_removal(db: Database[Any], version: int, owner: str, lease_s: float) -> bool:
+    """One remover empties a version at a time: a cleanup runs every minute and after every
+    job, and emptying a big version takes minutes; a second one would double the store's
+    work and tie up a worker process. The lease is renewed with the progress
+    (``record_emptied``); a remover that died leaves one that runs out."""
+    at = now()
+    mine = {"removal.owner": owner}
+    free = [mine, {"removal": {"$exists": False}}, {"removal.until": {"$lt": at}}]
+    lease = {"owner": owner, "until": at + timedelta(seconds=lease_s)}
+    doc = db[META_COLLECTION].find_one_and_update(
+        {"_id": version_doc_id(version), "$or": free}, {"$set": {"removal": lease}}
+    )
+    return doc is not None
 
 
 def emptied_below(db: Database[Any], version: int) -> int:
@@ -975,12 +991,18 @@ def emptied_below(db: Database[Any], version: int) -> int:
     return int((doc or {}).get("emptied_below", 0))
 
 
-def record_emptied(db: Database[Any], version: int, below: int) -> None:
-    """Progress only, never a state: ``$max``, so a slower concurrent remover cannot move it
-    back."""
-    db[META_COLLECTION].update_one(
-        {"_id": version_doc_id(version)}, {"$max": {"emptied_below": below}}
+def record_emptied(db: Database[Any], version: int, below: int, owner: str, lease_s: float) -> bool:
+    """Progress (never a state) and the removal's lease renewed (``lease_s=0``: given
+    back); False if another remover took the lease over (this one stalled past it): then
+    this one stops."""
+    found = db[META_COLLECTION].update_one(
+        {"_id": version_doc_id(version), "removal.owner": owner},
+        {
+            "$max": {"emptied_below": below},
+            "$set": {"removal.until": now() + timedelta(seconds=lease_s)},
+        },
     )
+    return found.matched_count == 1
 
 
 def repair_live_version(db: Database[Any]) -> None:

@@ -289,3 +289,37 @@ def test_a_permanent_store_error_at_upload_is_a_json_500_and_keeps_nothing(
     assert r.status_code == 500 and r.headers["content-type"].startswith("application/json")
     assert "internal error" in r.json()["detail"]
     _nothing_kept(settings, mongo_db)
+
+
+def test_an_upload_stored_while_the_breaker_opened_waits_for_it_and_is_kept(
+    clean_state: None,
+    settings: Settings,
+    mongo_db: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The lookups opened the breaker (the store missed their 300 ms deadlines for a second)
+    while a 7.3 GB upload arrived: its job record waits for the breaker's probe within its
+    own budget (UPLOAD_RECORD_TIMEOUT_MS) instead of a 503 that throws the file away. Seen
+    in the 100M-row scale run."""
+    from api.main import create_app
+    from api.routes import uploads
+
+    real_receive = uploads.receive_upload
+    path = tmp_path / "p.csv"
+    generate(10, path, seed=11)
+    with TestClient(create_app(settings)) as c, path.open("rb") as f:
+        breaker = c.app.state.services.gate.breaker  # type: ignore[attr-defined]
+
+        async def stored_as_the_breaker_opens(*args: Any, **kwargs: Any) -> Any:
+            stored = await real_receive(*args, **kwargs)
+            for _ in range(settings.breaker_failures):
+                breaker.failed()
+            assert breaker.state == "open"
+            return stored
+
+        monkeypatch.setattr(uploads, "receive_upload", stored_as_the_breaker_opens)
+        r = c.post("/add-promotions/", files={"file": ("p.csv", f)})
+        assert r.status_code == 202, r.text
+        assert breaker.state == "closed"  # the job record was the probe
+        assert mongo_db["jobs"].find_one({"_id": r.json()["job_id"]}) is not None

@@ -91,8 +91,8 @@ def test_a_removed_version_is_deleted_in_paced_batches_once_barred_then_dropped(
         paced.append((docs, barred, len(commands.deletes())))
         yield
 
-    def empty(version: int, n: int) -> None:
-        paced_removal.empty_version(db, version, n, cfg.remove_batch_docs, pace)
+    def empty(version: int, n: int) -> bool:
+        return paced_removal.empty_version(db, version, n, cfg.remove_batch_docs, pace)
 
     plan = upkeep.plan_cleanup(db, cfg.versions_to_keep, 0, now())
     assert upkeep.apply_cleanup(db, plan, 0, cfg.drop_timeout_s, empty) == []
@@ -138,8 +138,9 @@ def test_a_removal_cut_by_its_deadline_resumes_where_it_stopped(
         time.sleep(0.2)
         yield
 
-    def empty(version: int, n: int) -> None:
-        paced_removal.empty_version(db, version, n, 3, slow, clock=lambda: float(next(ticks)))
+    def empty(version: int, n: int) -> bool:
+        clock = lambda: float(next(ticks))  # noqa: E731
+        return paced_removal.empty_version(db, version, n, 3, slow, clock=clock)
 
     plan = upkeep.plan_cleanup(db, settings.versions_to_keep, 0, now())
     assert upkeep.apply_cleanup(db, plan, 0, 1.0, empty) == [1]  # postponed by its deadline
@@ -156,3 +157,28 @@ def test_a_removal_cut_by_its_deadline_resumes_where_it_stopped(
     assert [i for batch in commands.deletes() for i in batch] == list(range(resume_at, buckets))
     assert state(mongo_db, 1) == lifecycle.REMOVED
     assert datasets.collection_name(1) not in mongo_db.list_collection_names()
+
+
+def test_one_remover_empties_a_version_at_a_time_and_a_dead_ones_lease_runs_out(
+    mongo_db: Any, settings: Settings, watched: tuple[Any, Commands]
+) -> None:
+    """A cleanup runs every minute and after every job: while one empties a big version,
+    another one leaves it alone (no deletes, no drop); once the first stopped renewing its
+    lease (it died), the next one takes over where it stopped."""
+    db, commands = watched
+    buckets = retired_v1(mongo_db)
+    assert lifecycle.claim_removal(mongo_db, 1, "host:1:dead", lease_s=1.0)
+    assert lifecycle.record_emptied(mongo_db, 1, 10, "host:1:dead", lease_s=1.0)
+    cfg = settings.model_copy(update={"remove_batch_docs": 5, "drop_grace_s": 0})
+
+    assert upkeep.cleanup(db, cfg, now()) == []
+    assert commands.deletes() == []
+    assert datasets.collection_name(1) in mongo_db.list_collection_names()
+    assert state(mongo_db, 1) == lifecycle.RETIRED
+    assert 1 in lifecycle.read_pointer(mongo_db).barred
+
+    time.sleep(1.2)  # the holder's lease runs out
+    assert upkeep.cleanup(db, cfg, now()) == []
+    assert [i for batch in commands.deletes() for i in batch] == list(range(10, buckets))
+    assert state(mongo_db, 1) == lifecycle.REMOVED
+    assert not lifecycle.record_emptied(mongo_db, 1, buckets, "host:1:dead", lease_s=1.0)
