@@ -111,7 +111,8 @@ def stored_rows(db: Any, version: int) -> dict[str, tuple[str, float, str]]:
     for doc in coll.find():
         for key, row in doc["r"].items():
             assert datasets.bucket_layout.bucket_of(key, buckets) == doc["_id"], key
-            out[key] = (row.get("i", key), row["p"], row["e"])
+            found = datasets.bucket_layout.row_of(key, row)
+            out[key] = (found["id"], found["price"], found["expiration_date"])
     return out
 
 

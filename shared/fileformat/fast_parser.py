@@ -19,6 +19,8 @@ import struct
 from itertools import accumulate, repeat
 from typing import Any
 
+from shared.fileformat.bucket_layout import ROW_PREFIX_BYTES
+
 RUN_LINES = 2048  # lines per run: amortises the per-run calls, bounds the lists' memory
 
 # Dates the strict validator accepts, calendar included: days 1-28 of any month, 29-30 of
@@ -144,14 +146,9 @@ def encode_run(run: bytes, run_offset: int, quoted: bool = False) -> tuple[list[
     return list(map(bytes.decode, keys)), docs
 
 
-# Element ``key: {p: price, e: expiration_date, [i: id]}`` of a bucket's ``r`` document
-# (``shared.fileformat.bucket_layout.encode_element``): the bytes between key and date, and after
-# it.
-_ELEMENT_MID = struct.Struct(
-    "<1si3sd3si"
-).pack  # "\x00", size, "\x01p\x00", price, "\x02e\x00", len
-_ELEMENT_END = b"\x00\x00"  # the date's terminator, the row document's end
-_ID_HEAD = struct.Struct("<4si").pack  # date's terminator + "\x02i\x00", len(id) + 1
+# Element ``key: <binary row>`` of a bucket's ``r`` document
+# (``shared.fileformat.bucket_layout.encode_element``): the bytes between key and id/date.
+_ELEMENT_MID = struct.Struct("<1siBdB").pack  # "\x00", binary size, subtype 0, price, n
 
 
 def encode_run_elements(run: bytes, quoted: bool) -> tuple[list[bytes], list[bytes]]:
@@ -159,38 +156,16 @@ def encode_run_elements(run: bytes, quoted: bool) -> tuple[list[bytes], list[byt
     file order: exactly ``bucket_layout.encode_element`` for every row."""
     _, raw_ids, prices, dates = _split_run(run, None, quoted)  # file order is the order
     keys = list(map(bytes.lower, raw_ids))
-    date_lens = list(map(operator.add, map(len, dates), repeat(1)))
-    sizes = list(map(operator.add, date_lens, repeat(23)))  # 4 + 11 + 7 + len + date + 1
-    tails: Any
+    sizes: Any = map(operator.add, map(len, dates), repeat(ROW_PREFIX_BYTES))
+    written: Any
+    lengths: Any
     if keys == raw_ids:
-        tails = repeat(_ELEMENT_END)
+        written, lengths = repeat(b""), repeat(0)
     else:
-        # ``i`` (the id as written) only where it differs: bytes * False is b"".
-        differs = list(map(operator.ne, raw_ids, keys))
-        id_lens = list(map(len, raw_ids))
-        with_id = map(
-            _join,
-            zip(
-                map(_ID_HEAD, repeat(b"\x00\x02i\x00"), map(operator.add, id_lens, repeat(1))),
-                raw_ids,
-                repeat(_ELEMENT_END),
-            ),
-        )
-        tails = map(
-            operator.add,
-            map(operator.mul, with_id, differs),
-            map(operator.mul, repeat(_ELEMENT_END), map(operator.not_, differs)),
-        )
-        extra = map(operator.mul, map(operator.add, id_lens, repeat(8)), differs)
-        sizes = list(map(operator.add, sizes, extra))
-    mids = map(
-        _ELEMENT_MID,
-        repeat(b"\x00"),
-        sizes,
-        repeat(b"\x01p\x00"),
-        map(float, prices),
-        repeat(b"\x02e\x00"),
-        date_lens,
-    )
-    elements = list(map(_join, zip(repeat(b"\x03"), keys, mids, dates, tails)))
+        # The id as written only where it differs from the key: bytes * False is b"".
+        written = list(map(operator.mul, raw_ids, map(operator.ne, raw_ids, keys)))
+        lengths = list(map(len, written))
+        sizes = map(operator.add, sizes, lengths)
+    mids = map(_ELEMENT_MID, repeat(b"\x00"), sizes, repeat(0), map(float, prices), lengths)
+    elements = list(map(_join, zip(repeat(b"\x05"), keys, mids, written, dates)))
     return keys, elements

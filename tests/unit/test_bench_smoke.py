@@ -31,6 +31,7 @@ def test_parse_bench_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str]) -> 
         "bench.http_protocol",
         "bench.stall",
         "bench.api_memory",
+        "bench.row_format",
     ],
 )
 def test_bench_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -126,8 +126,22 @@ def test_a_bucket_document_reads_back_as_the_rows_as_written(
         rid.lower(): {"id": rid, "price": price, "expiration_date": date}
         for rid, price, date in rows
     }
-    for rid, *_ in rows:  # the id as written is kept only where it differs
-        assert ("i" in doc["r"][rid.lower()]) == (rid != rid.lower())
+    for rid, _, date in rows:  # the id as written is kept only where it differs
+        packed = doc["r"][rid.lower()]
+        assert isinstance(packed, bytes)
+        assert len(packed) == layout.ROW_PREFIX_BYTES + (rid != rid.lower()) * len(rid) + len(date)
+
+
+def test_rows_written_before_packing_read_as_before() -> None:
+    """Versions loaded by earlier releases hold ``{p, e, [i]}`` subdocuments: rollback."""
+    doc = {
+        "_id": 1,
+        "r": {"ab": {"p": 1.5, "e": "2022-06-04 06:01:20", "i": "AB"}, "c": {"p": 2.0, "e": "x"}},
+    }
+    assert layout.rows_found([doc]) == {
+        "ab": {"id": "AB", "price": 1.5, "expiration_date": "2022-06-04 06:01:20"},
+        "c": {"id": "c", "price": 2.0, "expiration_date": "x"},
+    }
 
 
 def test_a_lookup_reads_the_buckets_of_its_ids_and_projects_only_them() -> None:

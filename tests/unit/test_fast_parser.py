@@ -12,7 +12,7 @@ import bson
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from shared.fileformat.bucket_layout import encode_element
+from shared.fileformat.bucket_layout import bucket_document, encode_element, row_of
 from shared.fileformat.fast_parser import (
     FAST_LINE_RE,
     QUOTED_LINE_RE,
@@ -283,10 +283,11 @@ def _rows_of_strict(data: bytes, start: int) -> tuple[list[tuple[str, float, str
 def _decoded_elements(keys: list[bytes], elements: list[bytes]) -> list[tuple[str, float, str]]:
     out = []
     for key, element in zip(keys, elements, strict=True):
-        assert element.startswith(b"\x03" + key + b"\x00")
-        row = bson.decode(element[len(key) + 2 :])
-        assert set(row) <= {"p", "e", "i"} and row.get("i") != key.decode()
-        out.append((row.get("i", key.decode()), row["p"], row["e"]))
+        row = bson.decode(bucket_document(0, [element]))["r"]
+        assert list(row) == [key.decode()] and isinstance(row[key.decode()], bytes)
+        found = row_of(key.decode(), row[key.decode()])
+        assert (found["id"] == key.decode()) == (element[len(key) + 15] == 0)  # n: 0 or len
+        out.append((found["id"], found["price"], found["expiration_date"]))
     return out
 
 

@@ -80,7 +80,8 @@ def shuffle(
                     for key, row in doc["r"].items():
                         assert bucket_layout.bucket_of(key, buckets) == doc["_id"]
                         assert key not in stored  # one bucket, one partition per id
-                        stored[key] = (row.get("i", key), row["p"])
+                        found = bucket_layout.row_of(key, row)
+                        stored[key] = (found["id"], found["price"])
         assert not list(runs.rglob("*.spill"))  # the external merge's runs are gone
     return stored, rows, duplicates
 
