@@ -145,6 +145,10 @@ class Settings(BaseSettings):
     # Free space kept on the shared volume: an upload that would not fit is refused (507)
     # before it is read when its size is known, else as soon as writing would eat into it.
     min_free_bytes: int = Field(default=1 * GiB, ge=0)
+    # A stored upload is flushed to disk (fdatasync) every upload_sync_bytes as it is
+    # written (0: only at its end), so that its end never flushes GBs of dirty pages at once
+    # while the store shares the disk (docs/decisions/upload-sync.md).
+    upload_sync_bytes: int = Field(default=64 * MiB, ge=0)
     # Slow uploads (the edge streams bodies through, so the API sees a trickle as it is): an
     # upload that sends nothing for upload_idle_timeout_s, or less than
     # upload_min_bytes_per_s over any upload_rate_window_s, is cut with a 408 (0: no rate).

@@ -32,6 +32,7 @@ def test_parse_bench_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str]) -> 
         "bench.stall",
         "bench.api_memory",
         "bench.row_format",
+        "bench.upload_sync",
     ],
 )
 def test_bench_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:

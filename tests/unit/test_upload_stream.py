@@ -57,6 +57,38 @@ def test_gzip_is_detected_by_magic_and_inflated_while_streaming(tmp_path: Path) 
     assert _write(tmp_path, two_members, piece=1).read_bytes() == CSV
 
 
+@pytest.mark.parametrize("compressed", [False, True])
+def test_a_stored_file_is_written_back_as_it_comes_not_all_at_its_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compressed: bool
+) -> None:
+    """Never more than ``sync_bytes`` (plus one piece) of the file left for the final fsync."""
+    on_disk: list[int] = []
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        real(fd)
+        on_disk.append(os.fstat(fd).st_size)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    data = random.Random(3).randbytes(1_500_000).hex().encode()  # 3 MB, gzip halves it
+    body = gzip.compress(data) if compressed else data
+    every = 200_000
+    limits = StoreLimits(max_bytes=10**9, ratio=10**6, floor=1, min_free_bytes=0, sync_bytes=every)
+    assert _write(tmp_path, body, piece=4096, limits=limits).read_bytes() == data
+    assert len(on_disk) >= len(data) // every - 1
+    gaps = [b - a for a, b in zip([0, *on_disk], [*on_disk, len(data)], strict=True)]
+    assert max(gaps) < every + 16 * 1024  # plus one piece: 4 KiB sent, ~8 KiB inflated
+
+
+def test_sync_bytes_0_leaves_the_flush_to_the_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr(os, "fdatasync", calls.append)
+    assert _write(tmp_path, CSV * 20).read_bytes() == CSV * 20
+    assert calls == []
+
+
 def test_truncated_gzip_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(StoredFileError, match="truncated"):
         _write(tmp_path, gzip.compress(CSV)[:-20])
