@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import itertools
 import json
 import os
@@ -30,7 +31,7 @@ import sys
 import threading
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -175,17 +176,27 @@ def _sample(path: Path, n: int, seed: int) -> dict[str, str | None]:
     return rows
 
 
-def _window(result: dict[str, Any], begin: float, end: float) -> dict[str, float]:
+def _window(result: dict[str, Any], begin: float, end: float) -> dict[str, Any]:
     due, latency, status = result["due"], result["latency"], result["status"]
     picked = [i for i, t in enumerate(due) if begin <= t < end and status[i] != 0]
     lat = sorted(latency[i] for i in picked)
-    errors = sum(1 for i in picked if status[i] not in (200, 404))
+    failed = [i for i in picked if status[i] not in (200, 404)]
     return {
         "n": len(picked),
         "rate": len(picked) / max(1e-9, end - begin),
         "p99_ms": lat[int(len(lat) * 0.99)] * 1000 if lat else float("nan"),
-        "errors": errors,
+        "errors": len(failed),
+        "errors_at": _errors_at([due[i] for i in failed]),
     }
+
+
+def _errors_at(when: list[float], most: int = 3) -> str:
+    """The seconds (UTC, when the requests were due) with the most errors, in time order:
+    what to look for in the services' logs."""
+    worst = Counter(int(t) for t in when).most_common(most)
+    return ", ".join(
+        f"{dt.datetime.fromtimestamp(second, dt.UTC):%H:%M:%S} ({n})" for second, n in sorted(worst)
+    )
 
 
 def _partition_seconds(log: str) -> list[float]:
@@ -352,9 +363,9 @@ def _report(
         took = removal[1] - loads[1]["ended"]
         windows.append((f"old version's removal ({took:.0f} s after the switch)", *removal))
     body += "\n\n" + table(
-        ["lookups", "requests", "rate /s", "p99 ms", "errors"],
+        ["lookups", "requests", "rate /s", "p99 ms", "errors", "most errors at (UTC)"],
         [
-            [name, w["n"], f"{w['rate']:.0f}", f"{w['p99_ms']:.1f}", w["errors"]]
+            [name, w["n"], f"{w['rate']:.0f}", f"{w['p99_ms']:.1f}", w["errors"], w["errors_at"]]
             for name, begin, end in windows
             for w in [_window(result, begin, end)]
         ],

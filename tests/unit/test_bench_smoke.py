@@ -40,3 +40,15 @@ def test_bench_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         module.main(["--help"])
     assert exc.value.code == 0 and "--runs" in capsys.readouterr().out
+
+
+def test_scale_windows_say_when_their_errors_came() -> None:
+    from bench.scale import _window
+
+    t0 = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC
+    due = [t0 + 0.1 * i for i in range(100)]  # 10 s at 10/s
+    status = [503 if 40 <= i < 45 or i == 80 else 200 for i in range(100)]
+    status[1] = 0  # unanswered: not in the window
+    w = _window({"due": due, "latency": [0.001] * 100, "status": status}, t0, t0 + 10)
+    assert (w["n"], w["errors"]) == (99, 6)
+    assert w["errors_at"] == "08:00:04 (5), 08:00:08 (1)"
