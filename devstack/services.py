@@ -51,11 +51,21 @@ def dev_store_env(configured: set[str]) -> dict[str, str]:
     return {k: v for k, v in DEV_STORE_ENV.items() if k.lower() not in configured}
 
 
-def mongo_command(port: int, storage: str, host: str = "127.0.0.1", cache: str = "1G") -> list[str]:
+def mongo_command(
+    port: int,
+    storage: str,
+    host: str = "127.0.0.1",
+    cache: str = "1G",
+    replica_set: bool = False,
+) -> list[str]:
     """secantusd: the MongoDB-wire-compatible dev/test server (never used in production);
-    ``cache``: its WiredTiger cache (``DEVSTACK_STORE_CACHE``)."""
+    ``cache``: its WiredTiger cache (``DEVSTACK_STORE_CACHE``). A standalone server unless
+    ``replica_set``: as a single-node replica set it writes an oplog entry for every
+    document it stores (a BSON encode and a table write in its one Python process), which
+    nothing here reads (docs/decisions/standalone-dev-store.md)."""
     return [
         _tool("secantusd-py"),
+        *(() if replica_set else ("--standalone",)),
         "--host",
         host,
         "--port",

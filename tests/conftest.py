@@ -148,7 +148,9 @@ def services(harness: Harness) -> Iterator[None]:
         if harness.external_mongo is None:
             mongo = Service(
                 "mongo",
-                mongo_command(harness.mongo_port, ":memory:"),
+                # A replica set, as deployments are: the driver's retryable writes and
+                # sessions are exercised (`make run` and the benches run it standalone).
+                mongo_command(harness.mongo_port, ":memory:", replica_set=True),
                 port=harness.mongo_port,
                 log_path=harness.logs / "mongo.log",
             )

@@ -45,7 +45,7 @@ from shared.infra.task_names import (
 from shared.infra.timeutil import now
 from shared.readpath.pointer_channel import announce_active
 from shared.settings import get_settings
-from worker import job_steps, shuffle_files, upkeep
+from worker import job_steps, shuffle_files, throttle, upkeep
 from worker.celery_app import app
 from worker.finalizing import finalize_steps
 
@@ -88,6 +88,7 @@ class IngestTask(Task):  # type: ignore[misc]
         an outage ended does not fail the job for nothing); if that fails too, the job fails."""
         job_id = args[0] if args else kwargs.get("job_id")
         token = job_id_var.set(job_id)
+        throttle.note_loading()  # the readers keep a load's time out of their calm level
         try:
             try:
                 return self._attempt(job_id, args, kwargs, last=False)

@@ -47,8 +47,15 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 
 from redis import Redis
+from redis.exceptions import RedisError
 
-from shared.readpath.read_latency import ReadLatency, read_latencies, window
+from shared.readpath.read_latency import (
+    LOADING_TTL_S,
+    ReadLatency,
+    mark_loading,
+    read_latencies,
+    window,
+)
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -70,6 +77,9 @@ SIGNAL_TIMEOUT_S = 0.25  # per Redis call; a slow Redis costs a load at most thi
 # A process that wrote nothing for this long starts unpaced again: what it learnt about the
 # store and the readers is stale (TCP restarts after idle the same way, RFC 2861).
 IDLE_RESET_S = 60.0
+
+# The loading mark is renewed at most this often per process, well within its TTL.
+MARK_EVERY_S = LOADING_TTL_S / 6
 
 ReadSource = Callable[[], Sequence[ReadLatency] | None]
 
@@ -114,6 +124,7 @@ class InsertThrottle:
         read_slowdown: float = 4.0,
         read_floor_ms: float = 2.0,
         read_every_s: float = 0.5,
+        mark: Callable[[], None] | None = None,
     ) -> None:
         self.slowdown = slowdown
         self.min_rate = min_rate
@@ -124,6 +135,8 @@ class InsertThrottle:
         self.read_slowdown = read_slowdown
         self.read_floor_ms = read_floor_ms
         self.read_every_s = read_every_s
+        self.mark = mark  # tells the readers a load is working (their calm excludes it)
+        self.marked_at = float("-inf")
         self.rate: float | None = None  # rows/s while pacing; None: not pacing
         self.recent: deque[float] = deque(maxlen=WINDOW)
         self.largest_batch = 0
@@ -140,9 +153,22 @@ class InsertThrottle:
         self.verdict_at = float("-inf")
         self.last_write = float("-inf")
 
+    def note_loading(self) -> None:
+        """At each task and each batch: the readers keep the time a load works out of their
+        calm baseline (``shared.readpath.read_latency.LOADING_KEY``). Best effort."""
+        now = self.clock()
+        if self.mark is None or now - self.marked_at < MARK_EVERY_S:
+            return
+        self.marked_at = now
+        try:
+            self.mark()
+        except Exception:  # never fail a load for want of a signal
+            log.debug("could not mark the load for the readers", exc_info=True)
+
     @contextlib.contextmanager
     def paced(self, rows: int) -> Iterator[None]:
         """Around one batch write: measures it, then sleeps as the paced rate says."""
+        self.note_loading()
         started = self.clock()
         if started - self.last_write > IDLE_RESET_S:
             self.marks.clear()  # the readers' window starts with this load
@@ -263,7 +289,7 @@ class RedisReads:
         self.client: Redis | None = None
         self.pid = 0
 
-    def __call__(self) -> list[ReadLatency] | None:
+    def _client(self) -> Redis:
         if self.client is None or self.pid != os.getpid():
             self.client = Redis.from_url(
                 self.url,
@@ -271,7 +297,16 @@ class RedisReads:
                 socket_connect_timeout=SIGNAL_TIMEOUT_S,
             )
             self.pid = os.getpid()
-        return read_latencies(self.client)
+        return self.client
+
+    def __call__(self) -> list[ReadLatency] | None:
+        return read_latencies(self._client())
+
+    def mark(self) -> None:
+        try:
+            mark_loading(self._client())
+        except (RedisError, OSError) as exc:
+            log.debug("could not mark the load for the readers: %s", exc)
 
 
 def from_settings(settings: Settings) -> InsertThrottle | None:
@@ -290,6 +325,7 @@ def from_settings(settings: Settings) -> InsertThrottle | None:
         read_slowdown=settings.ingest_read_slowdown,
         read_floor_ms=settings.ingest_read_floor_ms,
         read_every_s=max(0.5, settings.read_latency_publish_s),
+        mark=reads.mark if reads is not None else None,
     )
 
 
@@ -302,6 +338,13 @@ def insert_throttle() -> InsertThrottle | None:
     if not _loaded:
         _throttle, _loaded = from_settings(get_settings()), True
     return _throttle
+
+
+def note_loading() -> None:
+    """A task of a load starts (a map task never paces): see ``InsertThrottle.note_loading``."""
+    throttle = insert_throttle()
+    if throttle is not None:
+        throttle.note_loading()
 
 
 def paced(rows: int) -> contextlib.AbstractContextManager[None]:

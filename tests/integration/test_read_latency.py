@@ -18,6 +18,7 @@ from devstack.services import free_port
 from shared.readpath.read_latency import (
     BASELINE_MIN_PERIODS,
     INDEX_KEY,
+    LOADING_KEY,
     ReadLatencyPublisher,
     key_for,
     read_latencies,
@@ -32,7 +33,8 @@ ROW = "D018EF0B-dbd9-48f1-ac1a-eb4d90e57118,60.683466,2018-08-04 05:32:31 +0200 
 def throttle(url: str, **kw: Any) -> InsertThrottle:
     """A worker process's throttle on the real signal; it never really sleeps here."""
     args: dict[str, Any] = {"read_slowdown": 2.0, "read_floor_ms": 2.0, **kw}
-    return InsertThrottle(2.0, 1000.0, sleep=lambda s: None, reads=RedisReads(url), **args)
+    reads = RedisReads(url)
+    return InsertThrottle(2.0, 1000.0, sleep=lambda s: None, reads=reads, mark=reads.mark, **args)
 
 
 def test_the_api_publishes_its_store_reads_and_a_worker_reads_them(
@@ -82,11 +84,6 @@ def test_slow_reads_published_by_an_api_process_halve_a_workers_rate(
 ) -> None:
     """Real publisher and Redis on both sides; only the latencies are given."""
     url = settings.redis_url.get_secret_value()
-    t = throttle(url)
-    for _ in range(3):
-        with t.paced(5000):
-            time.sleep(0.005)  # the inserts themselves keep their speed throughout
-    assert t.rate is None
 
     async def publish(publisher: ReadLatencyPublisher, ms: float, periods: int) -> None:
         async with AsyncRedis.from_url(url) as r:
@@ -97,7 +94,12 @@ def test_slow_reads_published_by_an_api_process_halve_a_workers_rate(
                 await publisher.publish()
 
     publisher = ReadLatencyPublisher(None, 0.5, process="api-x")  # type: ignore[arg-type]
-    asyncio.run(publish(publisher, 1.0, BASELINE_MIN_PERIODS))  # calm: the baseline
+    asyncio.run(publish(publisher, 1.0, BASELINE_MIN_PERIODS))  # calm, before any load
+    t = throttle(url)
+    for _ in range(3):
+        with t.paced(5000):
+            time.sleep(0.005)  # the inserts themselves keep their speed throughout
+    assert t.rate is None
     t.next_reading = 0.0
     with t.paced(5000):  # the worker sees this API process: its window starts
         time.sleep(0.005)
@@ -136,3 +138,35 @@ def test_an_unreachable_redis_never_fails_or_stalls_a_load() -> None:
     with t.paced(5000):
         now += 0.5
     assert calls == 2
+
+
+def test_a_workers_load_mark_keeps_its_time_out_of_the_readers_calm_level(
+    clean_state: None, redis_client: redis.Redis, settings: Settings
+) -> None:
+    """Real Redis on both sides: a worker's paced batch marks the load; the publishing API
+    process keeps every period that began or ended under the mark out of its baseline."""
+    url = settings.redis_url.get_secret_value()
+    publisher = ReadLatencyPublisher(None, 0.5, process="api-calm")  # type: ignore[arg-type]
+
+    async def publish(ms: float, periods: int) -> float:
+        async with AsyncRedis.from_url(url) as r:
+            publisher.redis = r
+            for _ in range(periods):
+                for _ in range(10):
+                    publisher.observe(ms / 1000)
+                await publisher.publish()
+        return publisher.summary().baseline_ms
+
+    calm = asyncio.run(publish(1.0, BASELINE_MIN_PERIODS))
+    assert calm > 0
+    t = throttle(url)
+    with t.paced(10):  # a load's batch: marks it for LOADING_TTL_S
+        pass
+    assert redis_client.exists(LOADING_KEY)
+    # Far more loaded periods than the history holds: the calm level does not move.
+    history = publisher.p90s.maxlen or 0
+    assert asyncio.run(publish(30.0, history + 5)) == calm
+    redis_client.delete(LOADING_KEY)  # the load ended (its mark expired)
+    # The first period after it began under the mark: still not calm.
+    assert asyncio.run(publish(30.0, 1)) == calm
+    assert asyncio.run(publish(30.0, history)) > calm  # calm periods count again

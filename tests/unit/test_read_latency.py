@@ -102,3 +102,20 @@ def test_quantile_is_nearest_rank() -> None:
     assert quantile([3.0, 1.0, 2.0], 0.0) == 1.0
     assert quantile([3.0, 1.0, 2.0], 0.99) == 3.0
     assert quantile([float(i) for i in range(100)], 0.9) == 90.0
+
+
+def test_periods_a_load_marked_never_enter_the_baseline_however_long_it_runs() -> None:
+    """A 20-minute load filled the whole history (300 s) with its own periods and the calm
+    level rose with them (5.4 -> 9.1 ms logged during a 100M-row load): periods that saw
+    the loading mark are kept out."""
+    p = publisher(period_s=1.0)  # history: the last 300 periods
+    for _ in range(BASELINE_MIN_PERIODS):
+        for _ in range(BASELINE_MIN_READS):
+            p.observe(0.002)
+        p.summary()
+    for _ in range(1200):  # 20 minutes of a load
+        for _ in range(BASELINE_MIN_READS):
+            p.observe(0.020)
+        s = p.summary(calm=False)
+    assert s.baseline_ms == bucket_upper_ms(bucket_of(0.002))
+    assert s.p90_ms == bucket_upper_ms(bucket_of(0.020))  # the load's reads still published
