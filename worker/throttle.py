@@ -27,6 +27,9 @@ Two congestion signals drive one AIMD rate (rows/s per worker process):
   batches alone do not slow the load: batch latency varies on a noisy host without readers
   suffering, and halving on it would cost ingest time for nothing.
 
+A load flags itself for the readers (``note_loading``, at each task and paced batch): the
+periods it covers stay out of their calm baseline, however long it runs.
+
 The rate never goes below ``min_rate``; pacing ends once the rate is faster than the store
 takes rows at its best. While pacing, a batch of ``n`` rows takes at least ``n / rate``
 seconds (the worker sleeps for the rest), which leaves the store idle gaps for reads.
@@ -52,7 +55,7 @@ from redis.exceptions import RedisError
 from shared.readpath.read_latency import (
     LOADING_TTL_S,
     ReadLatency,
-    mark_loading,
+    flag_loading,
     read_latencies,
     window,
 )
@@ -78,8 +81,8 @@ SIGNAL_TIMEOUT_S = 0.25  # per Redis call; a slow Redis costs a load at most thi
 # store and the readers is stale (TCP restarts after idle the same way, RFC 2861).
 IDLE_RESET_S = 60.0
 
-# The loading mark is renewed at most this often per process, well within its TTL.
-MARK_EVERY_S = LOADING_TTL_S / 6
+# The loading flag is renewed at most this often per process, well within its TTL.
+FLAG_EVERY_S = LOADING_TTL_S / 6
 
 ReadSource = Callable[[], Sequence[ReadLatency] | None]
 
@@ -124,7 +127,7 @@ class InsertThrottle:
         read_slowdown: float = 4.0,
         read_floor_ms: float = 2.0,
         read_every_s: float = 0.5,
-        mark: Callable[[], None] | None = None,
+        flag: Callable[[], None] | None = None,
     ) -> None:
         self.slowdown = slowdown
         self.min_rate = min_rate
@@ -135,8 +138,8 @@ class InsertThrottle:
         self.read_slowdown = read_slowdown
         self.read_floor_ms = read_floor_ms
         self.read_every_s = read_every_s
-        self.mark = mark  # tells the readers a load is working (their calm excludes it)
-        self.marked_at = float("-inf")
+        self.flag = flag  # tells the readers a load is working (their calm excludes it)
+        self.flagged_at = float("-inf")
         self.rate: float | None = None  # rows/s while pacing; None: not pacing
         self.recent: deque[float] = deque(maxlen=WINDOW)
         self.largest_batch = 0
@@ -157,13 +160,13 @@ class InsertThrottle:
         """At each task and each batch: the readers keep the time a load works out of their
         calm baseline (``shared.readpath.read_latency.LOADING_KEY``). Best effort."""
         now = self.clock()
-        if self.mark is None or now - self.marked_at < MARK_EVERY_S:
+        if self.flag is None or now - self.flagged_at < FLAG_EVERY_S:
             return
-        self.marked_at = now
+        self.flagged_at = now
         try:
-            self.mark()
+            self.flag()
         except Exception:  # never fail a load for want of a signal
-            log.debug("could not mark the load for the readers", exc_info=True)
+            log.debug("could not flag the load for the readers", exc_info=True)
 
     @contextlib.contextmanager
     def paced(self, rows: int) -> Iterator[None]:
@@ -302,11 +305,11 @@ class RedisReads:
     def __call__(self) -> list[ReadLatency] | None:
         return read_latencies(self._client())
 
-    def mark(self) -> None:
+    def flag(self) -> None:
         try:
-            mark_loading(self._client())
+            flag_loading(self._client())
         except (RedisError, OSError) as exc:
-            log.debug("could not mark the load for the readers: %s", exc)
+            log.debug("could not flag the load for the readers: %s", exc)
 
 
 def from_settings(settings: Settings) -> InsertThrottle | None:
@@ -325,7 +328,7 @@ def from_settings(settings: Settings) -> InsertThrottle | None:
         read_slowdown=settings.ingest_read_slowdown,
         read_floor_ms=settings.ingest_read_floor_ms,
         read_every_s=max(0.5, settings.read_latency_publish_s),
-        mark=reads.mark if reads is not None else None,
+        flag=reads.flag if reads is not None else None,
     )
 
 

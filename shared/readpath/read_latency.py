@@ -5,7 +5,7 @@ wait for CPU and behind the store's write queue while insert batches keep their 
 each API process measures its store reads (cache misses, ``observe``) and every
 ``period_s`` publishes to Redis a histogram of all its reads so far (cumulative counts per
 latency bucket, buckets 19 % apart) and its *baseline*, the p90 it sees when reads are calm
-(a low percentile of its recent calm periods' p90s, those no load marked: ``LOADING_KEY``;
+(a low percentile of its recent calm periods' p90s, those no load flagged: ``LOADING_KEY``;
 none until it has enough periods). A worker
 subtracts the histogram it saw at its previous decision from the current one and so gets
 the readers' latency over exactly the time since (``window``), pauses included, whenever it
@@ -41,18 +41,18 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = "promotions:read-latency:"
 INDEX_KEY = "promotions:read-latency"  # set of the ids of publishing processes
 INDEX_TTL_S = 24 * 3600  # the set itself goes once nobody has published for a day
-# Worker processes set this key while they load or remove a version (``mark_loading``):
+# Worker processes set this key while they load or remove a version (``flag_loading``):
 # a period that begins or ends while it is set is not calm, so it stays out of the
 # baseline however long a load runs (a 20-minute load used to fill the whole history, and
 # the "calm" level rose with it: 5.4 -> 9.1 ms during a 100M-row load). Longer than a map
-# task takes, so a load marks it at each task and each paced batch.
+# task takes, so a load renews it at each task and each paced batch.
 LOADING_KEY = "promotions:loading"
 LOADING_TTL_S = 30.0
 # Periods with fewer reads than this say too little about a p90 to enter the baseline.
 BASELINE_MIN_READS = 5
 BASELINE_S = 300.0  # the baseline is taken over this much recent history
 # Of the calm periods' p90s: a low quantile, so that reads slowed by a load that left no
-# mark (a worker that cannot reach this Redis) barely move it.
+# flag (a worker that cannot reach this Redis) barely move it.
 BASELINE_QUANTILE = 0.1
 BASELINE_MIN_PERIODS = 10
 MAX_SAMPLES = 100_000  # per period: bounded memory whatever the miss rate
@@ -145,7 +145,7 @@ class ReadLatencyPublisher:
         self.counts: dict[int, int] = {}
         periods = int(BASELINE_S / period_s) if self.enabled else 0
         self.p90s: deque[float] = deque(maxlen=max(BASELINE_MIN_PERIODS, periods))
-        self.loading = False  # the loading mark was there at the previous publish
+        self.loading = False  # the loading flag was there at the previous publish
         self._task: asyncio.Task[None] | None = None
 
     def observe(self, seconds: float) -> None:
@@ -159,7 +159,7 @@ class ReadLatencyPublisher:
 
     def summary(self, at: float | None = None, calm: bool = True) -> ReadLatency:
         """Closes the current period: every read so far, the period's p90 and the baseline
-        before this period. Only a ``calm`` period (no load marked) enters the baseline."""
+        before this period. Only a ``calm`` period (no load flagged) enters the baseline."""
         samples, self.samples = self.samples, []
         baseline = 0.0
         if len(self.p90s) >= BASELINE_MIN_PERIODS:
@@ -212,7 +212,7 @@ class ReadLatencyPublisher:
                 log.exception("publishing read latency failed")
 
 
-def mark_loading(redis: Redis) -> None:
+def flag_loading(redis: Redis) -> None:
     """Worker side: a load or a removal is working now (``LOADING_KEY``)."""
     redis.set(LOADING_KEY, b"1", px=int(LOADING_TTL_S * 1000))
 

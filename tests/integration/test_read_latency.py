@@ -34,7 +34,7 @@ def throttle(url: str, **kw: Any) -> InsertThrottle:
     """A worker process's throttle on the real signal; it never really sleeps here."""
     args: dict[str, Any] = {"read_slowdown": 2.0, "read_floor_ms": 2.0, **kw}
     reads = RedisReads(url)
-    return InsertThrottle(2.0, 1000.0, sleep=lambda s: None, reads=reads, mark=reads.mark, **args)
+    return InsertThrottle(2.0, 1000.0, sleep=lambda s: None, reads=reads, flag=reads.flag, **args)
 
 
 def test_the_api_publishes_its_store_reads_and_a_worker_reads_them(
@@ -140,11 +140,11 @@ def test_an_unreachable_redis_never_fails_or_stalls_a_load() -> None:
     assert calls == 2
 
 
-def test_a_workers_load_mark_keeps_its_time_out_of_the_readers_calm_level(
+def test_a_workers_load_flag_keeps_its_time_out_of_the_readers_calm_level(
     clean_state: None, redis_client: redis.Redis, settings: Settings
 ) -> None:
-    """Real Redis on both sides: a worker's paced batch marks the load; the publishing API
-    process keeps every period that began or ended under the mark out of its baseline."""
+    """Real Redis on both sides: a worker's paced batch flags the load; the publishing API
+    process keeps every period that began or ended under the flag out of its baseline."""
     url = settings.redis_url.get_secret_value()
     publisher = ReadLatencyPublisher(None, 0.5, process="api-calm")  # type: ignore[arg-type]
 
@@ -160,13 +160,13 @@ def test_a_workers_load_mark_keeps_its_time_out_of_the_readers_calm_level(
     calm = asyncio.run(publish(1.0, BASELINE_MIN_PERIODS))
     assert calm > 0
     t = throttle(url)
-    with t.paced(10):  # a load's batch: marks it for LOADING_TTL_S
+    with t.paced(10):  # a load's batch: flags it for LOADING_TTL_S
         pass
     assert redis_client.exists(LOADING_KEY)
     # Far more loaded periods than the history holds: the calm level does not move.
     history = publisher.p90s.maxlen or 0
     assert asyncio.run(publish(30.0, history + 5)) == calm
-    redis_client.delete(LOADING_KEY)  # the load ended (its mark expired)
-    # The first period after it began under the mark: still not calm.
+    redis_client.delete(LOADING_KEY)  # the load ended (its flag expired)
+    # The first period after it began under the flag: still not calm.
     assert asyncio.run(publish(30.0, 1)) == calm
     assert asyncio.run(publish(30.0, history)) > calm  # calm periods count again

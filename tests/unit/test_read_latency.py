@@ -104,10 +104,10 @@ def test_quantile_is_nearest_rank() -> None:
     assert quantile([float(i) for i in range(100)], 0.9) == 90.0
 
 
-def test_periods_a_load_marked_never_enter_the_baseline_however_long_it_runs() -> None:
+def test_periods_a_load_flagged_never_enter_the_baseline_however_long_it_runs() -> None:
     """A 20-minute load filled the whole history (300 s) with its own periods and the calm
     level rose with them (5.4 -> 9.1 ms logged during a 100M-row load): periods that saw
-    the loading mark are kept out."""
+    the loading flag are kept out."""
     p = publisher(period_s=1.0)  # history: the last 300 periods
     for _ in range(BASELINE_MIN_PERIODS):
         for _ in range(BASELINE_MIN_READS):

@@ -18,8 +18,8 @@ from shared.readpath.read_latency import (
     quantile,
 )
 from worker.throttle import (
+    FLAG_EVERY_S,
     IDLE_RESET_S,
-    MARK_EVERY_S,
     MIN_READS,
     RETRY_S,
     VERDICT_TTL_S,
@@ -423,31 +423,31 @@ def test_with_publishing_off_the_workers_pace_on_insert_latency() -> None:
     from shared.settings import Settings
 
     quiet = from_settings(Settings(read_latency_publish_s=0))
-    assert quiet is not None and quiet.reads is None and quiet.mark is None
+    assert quiet is not None and quiet.reads is None and quiet.flag is None
     listening = from_settings(Settings(read_latency_publish_s=0.5))
     assert listening is not None and listening.reads is not None
-    assert listening.mark is not None  # a load marks itself for those readers
+    assert listening.flag is not None  # a load flags itself for those readers
     assert from_settings(Settings(ingest_read_signal=False)).reads is None  # type: ignore[union-attr]
 
 
-def test_a_load_marks_itself_for_the_readers_at_most_every_few_seconds() -> None:
+def test_a_load_flags_itself_for_the_readers_at_most_every_few_seconds() -> None:
     """The readers keep the time a load works out of their calm baseline
-    (shared/readpath/read_latency.py, LOADING_KEY): the mark is renewed by batches and
-    tasks alike, well within its TTL, and a failing mark never fails a batch."""
+    (shared/readpath/read_latency.py, LOADING_KEY): the flag is renewed by batches and
+    tasks alike, well within its TTL, and a failing flag never fails a batch."""
     t = FakeTime()
-    marks: list[float] = []
+    flags: list[float] = []
     throttle = InsertThrottle(
-        2.0, 1000.0, clock=t.clock, sleep=t.sleep, mark=lambda: marks.append(t.now)
+        2.0, 1000.0, clock=t.clock, sleep=t.sleep, flag=lambda: flags.append(t.now)
     )
     for _ in range(100):  # 10 s of batches
         write(throttle, t, 500, 0.1)
-    throttle.note_loading()  # a map task starting: within MARK_EVERY_S of the last mark
-    assert marks[0] == 0.0 and len(marks) == 2
-    assert all(b - a >= MARK_EVERY_S for a, b in itertools.pairwise(marks))
-    assert MARK_EVERY_S * 3 <= LOADING_TTL_S  # renewed long before it expires
+    throttle.note_loading()  # a map task starting: within FLAG_EVERY_S of the last flag
+    assert flags[0] == 0.0 and len(flags) == 2
+    assert all(b - a >= FLAG_EVERY_S for a, b in itertools.pairwise(flags))
+    assert FLAG_EVERY_S * 3 <= LOADING_TTL_S  # renewed long before it expires
 
     def broken() -> None:
         raise ConnectionError("redis is down")
 
-    failing = InsertThrottle(2.0, 1000.0, clock=t.clock, sleep=t.sleep, mark=broken)
+    failing = InsertThrottle(2.0, 1000.0, clock=t.clock, sleep=t.sleep, flag=broken)
     write(failing, t, 500, 0.1)  # no exception
