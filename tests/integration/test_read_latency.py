@@ -37,6 +37,22 @@ def throttle(url: str, **kw: Any) -> InsertThrottle:
     return InsertThrottle(2.0, 1000.0, sleep=lambda s: None, reads=reads, flag=reads.flag, **args)
 
 
+def publish(url: str, publisher: ReadLatencyPublisher, ms: float, periods: int) -> float:
+    """``periods`` periods of 10 reads of ``ms`` each, published to Redis as an API process
+    does; returns the baseline they leave."""
+
+    async def run() -> None:
+        async with AsyncRedis.from_url(url) as r:
+            publisher.redis = r
+            for _ in range(periods):
+                for _ in range(10):
+                    publisher.observe(ms / 1000)
+                await publisher.publish()
+
+    asyncio.run(run())
+    return publisher.summary().baseline_ms
+
+
 def test_the_api_publishes_its_store_reads_and_a_worker_reads_them(
     clean_state: None, mongo_db: Any, redis_client: redis.Redis, settings: Settings
 ) -> None:
@@ -84,17 +100,8 @@ def test_slow_reads_published_by_an_api_process_halve_a_workers_rate(
 ) -> None:
     """Real publisher and Redis on both sides; only the latencies are given."""
     url = settings.redis_url.get_secret_value()
-
-    async def publish(publisher: ReadLatencyPublisher, ms: float, periods: int) -> None:
-        async with AsyncRedis.from_url(url) as r:
-            publisher.redis = r
-            for _ in range(periods):
-                for _ in range(10):
-                    publisher.observe(ms / 1000)
-                await publisher.publish()
-
     publisher = ReadLatencyPublisher(None, 0.5, process="api-x")  # type: ignore[arg-type]
-    asyncio.run(publish(publisher, 1.0, BASELINE_MIN_PERIODS))  # calm, before any load
+    publish(url, publisher, 1.0, BASELINE_MIN_PERIODS)  # calm, before any load
     t = throttle(url)
     for _ in range(3):
         with t.paced(5000):
@@ -104,7 +111,7 @@ def test_slow_reads_published_by_an_api_process_halve_a_workers_rate(
     with t.paced(5000):  # the worker sees this API process: its window starts
         time.sleep(0.005)
     assert "api-x" in t.marks and t.rate is None
-    asyncio.run(publish(publisher, 30.0, 1))  # a load: reads 30x slower
+    publish(url, publisher, 30.0, 1)  # a load: reads 30x slower
     t.next_reading = 0.0
     with t.paced(5000):
         time.sleep(0.005)
@@ -147,17 +154,7 @@ def test_a_workers_load_flag_keeps_its_time_out_of_the_readers_calm_level(
     process keeps every period that began or ended under the flag out of its baseline."""
     url = settings.redis_url.get_secret_value()
     publisher = ReadLatencyPublisher(None, 0.5, process="api-calm")  # type: ignore[arg-type]
-
-    async def publish(ms: float, periods: int) -> float:
-        async with AsyncRedis.from_url(url) as r:
-            publisher.redis = r
-            for _ in range(periods):
-                for _ in range(10):
-                    publisher.observe(ms / 1000)
-                await publisher.publish()
-        return publisher.summary().baseline_ms
-
-    calm = asyncio.run(publish(1.0, BASELINE_MIN_PERIODS))
+    calm = publish(url, publisher, 1.0, BASELINE_MIN_PERIODS)
     assert calm > 0
     t = throttle(url)
     with t.paced(10):  # a load's batch: flags it for LOADING_TTL_S
@@ -165,8 +162,8 @@ def test_a_workers_load_flag_keeps_its_time_out_of_the_readers_calm_level(
     assert redis_client.exists(LOADING_KEY)
     # Far more loaded periods than the history holds: the calm level does not move.
     history = publisher.p90s.maxlen or 0
-    assert asyncio.run(publish(30.0, history + 5)) == calm
+    assert publish(url, publisher, 30.0, history + 5) == calm
     redis_client.delete(LOADING_KEY)  # the load ended (its flag expired)
     # The first period after it began under the flag: still not calm.
-    assert asyncio.run(publish(30.0, 1)) == calm
-    assert asyncio.run(publish(30.0, history)) > calm  # calm periods count again
+    assert publish(url, publisher, 30.0, 1) == calm
+    assert publish(url, publisher, 30.0, history) > calm  # calm periods count again
