@@ -26,6 +26,7 @@ import json
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -38,7 +39,7 @@ from typing import Any
 import httpx
 import psutil
 
-from bench.common import add_common_args, report, table
+from bench.common import OUT, add_common_args, report, table
 from bench.parse import data_file
 from bench.stack import Stack, stack
 from shared.dataset import datasets, lifecycle
@@ -214,7 +215,23 @@ def _phases(job: dict[str, Any], db: Any) -> dict[str, float]:
     for here, nxt in zip(seen, [*seen[1:], None], strict=True):
         out[here] = (at[nxt] if nxt else end) - at[here]
     out["created_at"] = doc["created_at"].timestamp()
+    for phase, when in at.items():  # where a load's lookups are split by phase
+        out[f"at {phase}"] = when
     return out
+
+
+def _phase_windows(
+    name: str, load: dict[str, Any], ph: dict[str, float]
+) -> list[tuple[str, float, float]]:
+    """A load's lookups by phase: the upload and plan, the map (no store writes, CPU
+    shared with the parsing processes) and the reduce with the switch (paced writes)."""
+    if "at loading" not in ph or "at writing" not in ph:
+        return []
+    return [
+        (f"{name}: upload and plan", load["began"], ph["at loading"]),
+        (f"{name}: map", ph["at loading"], ph["at writing"]),
+        (f"{name}: reduce and switch", ph["at writing"], load["ended"]),
+    ]
 
 
 def _wait_removed(db: Any, version: int, timeout: float) -> float | None:
@@ -291,6 +308,11 @@ def run(args: argparse.Namespace) -> str:
         sampler.stopping.set()
         sampler.join()
         result = json.loads(out_file.read_text())
+        # Kept for a second look (the stack's directory goes): each lookup's time and
+        # status, and the services' logs.
+        kept = OUT / f"scale-{args.rows}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
+        shutil.copytree(st.tmp / "logs", kept / "logs")
+        shutil.copy(out_file, kept / "lookups.json")
         phases = [_phases(load["job"], db) for load in loads]
         log = (st.tmp / "logs" / "worker.log").read_text()
         versions = [int(load["job"]["dataset_version"]) for load in loads]
@@ -356,9 +378,11 @@ def _report(
             f"{per / (sum(parts) / len(parts)):,.0f} rows/s per worker process."
         )
     windows = [("idle, nothing live", start_at, start_at + IDLE_S)]
-    windows += [(f"load {n}", ld["began"], ld["ended"]) for n, ld in enumerate(loads, 1)]
-    if idle_live is not None:  # "p99 <= 3x idle" is read against this one
-        windows.insert(2, ("idle, file 1 live", *idle_live))
+    for n, (ld, ph) in enumerate(zip(loads, phases, strict=True), 1):
+        windows.append((f"load {n}", ld["began"], ld["ended"]))
+        windows += _phase_windows(f"load {n}", ld, ph)
+        if n == 1 and idle_live is not None:  # "p99 <= 3x idle" is read against this one
+            windows.append(("idle, file 1 live", *idle_live))
     if removal is not None:  # from the end of the sampled check (its burst is not lookups')
         took = removal[1] - loads[1]["ended"]
         windows.append((f"old version's removal ({took:.0f} s after the switch)", *removal))

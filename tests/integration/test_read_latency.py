@@ -24,8 +24,8 @@ from shared.readpath.read_latency import (
     read_latencies,
 )
 from shared.settings import Settings
-from tests.helpers import load_dataset, wait_for
-from worker.throttle import RETRY_S, InsertThrottle, RedisReads
+from tests.helpers import load_dataset, wait_for, wait_job
+from worker.throttle import FLAG_EVERY_S, RETRY_S, InsertThrottle, RedisReads
 
 ROW = "D018EF0B-dbd9-48f1-ac1a-eb4d90e57118,60.683466,2018-08-04 05:32:31 +0200 CEST"
 
@@ -167,3 +167,19 @@ def test_a_workers_load_flag_keeps_its_time_out_of_the_readers_calm_level(
     # The first period after it began under the flag: still not calm.
     assert publish(url, publisher, 30.0, 1) == calm
     assert publish(url, publisher, 30.0, history) > calm  # calm periods count again
+
+
+def test_a_load_that_never_paces_still_flags_the_readers(
+    client: TestClient, worker: Any, redis_client: redis.Redis
+) -> None:
+    """Real worker processes: a load's map parses at full speed beside the readers and
+    never paces a batch, so each task flags the load when it starts. A file that fails in
+    the map reaches no paced write at all."""
+    time.sleep(FLAG_EVERY_S)  # the session's processes flag at most this often
+    redis_client.delete(LOADING_KEY)
+    r = client.post("/add-promotions/", files={"file": ("p.csv", b"not,a,row\n" * 5000)})
+    assert r.status_code == 202, r.text
+    job = wait_job(client, r.json()["job_id"])
+    assert job["status"] == "failed", job
+    assert job["rows_loaded"] == 0, job
+    assert redis_client.exists(LOADING_KEY)

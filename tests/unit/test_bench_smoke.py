@@ -52,3 +52,16 @@ def test_scale_windows_say_when_their_errors_came() -> None:
     w = _window({"due": due, "latency": [0.001] * 100, "status": status}, t0, t0 + 10)
     assert (w["n"], w["errors"]) == (99, 6)
     assert w["errors_at"] == "08:00:04 (5), 08:00:08 (1)"
+
+
+def test_scale_splits_a_loads_lookups_by_phase() -> None:
+    from bench.scale import _phase_windows
+
+    load = {"began": 100.0, "ended": 190.0}
+    ph = {"at queued": 101.0, "at loading": 110.0, "at writing": 150.0, "loading": 40.0}
+    assert _phase_windows("load 2", load, ph) == [
+        ("load 2: upload and plan", 100.0, 110.0),
+        ("load 2: map", 110.0, 150.0),
+        ("load 2: reduce and switch", 150.0, 190.0),
+    ]
+    assert _phase_windows("load 1", load, {"at queued": 101.0}) == []  # failed before the map
