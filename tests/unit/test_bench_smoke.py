@@ -65,3 +65,20 @@ def test_scale_splits_a_loads_lookups_by_phase() -> None:
         ("load 2: reduce and switch", 150.0, 190.0),
     ]
     assert _phase_windows("load 1", load, {"at queued": 101.0}) == []  # failed before the map
+
+
+def test_lookup_minutes_splits_by_window_and_status() -> None:
+    from bench.lookup_minutes import by_window
+
+    t0 = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC
+    due = [t0 + i for i in range(120)]
+    status = [200 if i % 2 else 404 for i in range(120)]
+    status[3] = 0  # unanswered: left out
+    latency = [0.001 * (1 + i % 2) for i in range(120)]
+    rows = by_window({"due": due, "latency": latency, "status": status}, 60)
+    assert rows == [
+        ["08:00:00", "200", "29", "2.0", "2.0"],
+        ["08:00:00", "404", "30", "1.0", "1.0"],
+        ["08:01:00", "200", "30", "2.0", "2.0"],
+        ["08:01:00", "404", "30", "1.0", "1.0"],
+    ]
