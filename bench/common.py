@@ -56,6 +56,11 @@ def medians(samples: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(s[k] for s in samples) for k in samples[0]}
 
 
+def quantile_ms(ordered: Sequence[float], q: float) -> float:
+    """The ``q`` quantile of latencies in seconds, sorted, in ms (the benches' one rule)."""
+    return ordered[int(len(ordered) * q)] * 1000
+
+
 def paired_ratio(a: list[dict[str, float]], b: list[dict[str, float]], key: str) -> float:
     """Median of run-by-run ratios a/b: each pair ran back to back, under the same load."""
     return statistics.median(x[key] / y[key] for x, y in zip(a, b, strict=True))

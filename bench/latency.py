@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import report, table
+from bench.common import quantile_ms, report, table
 from bench.lookups import _warm, add_load_args, load, require_wrk, wait_live, wrk
 from bench.parse import data_file
 from bench.stack import stack
@@ -70,7 +70,7 @@ async def _open_loop(
         "requests": len(latencies),
         "achieved_per_s": len(latencies) / (time.perf_counter() - start),
         "p50_ms": latencies[len(latencies) // 2] * 1000,
-        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
+        "p99_ms": quantile_ms(latencies, 0.99),
         "max_ms": latencies[-1] * 1000,
         "errors": errors,
     }

@@ -34,7 +34,7 @@ import httpx
 import psutil
 import redis
 
-from bench.common import OUT, add_common_args, report, table
+from bench.common import OUT, add_common_args, quantile_ms, report, table
 from bench.ingest import tree_cpu_seconds
 from bench.lookups import load, wait_live
 from bench.open_loop import window, zipf_sequence
@@ -195,7 +195,7 @@ def p99(latencies: list[float]) -> float:
     if not latencies:
         return float("nan")
     ordered = sorted(latencies)
-    return ordered[int(len(ordered) * 0.99)] * 1000
+    return quantile_ms(ordered, 0.99)
 
 
 def split(out: dict[str, Any], begin: float, end: float) -> tuple[list[float], list[float]]:

@@ -12,6 +12,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from bench.common import quantile_ms
+
 
 def by_window(result: dict[str, Any], seconds: int) -> list[list[str]]:
     """Rows of (window start UTC, status, count, p50 ms, p99 ms); unanswered left out."""
@@ -30,8 +32,8 @@ def by_window(result: dict[str, Any], seconds: int) -> list[list[str]]:
                 f"{at:%H:%M:%S}",
                 str(status),
                 str(len(values)),
-                f"{values[len(values) // 2] * 1000:.1f}",
-                f"{values[int(len(values) * 0.99)] * 1000:.1f}",
+                f"{quantile_ms(values, 0.5):.1f}",
+                f"{quantile_ms(values, 0.99):.1f}",
             ]
         )
     return rows

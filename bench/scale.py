@@ -39,7 +39,7 @@ from typing import Any
 import httpx
 import psutil
 
-from bench.common import OUT, add_common_args, report, table
+from bench.common import OUT, add_common_args, quantile_ms, report, table
 from bench.parse import data_file
 from bench.stack import Stack, stack
 from shared.dataset import datasets, lifecycle
@@ -185,7 +185,7 @@ def _window(result: dict[str, Any], begin: float, end: float) -> dict[str, Any]:
     return {
         "n": len(picked),
         "rate": len(picked) / max(1e-9, end - begin),
-        "p99_ms": lat[int(len(lat) * 0.99)] * 1000 if lat else float("nan"),
+        "p99_ms": quantile_ms(lat, 0.99) if lat else float("nan"),
         "errors": len(failed),
         "errors_at": _errors_at([due[i] for i in failed]),
     }

@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import psutil
 
-from bench.common import add_common_args, interleave, report, table
+from bench.common import add_common_args, interleave, quantile_ms, report, table
 from bench.lookups import _warm, load, wait_live
 from bench.open_loop import zipf_sequence
 from bench.parse import data_file
@@ -121,7 +121,7 @@ def _stats(
     if not lat:
         return {"p99_ms": float("nan"), "error_share": float("nan"), "requests": 0}
     return {
-        "p99_ms": lat[int(len(lat) * 0.99)] * 1000,
+        "p99_ms": quantile_ms(lat, 0.99),
         "p50_ms": lat[len(lat) // 2] * 1000,
         "error_share": errors / len(lat),
         "requests": len(lat),

@@ -24,7 +24,15 @@ import psutil
 import pymongo
 from bson.raw_bson import RawBSONDocument
 
-from bench.common import add_common_args, interleave, medians, paired_ratio, report, table
+from bench.common import (
+    add_common_args,
+    interleave,
+    medians,
+    paired_ratio,
+    quantile_ms,
+    report,
+    table,
+)
 from devstack.services import Service, free_port, mongo_command
 from shared.fileformat.bucket_layout import bucket_document, encode_element
 
@@ -117,9 +125,9 @@ def _measure(replica_set: bool, buckets: int, per_bucket: int, reads: int) -> di
     return {
         "rows_per_s": rows / (t1 - t0),
         "rows_per_store_cpu_s": rows / (cpu1 - cpu0),
-        "idle_p99_ms": idle[int(len(idle) * 0.99)] * 1000,
+        "idle_p99_ms": quantile_ms(idle, 0.99),
         "busy_p50_ms": busy[len(busy) // 2] * 1000,
-        "busy_p99_ms": busy[int(len(busy) * 0.99)] * 1000,
+        "busy_p99_ms": quantile_ms(busy, 0.99),
         "busy_rows_per_s": inserted[0] * per_bucket / (t3 - t2),
     }
 

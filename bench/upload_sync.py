@@ -21,7 +21,7 @@ from typing import Any
 
 import pymongo
 
-from bench.common import add_common_args, interleave, medians, report, table
+from bench.common import add_common_args, interleave, medians, quantile_ms, report, table
 from devstack.services import Service, free_port, mongo_command
 from shared.fileformat.gunzip_file_writer import GunzipFileWriter, StoreLimits
 from shared.settings import GiB, MiB
@@ -93,7 +93,7 @@ def _measure(size: int, sync_bytes: int) -> dict[str, float]:
             store.stop()
     reads.sort()
     return {
-        "read_p99_ms": reads[int(len(reads) * 0.99)] * 1000,
+        "read_p99_ms": quantile_ms(reads, 0.99),
         "read_max_ms": reads[-1] * 1000,
         "write_max_ms": max(writes) * 1000,
         "final_fsync_s": fsync_s,
