@@ -185,6 +185,7 @@ def _window(result: dict[str, Any], begin: float, end: float) -> dict[str, Any]:
     return {
         "n": len(picked),
         "rate": len(picked) / max(1e-9, end - begin),
+        "p50_ms": quantile_ms(lat, 0.5) if lat else float("nan"),
         "p99_ms": quantile_ms(lat, 0.99) if lat else float("nan"),
         "errors": len(failed),
         "errors_at": _errors_at([due[i] for i in failed]),
@@ -232,6 +233,26 @@ def _phase_windows(
         (f"{name}: map", ph["at loading"], ph["at writing"]),
         (f"{name}: reduce and switch", ph["at writing"], load["ended"]),
     ]
+
+
+def _windows(
+    loads: list[dict[str, Any]],
+    phases: list[dict[str, float]],
+    start_at: float,
+    idle_live: tuple[float, float] | None,
+    removal: tuple[float, float] | None,
+) -> list[tuple[str, float, float]]:
+    """The report's windows of lookups: (name, begin, end), epoch seconds."""
+    windows = [("idle, nothing live", start_at, start_at + IDLE_S)]
+    for n, (ld, ph) in enumerate(zip(loads, phases, strict=True), 1):
+        windows.append((f"load {n}", ld["began"], ld["ended"]))
+        windows += _phase_windows(f"load {n}", ld, ph)
+        if n == 1 and idle_live is not None:  # "p99 <= 3x idle" is read against this one
+            windows.append(("idle, file 1 live", *idle_live))
+    if removal is not None:  # from the end of the sampled check (its burst is not lookups')
+        took = removal[1] - loads[1]["ended"]
+        windows.append((f"old version's removal ({took:.0f} s after the switch)", *removal))
+    return windows
 
 
 def _wait_removed(db: Any, version: int, timeout: float) -> float | None:
@@ -319,6 +340,9 @@ def run(args: argparse.Namespace) -> str:
         live = datasets.read_active_sync(db)
         assert live is not None and live.version == versions[-1]
     removal = None if removed_at is None else (checked_at, removed_at + 1.0)
+    (kept / "windows.json").write_text(
+        json.dumps(_windows(loads, phases, start_at, idle_live, removal), indent=1)
+    )
     return _report(args, loads, phases, checks, result, sampler, log, removal, start_at, idle_live)
 
 
@@ -377,19 +401,14 @@ def _report(
             f"(max {max(parts):.2f} s) for ~{per:,.0f} rows each: "
             f"{per / (sum(parts) / len(parts)):,.0f} rows/s per worker process."
         )
-    windows = [("idle, nothing live", start_at, start_at + IDLE_S)]
-    for n, (ld, ph) in enumerate(zip(loads, phases, strict=True), 1):
-        windows.append((f"load {n}", ld["began"], ld["ended"]))
-        windows += _phase_windows(f"load {n}", ld, ph)
-        if n == 1 and idle_live is not None:  # "p99 <= 3x idle" is read against this one
-            windows.append(("idle, file 1 live", *idle_live))
-    if removal is not None:  # from the end of the sampled check (its burst is not lookups')
-        took = removal[1] - loads[1]["ended"]
-        windows.append((f"old version's removal ({took:.0f} s after the switch)", *removal))
+    windows = _windows(loads, phases, start_at, idle_live, removal)
     body += "\n\n" + table(
-        ["lookups", "requests", "rate /s", "p99 ms", "errors", "most errors at (UTC)"],
+        ["lookups", "requests", "rate /s", "p50 ms", "p99 ms", "errors", "most errors at (UTC)"],
         [
-            [name, w["n"], f"{w['rate']:.0f}", f"{w['p99_ms']:.1f}", w["errors"], w["errors_at"]]
+            [
+                *(name, w["n"], f"{w['rate']:.0f}", f"{w['p50_ms']:.1f}", f"{w['p99_ms']:.1f}"),
+                *(w["errors"], w["errors_at"]),
+            ]
             for name, begin, end in windows
             for w in [_window(result, begin, end)]
         ],

@@ -100,7 +100,10 @@ def stack(
             mongo = Service(
                 "mongo",
                 mongo_command(
-                    mongo_port, str(tmp / "mongo"), cache=get_settings().devstack_store_cache
+                    mongo_port,
+                    str(tmp / "mongo"),
+                    cache=get_settings().devstack_store_cache,
+                    switch_interval_ms=get_settings().devstack_store_switch_interval_ms,
                 ),
                 port=mongo_port,
                 log_path=logs / "mongo.log",

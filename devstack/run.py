@@ -83,7 +83,12 @@ def plan_services() -> list[Service]:
         services.append(
             Service(
                 "mongo",
-                mongo_command(port, str(data / "mongo"), cache=settings.devstack_store_cache),
+                mongo_command(
+                    port,
+                    str(data / "mongo"),
+                    cache=settings.devstack_store_cache,
+                    switch_interval_ms=settings.devstack_store_switch_interval_ms,
+                ),
                 port=port,
                 die_with_parent=True,
             )

@@ -57,14 +57,20 @@ def mongo_command(
     host: str = "127.0.0.1",
     cache: str = "1G",
     replica_set: bool = False,
+    switch_interval_ms: float = 0.5,
 ) -> list[str]:
     """secantusd: the MongoDB-wire-compatible dev/test server (never used in production);
     ``cache``: its WiredTiger cache (``DEVSTACK_STORE_CACHE``). A standalone server unless
     ``replica_set``: as a single-node replica set it writes an oplog entry for every
     document it stores (a BSON encode and a table write in its one Python process), which
-    nothing here reads (docs/decisions/standalone-dev-store.md)."""
+    nothing here reads (docs/decisions/standalone-dev-store.md). Run with a GIL switch
+    interval of ``switch_interval_ms`` (``DEVSTACK_STORE_SWITCH_INTERVAL_MS``; Python's own:
+    5): see devstack/dev_store.py."""
     return [
-        _tool("secantusd-py"),
+        sys.executable,
+        "-m",
+        "devstack.dev_store",
+        f"{switch_interval_ms:g}",
         *(() if replica_set else ("--standalone",)),
         "--host",
         host,

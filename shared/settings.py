@@ -173,6 +173,9 @@ class Settings(BaseSettings):
     task_max_retries: int = Field(default=10, ge=0)
     task_retry_backoff_s: float = Field(default=2.0, ge=0)
     worker_concurrency: int = Field(default=2, ge=1)
+    # Loads yield the CPU to lookups where they share a host: the worker's niceness (and its
+    # session's, see worker/cpu_priority.py); 0 leaves it as started.
+    worker_nice: int = Field(default=10, ge=0, le=19)
     versions_to_keep: int = Field(default=2, ge=1)
     # Collections of retired or failed versions are removed only after this long, and only
     # if the pointer has not named them for this long: readers still on the previous
@@ -270,6 +273,9 @@ class Settings(BaseSettings):
     # `make run` and the benchmarks only: the dev store's WiredTiger cache (secantusd's
     # --cache-size, as MongoDB's storage.wiredTiger.engineConfig.cacheSizeGB), e.g. "1G".
     devstack_store_cache: str = Field(default="1G", pattern=r"^[1-9][0-9]*[MG]$")
+    # ... and its GIL switch interval (Python's default: 5 ms), so that its reads do not queue
+    # behind its write threads as mongod's never do (devstack/dev_store.py).
+    devstack_store_switch_interval_ms: float = Field(default=0.5, gt=0, le=100)
 
     # `make run` only: also start a local Prometheus with deploy/prometheus's rules, scraping
     # this stack's API, on this port (docs/operations.md).

@@ -8,12 +8,21 @@ scan and the stalled-job watchdog.
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from celery import Celery
+from celery.signals import worker_init
 
 from shared.infra.logging_setup import configure_logging
 from shared.infra.task_names import CLEANUP_DATASETS, FAIL_STALLED_JOBS, SCAN_INBOX
 from shared.settings import get_settings
-from worker import heartbeat  # noqa: F401  (the node's presence: started with the worker)
+from worker import (
+    cpu_priority,
+    heartbeat,  # noqa: F401  (the node's presence: started with the worker)
+)
+
+log = logging.getLogger(__name__)
 
 
 def redelivery_options(visibility_timeout_s: int) -> dict[str, int]:
@@ -79,3 +88,16 @@ app.conf.update(
         },
     },
 )
+
+
+def _yield_cpu(**_: Any) -> None:
+    """In the worker's main process, before the pool is forked (its processes inherit it)."""
+    applied = cpu_priority.lower_priority(settings.worker_nice)
+    log.info(
+        "worker niceness %d%s",
+        applied.niceness,
+        ", its session's scheduling group lowered too" if applied.autogroup else "",
+    )
+
+
+worker_init.connect(_yield_cpu, weak=False)
