@@ -125,7 +125,7 @@ class InsertThrottle:
         sleep: Callable[[float], None] = time.sleep,
         reads: ReadSource | None = None,
         read_slowdown: float = 4.0,
-        read_floor_ms: float = 2.0,
+        read_floor_ms: float = 5.0,
         read_every_s: float = 0.5,
         flag: Callable[[], None] | None = None,
     ) -> None:
