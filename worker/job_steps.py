@@ -226,7 +226,9 @@ def load(
         return "skipped"  # ended while this delivery stalled after the heartbeat
     counted = job_records.count_chunk_done(db, job_id, index, stats, end - start)
     if counted is not None and hopeless(counted, settings.reject_ratio):
-        return "ended" if _fail_for_rejects(db, settings, job_id, early=True) else "skipped"
+        # Proven by the last chunk to be counted, the file was read whole: not "early".
+        early = counted["chunks_done"] < counted["chunks_total"]
+        return "ended" if _fail_for_rejects(db, settings, job_id, early) else "skipped"
     return "last" if _all_done(db, job_id, counted, "chunks") else "loaded"
 
 

@@ -49,6 +49,9 @@ async def list_jobs(
     return json_response([job_records.public_job(doc) for doc in docs])
 
 
+# The file lines the report covers (1 to N): every line, or for a job stopped early
+# (REJECT_RATIO proven before the end) those up to the first chunk it never read.
+LINES_COVERED = "Lines-Covered"
 REJECTS_CSV_EXAMPLE = (
     "line,reason,raw\r\n"
     "7,price '-1' is negative,\"d018ef0b-dbd9-48f1-ac1a-eb4d90e57118,-1,2018-08-04 05:32:31\"\r\n"
@@ -63,6 +66,13 @@ REJECTS_CSV_EXAMPLE = (
             "description": "Every rejected line: line number in the file, reason, the line "
             f"as read (first {reject_report.RAW_CHARS} characters)",
             "content": {"text/csv": {"schema": {"type": "string"}, "example": REJECTS_CSV_EXAMPLE}},
+            "headers": {
+                LINES_COVERED: {
+                    "description": "The report covers the file's lines 1 to this number: all "
+                    "of them, or for a job stopped early those it read in order",
+                    "schema": {"type": "integer"},
+                }
+            },
         },
         404: {"model": Problem, "description": "Unknown job"},
         409: {"model": Problem, "description": "The job is still running"},
@@ -88,11 +98,11 @@ async def get_rejects(
             headers={"Retry-After": "5"},
         )
     directory = services.settings.rejects_dir
-    offsets: list[tuple[int, int]] | None = []
+    index = None
     if doc.get("rows_rejected"):
-        offsets = await reject_report.chunk_offsets(services.db, directory, job_id)
-        if offsets is None or await asyncio.to_thread(
-            reject_report.missing_files, directory, job_id, offsets
+        index = await reject_report.chunk_offsets(services.db, directory, job_id)
+        if index is None or await asyncio.to_thread(
+            reject_report.missing_files, directory, job_id, index.offsets
         ):
             return json_response(
                 {
@@ -101,8 +111,12 @@ async def get_rejects(
                 },
                 status_code=410,
             )
+    headers = {"Content-Disposition": f'attachment; filename="rejects-{job_id}.csv"'}
+    if index is not None:
+        # A job stopped early read the file only so far: say how far the report goes.
+        headers[LINES_COVERED] = str(index.lines)
     return StreamingResponse(
-        reject_report.stream(directory, job_id, offsets or []),
+        reject_report.stream(directory, job_id, index.offsets if index else []),
         media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="rejects-{job_id}.csv"'},
+        headers=headers,
     )

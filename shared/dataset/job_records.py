@@ -317,7 +317,8 @@ def chunk_totals(db: Database[Any], job_id: str) -> dict[str, int]:
 def first_rejects(db: Database[Any], job_id: str) -> list[dict[str, Any]]:
     """The first rejected rows of the file with file line numbers: per-chunk line numbers
     plus the lines of every chunk before. Reads only line counts, and rejects of the
-    chunks that have some, until enough are found."""
+    chunks that have some, until enough are found. A missing chunk (a job stopped early)
+    ends it: the lines before the chunks after it are unknown."""
     out: list[dict[str, Any]] = []
     lines_before = 0
     cursor = (
@@ -325,7 +326,9 @@ def first_rejects(db: Database[Any], job_id: str) -> list[dict[str, Any]]:
         .find({"job_id": job_id}, {"lines": 1, "rows_rejected": 1, "index": 1})
         .sort("index", 1)
     )
-    for chunk in cursor:
+    for expected, chunk in enumerate(cursor):
+        if int(chunk["index"]) != expected:
+            break
         if chunk["rows_rejected"]:
             full = db[CHUNKS].find_one({"_id": chunk["_id"]}, {"rejects": 1}) or {}
             for line, reason in full.get("rejects", []):

@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.database import Database
@@ -232,23 +232,33 @@ def _write_index(directory: Path, job_id: str, data: dict[str, Any]) -> None:
             tmp.unlink(missing_ok=True)
 
 
-async def chunk_offsets(
-    db: AsyncDatabase[Any], directory: Path, job_id: str
-) -> list[tuple[int, int]] | None:
-    """(chunk index, file lines before it) of the chunks with rejects, from the index, or
-    from the chunk results if the job ended a moment ago and is not sealed yet; None if
-    neither exists any more (the report was removed)."""
+class ReportIndex(NamedTuple):
+    """Where a report's chunk files sit in the file: (chunk index, file lines before it) of
+    the chunks with rejects, and how many of the file's lines the report covers - all of
+    them, or, for a job stopped early, those up to the first chunk never mapped."""
+
+    offsets: list[tuple[int, int]]
+    lines: int
+
+
+def _index_of(data: dict[str, Any]) -> ReportIndex:
+    return ReportIndex([(int(i), int(before)) for i, before in data["chunks"]], int(data["lines"]))
+
+
+async def chunk_offsets(db: AsyncDatabase[Any], directory: Path, job_id: str) -> ReportIndex | None:
+    """The report's index, from the index file, or from the chunk results if the job ended
+    a moment ago and is not sealed yet; None if neither exists any more (the report was
+    removed)."""
     if not _JOB_ID.fullmatch(job_id):  # ids are server-made; anything else is no path
         return None
     for attempt in range(2):
         with contextlib.suppress(FileNotFoundError):
-            data = json.loads(index_file(directory, job_id).read_text())
-            return [(int(i), int(before)) for i, before in data["chunks"]]
+            return _index_of(json.loads(index_file(directory, job_id).read_text()))
         if attempt == 0:
             cursor = db[CHUNKS].find({"job_id": job_id}, _CHUNK_FIELDS)
             chunks = [doc async for doc in cursor]
             if chunks:
-                return [(i, b) for i, b in _offsets_from_chunks(chunks)["chunks"]]
+                return _index_of(_offsets_from_chunks(chunks))
             # Sealed and deleted between the two reads: the index is there now.
     return None
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import os
 import time
 from datetime import timedelta
@@ -19,6 +20,7 @@ from shared.dataset import job_records, lifecycle, reject_report
 from shared.infra.timeutil import now
 from shared.settings import Settings
 from tests.helpers import wait_job
+from worker import chunking, job_steps
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -38,12 +40,18 @@ def _file(rows: int, bad_every: int) -> tuple[bytes, dict[int, str]]:
     return ("id,price,expiration_date\n" + "\n".join(lines) + "\n").encode(), bad
 
 
-def _rejects(client: TestClient, job_id: str) -> list[list[str]]:
+def _rejects(client: TestClient, job_id: str, lines: int | None = None) -> list[list[str]]:
     r = client.get(f"/jobs/{job_id}/rejects")
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("text/csv")
     assert f"rejects-{job_id}.csv" in r.headers["content-disposition"]
+    if lines is not None:
+        assert r.headers["lines-covered"] == str(lines)
     return list(csv.reader(io.StringIO(r.text, newline="")))
+
+
+def _covered(client: TestClient, job_id: str) -> int:
+    return int(client.get(f"/jobs/{job_id}/rejects").headers["lines-covered"])
 
 
 def _check(rows: list[list[str]], bad: dict[int, str]) -> None:
@@ -66,19 +74,66 @@ def test_every_reject_of_a_succeeded_job_is_downloadable_with_file_line_numbers(
     assert job["rows_rejected"] == len(bad) == 150
     assert len(job["rejects"]) == 100  # the preview
     assert [x["line"] for x in job["rejects"]] == sorted(bad)[:100]
-    rows = _rejects(client, job["job_id"])
+    rows = _rejects(client, job["job_id"], content.count(b"\n"))
     _check(rows, bad)
     # The chunk results are gone; the index kept what the report needs.
     assert reject_report.index_file(settings.rejects_dir, job["job_id"]).exists()
     assert _rejects(client, job["job_id"]) == rows
 
 
+def _never_stopped_early(content: bytes, bad: dict[int, str], settings: Settings) -> int:
+    """Chunks of the file, after checking that no set of them short of all can prove the
+    file hopeless: whatever order its chunks finish in, the job maps it whole."""
+    size = chunking.chunk_size_for(len(content), settings.chunk_size_bytes)
+    ranges = chunking.plan_chunks(io.BytesIO(content), len(content), size)
+    counts = []
+    line = 1
+    for start, end in ranges:
+        lines = content[start:end].count(b"\n")
+        rejected = sum(1 for n in range(line, line + lines) if n in bad)
+        counts.append((end - start, lines - (line == 1), rejected))  # less the header
+        line += lines
+    for taken in itertools.product((False, True), repeat=len(ranges)):
+        if all(taken):
+            continue
+        done = [c for c, t in zip(counts, taken, strict=True) if t]
+        job = {
+            "file_bytes": len(content),
+            "bytes_done": sum(c[0] for c in done),
+            "rows_rejected": sum(c[2] for c in done),
+            "rows_loaded": sum(c[1] - c[2] for c in done),
+        }
+        assert not job_steps.hopeless(job, settings.reject_ratio), taken
+    return len(ranges)
+
+
 def test_a_failed_job_has_its_full_report_too(client: TestClient, settings: Settings) -> None:
-    content, bad = _file(6_000, 20)  # 5 %: over the threshold
+    """A file over the threshold only as a whole: it is mapped to the end, then fails, and
+    its report has every reject (Lines-Covered: every line)."""
+    content, bad = _file(12_000, 50)  # 2 %: over the threshold of 1 %
+    assert _never_stopped_early(content, bad, settings) > 1
     r = client.post("/add-promotions/", files={"file": ("p.csv", content)})
     job = wait_job(client, r.json()["job_id"])
     assert job["status"] == "failed" and "are invalid" in job["error"], job
-    _check(_rejects(client, job["job_id"]), bad)
+    assert "stopped early" not in job["error"]
+    _check(_rejects(client, job["job_id"], content.count(b"\n")), bad)
+
+
+def test_a_job_stopped_early_reports_the_lines_it_read(
+    client: TestClient, settings: Settings
+) -> None:
+    """A fifth of the rows bad, many chunks: the first chunks mapped prove it, the job stops, and
+    its report lists every reject of the file's lines up to the first chunk it never read,
+    as the Lines-Covered header says."""
+    content, bad = _file(20_000, 5)  # 20 % bad, 11 chunks: proven after 4 in order
+    r = client.post("/add-promotions/", files={"file": ("p.csv", content)})
+    job = wait_job(client, r.json()["job_id"])
+    assert job["status"] == "failed" and "stopped early" in job["error"], job
+    rows = _rejects(client, job["job_id"])
+    covered = _covered(client, job["job_id"])
+    assert 0 < covered < content.count(b"\n")
+    _check(rows, {n: line for n, line in bad.items() if n <= covered})
+    assert [x["line"] for x in job["rejects"]] == sorted(bad)[: len(job["rejects"])]
 
 
 def test_a_clean_file_has_an_empty_report(client: TestClient) -> None:

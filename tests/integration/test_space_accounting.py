@@ -6,12 +6,14 @@ mapped whole. Job steps against the dev store, small settings."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pymongo import AsyncMongoClient
 
-from shared.dataset import datasets, job_records, lifecycle
+from shared.dataset import datasets, job_records, lifecycle, reject_report
 from shared.settings import Settings
 from worker import job_steps, shuffle_files
 
@@ -82,6 +84,43 @@ def test_a_hopeless_file_stops_early_instead_of_being_mapped_whole(
     assert len(outcomes) <= len(chunks) // 5  # ~6.5 % of the file at the most
     later = job_steps.load(space_db, small, "hopeless", *chunks[-1])
     assert later == "skipped"  # the chunks still queued do nothing
+
+
+def test_a_job_stopped_early_numbers_its_rejects_only_up_to_the_first_chunk_never_read(
+    space_db: Any, small: Settings
+) -> None:
+    """Chunks finish out of order: chunk 1 is still unread when chunks 0 and 2 prove the
+    file hopeless. The lines before chunk 2 are then unknown, so neither the job's preview
+    nor the report may number chunk 2's rejects (they came out shifted by chunk 1's lines)."""
+    job_id = "6a9" * 10 + "00"  # a job id as the API makes them (the report checks)
+    lines = [f"id{i:06d},{i}.5,{DATE}" if i % 5 else f"bad line {i}" for i in range(5_000)]
+    chunks = start(space_db, small, "".join(f"{x}\n" for x in lines), job_id)
+    order = [chunks[0], *chunks[2:]]
+    outcomes = []
+    for chunk in order:
+        outcomes.append(job_steps.load(space_db, small, job_id, *chunk))
+        if outcomes[-1] == "ended":
+            break
+    assert outcomes[0] == "loaded" and outcomes[-1] == "ended", outcomes
+    first = space_db[job_records.CHUNKS].find_one({"job_id": job_id, "index": 0})
+    job = space_db[lifecycle.JOBS].find_one({"_id": job_id})
+    assert job["rows_rejected"] > job_records.MAX_REJECTS_KEPT > first["rows_rejected"]
+    numbered = [r["line"] for r in job["rejects"]]
+    assert numbered == [i + 1 for i in range(first["lines"]) if i % 5 == 0]
+    for sealed in (False, True):  # from the chunk results, then from the index kept
+        if sealed:
+            reject_report.seal(space_db, small.rejects_dir, job_id)
+            space_db[job_records.CHUNKS].delete_many({"job_id": job_id})
+        index = asyncio.run(_index(space_db, small, job_id))
+        assert index == reject_report.ReportIndex([(0, 0)], first["lines"]), sealed
+
+
+async def _index(db: Any, settings: Settings, job_id: str) -> reject_report.ReportIndex | None:
+    client: AsyncMongoClient[Any] = AsyncMongoClient(settings.mongo_url.get_secret_value())
+    try:
+        return await reject_report.chunk_offsets(client[db.name], settings.rejects_dir, job_id)
+    finally:
+        await client.close()
 
 
 def test_a_file_that_could_still_pass_is_never_stopped_early(
