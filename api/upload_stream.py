@@ -155,6 +155,9 @@ class UploadPace:
     idle_s: float = 60.0
     min_bytes_per_s: float = 0.0  # 0: no rate check
     window_s: float = 30.0
+    # And how fast: the process that stores an upload also serves lookups, and an upload
+    # taken as fast as loopback sends it keeps ~80 % of a core busy (bench.upload_cpu).
+    max_bytes_per_s: float = 0.0  # 0: no cap
 
     @classmethod
     def from_settings(cls, settings: Settings) -> UploadPace:
@@ -162,13 +165,17 @@ class UploadPace:
             settings.upload_idle_timeout_s,
             settings.upload_min_bytes_per_s,
             settings.upload_rate_window_s,
+            settings.upload_max_bytes_per_s,
         )
 
 
 async def paced(chunks: AsyncIterator[bytes], pace: UploadPace) -> AsyncIterator[bytes]:
     """``chunks`` as they come, ended with a 408 when the client pauses longer than
-    ``idle_s`` or sends less than ``min_bytes_per_s`` over a window of ``window_s``."""
+    ``idle_s`` or sends less than ``min_bytes_per_s`` over a window of ``window_s``; taken
+    no faster than ``max_bytes_per_s`` on average since the first byte (a wait while ahead:
+    the client's TCP window fills and it sends slower)."""
     window_start, window_bytes = time.monotonic(), 0
+    started, total = window_start, 0
     while True:
         try:
             chunk = await asyncio.wait_for(anext(chunks), pace.idle_s)
@@ -187,6 +194,11 @@ async def paced(chunks: AsyncIterator[bytes], pace: UploadPace) -> AsyncIterator
                 )
             window_start, window_bytes = time.monotonic(), 0
         yield chunk
+        total += len(chunk)
+        if pace.max_bytes_per_s:
+            ahead = total / pace.max_bytes_per_s - (time.monotonic() - started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
 
 
 @dataclass(frozen=True)

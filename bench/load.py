@@ -113,8 +113,6 @@ def run_once(
     log_path = st.tmp / "logs" / f"worker-{uuid.uuid4().hex[:4]}.log"
     env = dict(env)
     command = worker_command(2, f"bench-{uuid.uuid4().hex[:6]}")
-    if "NICE" in env:  # not a setting: the workers run under nice(1)
-        command = ["nice", "-n", env.pop("NICE"), *command]
     workers = Service(
         "worker", command, env={**st.env, "LOG_LEVEL": "INFO", **env}, log_path=log_path
     )
@@ -296,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
         default=[],
         metavar="CASE:NAME=VALUE",
         help="an extra worker setting for a case (a new case name makes a new case "
-        "on top of the first one's settings; NICE=N runs its workers under nice -n N); "
+        "on top of the first one's settings; WORKER_NICE=N for the workers' CPU priority); "
         "repeatable",
     )
     add_common_args(parser, runs=1)

@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import io
 import itertools
 import json
 import os
@@ -33,6 +34,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +85,10 @@ class Sampler(threading.Thread):
         self.st = st
         self.peak_rss: dict[str, int] = defaultdict(int)
         self.peak_bytes: dict[str, int] = defaultdict(int)
+        # (time, bytes the store read from the disk so far, page cache bytes): a lookup
+        # whose bucket is no longer in memory reads the disk, which the loads' own writes
+        # keep busy. Sampled through the sampled checks too: they are cumulative.
+        self.store_io: list[tuple[float, int, int]] = []
         self.stopping = threading.Event()
         # Off during the sampled checks: their burst of lookups (16 at a time) is the
         # bench's, not the load's, and would set the API's peak.
@@ -92,6 +98,7 @@ class Sampler(threading.Thread):
         shared = Path(self.st.env["DATA_DIR"])
         store = self.st.tmp / "mongo"
         while not self.stopping.wait(SAMPLE_EVERY_S):
+            self.store_io.append((time.time(), self._store_reads(), _page_cache_bytes()))
             if self.paused.is_set():
                 continue
             for svc in self.st.started:
@@ -108,6 +115,30 @@ class Sampler(threading.Thread):
             self.peak_bytes["store"] = max(self.peak_bytes["store"], in_store)
             self.peak_bytes["both"] = max(self.peak_bytes["both"], volume + in_store)
 
+    def _store_reads(self) -> int:
+        for svc in self.st.started:
+            if svc.name == "mongo" and svc.proc is not None:
+                with contextlib.suppress(psutil.Error, AttributeError):
+                    return sum(int(p.io_counters().read_bytes) for p in _tree(svc.proc.pid))
+        return 0
+
+    def store_reads_per_s(self, begin: float, end: float) -> tuple[float, float]:
+        """(bytes read from the disk by the store per second, mean page cache bytes) over
+        [begin, end)."""
+        inside = [x for x in self.store_io if begin <= x[0] < end]
+        if len(inside) < 2:
+            return float("nan"), float("nan")
+        rate = (inside[-1][1] - inside[0][1]) / max(1e-9, inside[-1][0] - inside[0][0])
+        return rate, sum(x[2] for x in inside) / len(inside)
+
+
+def _page_cache_bytes() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("Cached:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
 
 def _ids(path: Path, n: int) -> list[str]:
     """The first ``n`` ids (a 100M-row file read whole would take ~10 GB here)."""
@@ -115,9 +146,34 @@ def _ids(path: Path, n: int) -> list[str]:
         return [line.split(",", 1)[0] for line in itertools.islice(f, n)]
 
 
+class _ReadOnce(io.RawIOBase):
+    """The file to upload, dropped from the page cache behind the read: a partner's file is
+    on the partner's machine, and 7.7 GB read here would push the store's files out of
+    memory, as no real upload does."""
+
+    def __init__(self, path: Path) -> None:
+        self._f = path.open("rb", buffering=0)
+        self._dropped = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._f.readinto(buffer) or 0
+        done = self._f.tell()
+        if done - self._dropped >= 64 * 1024 * 1024 or n == 0:
+            os.posix_fadvise(self._f.fileno(), 0, done, os.POSIX_FADV_DONTNEED)
+            self._dropped = done
+        return n
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
 def _upload_and_wait(http: httpx.Client, path: Path) -> dict[str, Any]:
     began = time.time()
-    with path.open("rb") as f:
+    with io.BufferedReader(_ReadOnce(path), 1024 * 1024) as f:
         r = http.post("/add-promotions/", files={"file": (path.name, f, "text/csv")})
     uploaded = time.time()
     r.raise_for_status()
@@ -265,6 +321,34 @@ def _wait_removed(db: Any, version: int, timeout: float) -> float | None:
     return None
 
 
+# Touches every page of N bytes and keeps them (no swap here): memory the page cache
+# cannot have.
+_HOLD = (
+    "import sys, time; n = int(sys.argv[1]); b = bytearray(n); "
+    "b[::4096] = b'x' * len(range(0, n, 4096)); print('held', flush=True); time.sleep(1e9)"
+)
+
+
+@contextlib.contextmanager
+def held_memory(gib: float) -> Iterator[None]:
+    """Memory taken from the page cache for the run, so that a smaller file meets the
+    memory pressure of a bigger one (the store's files, the upload and the run files
+    against what is left): a 10M-row run holding ~19 GiB of a 24 GiB machine does in
+    minutes what a 100M-row run does in half an hour."""
+    if gib <= 0:
+        yield
+        return
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(int(gib * 2**30))], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        yield
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
 def run(args: argparse.Namespace) -> str:
     # One file: the first load alone (a store holding nothing else); two: the second
     # replaces the first, as every upload after the first does.
@@ -281,7 +365,7 @@ def run(args: argparse.Namespace) -> str:
         "DROP_TIMEOUT_S": "850",
         "WORKER_CONCURRENCY": str(args.processes),
     }
-    with stack(api=True, workers=args.processes, extra_env=env) as st:
+    with held_memory(args.hold_gib), stack(api=True, workers=args.processes, extra_env=env) as st:
         assert st.api_url is not None
         sampler = Sampler(st)
         sampler.start()
@@ -340,10 +424,10 @@ def run(args: argparse.Namespace) -> str:
         live = datasets.read_active_sync(db)
         assert live is not None and live.version == versions[-1]
     removal = None if removed_at is None else (checked_at, removed_at + 1.0)
-    (kept / "windows.json").write_text(
-        json.dumps(_windows(loads, phases, start_at, idle_live, removal), indent=1)
-    )
-    return _report(args, loads, phases, checks, result, sampler, log, removal, start_at, idle_live)
+    windows = _windows(loads, phases, start_at, idle_live, removal)
+    (kept / "windows.json").write_text(json.dumps(windows, indent=1))
+    (kept / "store_io.json").write_text(json.dumps(sampler.store_io))
+    return _report(args, loads, phases, checks, result, sampler, log, windows)
 
 
 def _report(
@@ -354,9 +438,7 @@ def _report(
     result: dict[str, Any],
     sampler: Sampler,
     log: str,
-    removal: tuple[float, float] | None,
-    start_at: float,
-    idle_live: tuple[float, float] | None,
+    windows: list[tuple[str, float, float]],
 ) -> str:
     mib = 1024 * 1024
     rows: list[list[object]] = []
@@ -401,16 +483,19 @@ def _report(
             f"(max {max(parts):.2f} s) for ~{per:,.0f} rows each: "
             f"{per / (sum(parts) / len(parts)):,.0f} rows/s per worker process."
         )
-    windows = _windows(loads, phases, start_at, idle_live, removal)
     body += "\n\n" + table(
-        ["lookups", "requests", "rate /s", "p50 ms", "p99 ms", "errors", "most errors at (UTC)"],
+        [
+            *("lookups", "requests", "rate /s", "p50 ms", "p99 ms", "errors"),
+            *("most errors at (UTC)", "store disk reads MiB/s", "page cache GiB"),
+        ],
         [
             [
                 *(name, w["n"], f"{w['rate']:.0f}", f"{w['p50_ms']:.1f}", f"{w['p99_ms']:.1f}"),
-                *(w["errors"], w["errors_at"]),
+                *(w["errors"], w["errors_at"], f"{reads / mib:.1f}", f"{cache / mib / 1024:.1f}"),
             ]
             for name, begin, end in windows
             for w in [_window(result, begin, end)]
+            for reads, cache in [sampler.store_reads_per_s(begin, end)]
         ],
     )
     body += "\n\n" + table(
@@ -419,9 +504,11 @@ def _report(
         + [[f"bytes {k}", f"{v / mib:,.0f} MiB"] for k, v in sorted(sampler.peak_bytes.items())],
     )
     size = Path(data_file(args.rows, seed=11, clean=True)).stat().st_size
+    held = f", {args.hold_gib:g} GiB of memory held from the page cache" if args.hold_gib else ""
     body += (
         f"\n\n{args.rows:,} rows per file ({size / mib:,.0f} MiB), {args.processes} worker "
-        f"processes, {args.rate:.0f} lookups/s (open loop, ids of every file) throughout. "
+        f"processes, {args.rate:.0f} lookups/s (open loop, ids of every file) throughout"
+        f"{held}. "
         "Phases from the job record (map = loading, reduce = writing, switch = activating "
         "incl. warm-up); time to live from the upload's first byte."
     )
@@ -440,6 +527,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sample", type=int, default=20_000, help="ids checked per switch")
     parser.add_argument(
         "--max-seconds", type=float, default=3600, help="longest run the lookups cover"
+    )
+    parser.add_argument(
+        "--hold-gib",
+        type=float,
+        default=0.0,
+        help="memory held away from the page cache for the run (see held_memory)",
     )
     add_common_args(parser, runs=1)
     run(parser.parse_args(argv))

@@ -155,6 +155,10 @@ class Settings(BaseSettings):
     upload_idle_timeout_s: float = Field(default=60, gt=0)
     upload_min_bytes_per_s: float = Field(default=1024, ge=0)
     upload_rate_window_s: float = Field(default=30, gt=0)
+    # Fast uploads: one is taken at most this fast on average (0: no cap), so that storing
+    # it leaves the API process, which serves lookups too, time for them
+    # (docs/decisions/upload-rate.md).
+    upload_max_bytes_per_s: float = Field(default=256 * MiB, ge=0)
     # Multipart uploads: at most this many parts (each part's headers are bounded by the
     # parser, 4 KiB per header, 8 headers).
     max_multipart_parts: int = Field(default=16, ge=1)

@@ -2,6 +2,7 @@ import asyncio
 import gzip
 import os
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -238,3 +239,18 @@ def test_a_paused_or_trickling_upload_is_cut_with_a_408() -> None:
     with pytest.raises(UploadError, match="slower than 1000 bytes/s"):
         asyncio.run(_drain(_chunks(20, 0.05, 1), trickle))
     assert asyncio.run(_drain(_chunks(20, 0.02, 1000), trickle)) == 20_000  # fast enough
+
+
+def test_an_upload_is_taken_no_faster_than_its_cap() -> None:
+    """200 pieces of 10 kB sent at once: 2 MB at a cap of 10 MB/s takes 0.2 s, not 0."""
+    capped = UploadPace(idle_s=5, min_bytes_per_s=0, window_s=30, max_bytes_per_s=10e6)
+
+    async def timed(pace: UploadPace) -> tuple[int, float]:
+        began = time.monotonic()
+        got = await _drain(_chunks(200, 0, 10_000), pace)
+        return got, time.monotonic() - began
+
+    got, took = asyncio.run(timed(capped))
+    assert got == 2_000_000 and took >= 0.19, took
+    got, took = asyncio.run(timed(UploadPace(idle_s=5)))  # no cap
+    assert got == 2_000_000 and took < 0.19, took
