@@ -92,7 +92,11 @@ def stack(
         **({} if external else DEV_STORE_ENV),
         **(extra_env or {}),
     }
-    os.environ.update(env)  # in-process code (settings) sees the same configuration
+    # In-process code (settings) sees the same configuration while the stack runs; the
+    # environment is put back after, or a second stack in the same process would take this
+    # one's MONGO_URL for an external store.
+    saved = dict(os.environ)
+    os.environ.update(env)
     st = Stack(env=env, tmp=tmp)
     try:
         if not external:
@@ -136,6 +140,8 @@ def stack(
             st.api_url = f"http://127.0.0.1:{port}"
         yield st
     finally:
+        os.environ.clear()
+        os.environ.update(saved)
         for svc in reversed(st.started):
             svc.stop()
         if external:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -61,17 +60,6 @@ def _window(result: dict[str, Any], begin: float, end: float) -> tuple[float, fl
 
 
 def _measure(path: Path, env: dict[str, str]) -> dict[str, float]:
-    # stack() writes its services' addresses into os.environ, and takes a MONGO_URL found
-    # there for an external store: the next run's stack must not see this one's.
-    saved = dict(os.environ)
-    try:
-        return _measure_once(path, env)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
-def _measure_once(path: Path, env: dict[str, str]) -> dict[str, float]:
     with stack(api=True, workers=0, extra_env=env) as st:
         assert st.api_url is not None and st.api is not None and st.api.proc is not None
         api = psutil.Process(st.api.proc.pid)
