@@ -111,10 +111,11 @@ def run_once(
 ) -> dict[str, Any]:
     assert st.api_url is not None and st.api is not None and st.api.proc is not None
     log_path = st.tmp / "logs" / f"worker-{uuid.uuid4().hex[:4]}.log"
-    env = dict(env)
-    command = worker_command(2, f"bench-{uuid.uuid4().hex[:6]}")
     workers = Service(
-        "worker", command, env={**st.env, "LOG_LEVEL": "INFO", **env}, log_path=log_path
+        "worker",
+        worker_command(2, f"bench-{uuid.uuid4().hex[:6]}"),
+        env={**st.env, "LOG_LEVEL": "INFO", **env},
+        log_path=log_path,
     )
     workers.start()
     try:
